@@ -1,0 +1,225 @@
+"""Content-addressed artifact store under `LLMOPS_HOME/artifacts`.
+
+Each file is stored once as a blob named by its sha256. A version's artifact is a manifest
+listing (relative path, sha256, size) for each of its files; the artifact digest is the sha256
+of the manifest's canonical JSON, so the same files always give the same digest.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from registry.errors import ErrorCode, RegistryError
+
+# Files that hold pickled objects, which run code when loaded.
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str  # POSIX path relative to the artifact root
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    files: tuple[ManifestEntry, ...]
+
+    def to_json(self) -> str:
+        entries = [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files]
+        return json.dumps({"files": entries}, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _walk(source_dir: Path) -> Iterator[tuple[str, Path]]:
+    for path in sorted(source_dir.rglob("*")):
+        if path.is_symlink():
+            raise RegistryError(
+                ErrorCode.INVALID,
+                f"{path} is a symbolic link; register a directory of regular files",
+                param="source_dir",
+            )
+        if path.is_file():
+            yield path.relative_to(source_dir).as_posix(), path
+
+
+def _check_copy(entry: ManifestEntry, path: Path, blob: Path) -> None:
+    if _hash_file(path) != (entry.sha256, entry.size):
+        raise RegistryError(
+            ErrorCode.INTEGRITY,
+            f"artifact file {entry.path} does not match its digest: the stored copy ({blob}) "
+            "was modified or corrupted",
+        )
+
+
+def _check_relative(path: str) -> str:
+    parts = PurePosixPath(path).parts
+    if not parts or path.startswith("/") or ".." in parts:
+        raise RegistryError(ErrorCode.INTEGRITY, f"manifest entry {path!r} escapes the artifact")
+    return path
+
+
+def scan_directory(source_dir: Path, *, allow_pickle: bool = False) -> Manifest:
+    """Hash every file under `source_dir` into a manifest, refusing pickle-based weights
+    unless `allow_pickle`."""
+    if not source_dir.is_dir():
+        raise RegistryError(
+            ErrorCode.INVALID, f"{source_dir} is not a directory", param="source_dir"
+        )
+    entries = []
+    for relpath, path in _walk(source_dir):
+        if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
+            raise RegistryError(
+                ErrorCode.INVALID,
+                f"{relpath} is a pickle-based file, which can run code when loaded; convert the "
+                "weights to safetensors, or pass allow_pickle (--allow-pickle) if you trust it",
+                param="source_dir",
+            )
+        sha, size = _hash_file(path)
+        entries.append(ManifestEntry(relpath, sha, size))
+    if not entries:
+        raise RegistryError(ErrorCode.INVALID, f"{source_dir} holds no files", param="source_dir")
+    return Manifest(tuple(entries))
+
+
+class ArtifactStore:
+    def __init__(self, home: Path):
+        self.home = home
+        self.root = home / "artifacts"
+        self._blobs = self.root / "blobs"
+        self._manifests = self.root / "manifests"
+
+    def blob_path(self, sha256: str) -> Path:
+        return self._blobs / sha256[:2] / sha256
+
+    def manifest_path(self, digest: str) -> Path:
+        return self._manifests / f"{digest.removeprefix('sha256:')}.json"
+
+    def put(self, source_dir: Path, *, allow_pickle: bool = False) -> tuple[Manifest, str]:
+        """Copy the files of `source_dir` in; return the manifest and its path relative to home.
+
+        A file changed while it is copied is caught: the stored blob is re-hashed."""
+        manifest = scan_directory(source_dir, allow_pickle=allow_pickle)
+        for entry in manifest.files:
+            blob = self.blob_path(entry.sha256)
+            if blob.exists():
+                continue
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            with (
+                tempfile.NamedTemporaryFile(dir=blob.parent, delete=False) as tmp,
+                (source_dir / entry.path).open("rb") as src,
+            ):
+                shutil.copyfileobj(src, tmp, _CHUNK)
+            if _hash_file(Path(tmp.name))[0] != entry.sha256:
+                os.unlink(tmp.name)
+                raise RegistryError(
+                    ErrorCode.CONFLICT, f"{entry.path} changed while it was being registered"
+                )
+            os.replace(tmp.name, blob)
+        path = self.manifest_path(manifest.digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as tmp:
+                tmp.write(manifest.to_json())
+            os.replace(tmp.name, path)
+        return manifest, path.relative_to(self.home).as_posix()
+
+    def load_manifest(self, digest: str) -> Manifest:
+        """Read the manifest of `digest`, checking that it still hashes to it."""
+        path = self.manifest_path(digest)
+        try:
+            data = json.loads(path.read_text())
+            manifest = Manifest(
+                tuple(
+                    ManifestEntry(_check_relative(f["path"]), f["sha256"], f["size"])
+                    for f in data["files"]
+                )
+            )
+        except FileNotFoundError:
+            raise RegistryError(
+                ErrorCode.INTEGRITY, f"the manifest of {digest} is missing: {path}"
+            ) from None
+        except (ValueError, KeyError, TypeError):
+            raise RegistryError(
+                ErrorCode.INTEGRITY, f"the manifest of {digest} is unreadable: {path}"
+            ) from None
+        if manifest.digest != digest:
+            raise RegistryError(
+                ErrorCode.INTEGRITY, f"the manifest of {digest} was modified: {path}"
+            )
+        return manifest
+
+    def _check_blob(self, entry: ManifestEntry) -> Path:
+        blob = self.blob_path(entry.sha256)
+        if not blob.is_file():
+            raise RegistryError(
+                ErrorCode.INTEGRITY,
+                f"artifact file {entry.path} is missing from the store ({blob})",
+            )
+        return blob
+
+    def verify(self, digest: str) -> Manifest:
+        """Re-hash every stored file of `digest`; raise INTEGRITY naming the first bad one."""
+        manifest = self.load_manifest(digest)
+        for entry in manifest.files:
+            blob = self._check_blob(entry)
+            _check_copy(entry, blob, blob)
+        return manifest
+
+    def verified_file(self, digest: str, path: str) -> Path:
+        """The stored blob of file `path` of `digest`, checked against its digest."""
+        entry = next((f for f in self.load_manifest(digest).files if f.path == path), None)
+        if entry is None:
+            raise RegistryError(
+                ErrorCode.NOT_FOUND, f"the artifact has no file {path!r}", param="path"
+            )
+        blob = self._check_blob(entry)
+        _check_copy(entry, blob, blob)
+        return blob
+
+    def fetch(self, digest: str, dest: Path) -> Manifest:
+        """Copy the files of `digest` into the new directory `dest`, verifying each as it is
+        copied. Nothing is left at `dest` when verification fails."""
+        if dest.exists() and any(dest.iterdir()):
+            raise RegistryError(
+                ErrorCode.INVALID, f"{dest} is not empty; fetch into a new directory", param="dest"
+            )
+        manifest = self.load_manifest(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
+        try:
+            for entry in manifest.files:
+                blob = self._check_blob(entry)
+                target = staging / entry.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(blob, target)
+                _check_copy(entry, target, blob)
+            if dest.exists():
+                dest.rmdir()
+            os.replace(staging, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return manifest

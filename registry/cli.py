@@ -1,0 +1,315 @@
+"""`llm-registry`: register, inspect, fetch, verify, alias, promote and roll back versions.
+
+References are `name` (its production alias), `name:version` and `name@alias`.
+"""
+
+import sys
+from pathlib import Path
+
+import click
+
+from registry.console import parse_pairs, print_json, print_table, run
+from registry.entities import AliasEvent, ModelVersion, VersionKind
+from registry.service import Registry, open_registry
+
+PROG = "llm-registry"
+
+
+def _short(digest: str) -> str:
+    return digest.removeprefix("sha256:")[:12]
+
+
+def _when(version_or_event: ModelVersion | AliasEvent) -> str:
+    return version_or_event.created_at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+class _Context:
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self._registry: Registry | None = None
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = open_registry()
+        return self._registry
+
+
+pass_ctx = click.make_pass_decorator(_Context)
+
+
+@click.group(help=__doc__)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def cli(ctx: click.Context, as_json: bool) -> None:
+    ctx.obj = _Context(as_json)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("source_dir", type=click.Path(path_type=Path))
+@click.option("--kind", type=click.Choice([k.value for k in VersionKind]), default="base")
+@click.option("--format", "fmt", default="hf-safetensors", help="Artifact format.")
+@click.option("--parent", help="Reference of the version this one derives from.")
+@click.option("--metric", "metrics", multiple=True, help="NAME=VALUE, repeatable.")
+@click.option("--tag", "tags", multiple=True, help="KEY=VALUE, repeatable.")
+@click.option("--recipe-digest", help="Digest of the recipe that produced it.")
+@click.option("--dataset-digest", "datasets", multiple=True, help="Repeatable.")
+@click.option("--source", default="", help="Where it came from (job id, script, URL).")
+@click.option("--description", default="", help="Model description, used on first version.")
+@click.option("--allow-pickle", is_flag=True, help="Accept pickle-based weight files.")
+@pass_ctx
+def register(ctx: _Context, name, source_dir, kind, fmt, parent, metrics, tags, recipe_digest,
+             datasets, source, description, allow_pickle) -> None:  # fmt: skip
+    """Copy SOURCE_DIR into the artifact store as the next version of NAME."""
+    try:
+        metric_values = {k: float(v) for k, v in parse_pairs(metrics, "--metric").items()}
+    except ValueError:
+        raise click.BadParameter("metric values must be numbers", param_hint="--metric") from None
+    version = ctx.registry.register(
+        name,
+        source_dir,
+        kind=kind,
+        format=fmt,
+        parent=parent,
+        metrics=metric_values,
+        tags=parse_pairs(tags, "--tag"),
+        recipe_digest=recipe_digest,
+        dataset_digests=datasets,
+        source=source,
+        description=description,
+        allow_pickle=allow_pickle,
+    )
+    if ctx.as_json:
+        print_json(version.to_dict())
+    else:
+        click.echo(f"registered {version.ref} ({version.artifact_digest})")
+
+
+@cli.command(name="list")
+@click.argument("name", required=False)
+@click.option("--kind", type=click.Choice([k.value for k in VersionKind]))
+@click.option("--tag", "tags", multiple=True, help="KEY=VALUE the versions must carry.")
+@click.option("--all", "include_archived", is_flag=True, help="Include archived versions.")
+@pass_ctx
+def list_(ctx: _Context, name, kind, tags, include_archived) -> None:
+    """List models, or the versions of NAME (or matching --kind / --tag)."""
+    reg = ctx.registry
+    if name is None and kind is None and not tags:
+        models = reg.list_models()
+        versions = reg.list_versions(include_archived=include_archived)
+        aliases = reg.aliases()
+        if ctx.as_json:
+            print_json([
+                {
+                    "name": m.name,
+                    "versions": [v.version for v in versions if v.name == m.name],
+                    "aliases": {a.alias: a.version for a in aliases if a.name == m.name},
+                }
+                for m in models
+            ])  # fmt: skip
+            return
+        rows = []
+        for m in models:
+            numbers = [v.version for v in versions if v.name == m.name]
+            held = [f"{a.alias}->{a.version}" for a in aliases if a.name == m.name]
+            rows.append((m.name, len(numbers), max(numbers, default="-"), " ".join(held)))
+        print_table(("name", "versions", "latest", "aliases"), rows)
+        return
+    versions = reg.list_versions(
+        name,
+        kind=VersionKind(kind) if kind else None,
+        tags=parse_pairs(tags, "--tag"),
+        include_archived=include_archived,
+    )
+    if ctx.as_json:
+        print_json([v.to_dict() for v in versions])
+        return
+    held: dict[tuple[str, int], list[str]] = {}
+    for a in reg.aliases(name):
+        held.setdefault((a.name, a.version), []).append(a.alias)
+    print_table(
+        ("ref", "kind", "format", "parent", "digest", "aliases", "created"),
+        [
+            (
+                v.ref + (" (archived)" if v.archived_at else ""),
+                v.kind.value,
+                v.format,
+                v.parent or "-",
+                _short(v.artifact_digest),
+                ",".join(held.get((v.name, v.version), [])),
+                _when(v),
+            )
+            for v in versions
+        ],
+    )
+
+
+@cli.command()
+@click.argument("ref")
+@pass_ctx
+def show(ctx: _Context, ref: str) -> None:
+    """Show one version with its lineage."""
+    details = ctx.registry.show(ref)
+    v = details.version
+    if ctx.as_json:
+        print_json({
+            **v.to_dict(),
+            "lineage": [p.ref for p in details.lineage],
+            "aliases": list(details.aliases),
+        })  # fmt: skip
+        return
+    lines = [
+        ("ref", v.ref),
+        ("kind", v.kind.value),
+        ("format", v.format),
+        ("artifact", v.artifact_digest),
+        ("aliases", ", ".join(details.aliases) or "-"),
+        ("lineage", " <- ".join([v.ref, *(p.ref for p in details.lineage)])),
+        ("recipe", v.recipe_digest or "-"),
+        ("datasets", ", ".join(v.dataset_digests) or "-"),
+        ("source", v.source or "-"),
+        ("created", f"{_when(v)} by {v.created_by}"),
+        ("archived", v.archived_at.isoformat() if v.archived_at else "no"),
+    ]
+    lines += [(f"metric {k}", f"{val:g}") for k, val in sorted(v.metrics.items())]
+    lines += [(f"tag {k}", val) for k, val in sorted(v.tags.items())]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("dest", type=click.Path(path_type=Path))
+@pass_ctx
+def fetch(ctx: _Context, ref: str, dest: Path) -> None:
+    """Copy a version's files into the new directory DEST, verifying every digest."""
+    manifest = ctx.registry.fetch(ref, dest)
+    if ctx.as_json:
+        print_json({"ref": ref, "dest": str(dest), "files": len(manifest.files)})
+    else:
+        click.echo(f"fetched {ref} into {dest} ({len(manifest.files)} files, verified)")
+
+
+@cli.command()
+@click.argument("ref")
+@pass_ctx
+def verify(ctx: _Context, ref: str) -> None:
+    """Re-hash a version's stored files; exits 1 naming the first file that does not match."""
+    manifest = ctx.registry.verify(ref)
+    if ctx.as_json:
+        print_json({"ref": ref, "ok": True, "files": len(manifest.files)})
+    else:
+        click.echo(f"{ref}: {len(manifest.files)} files, {manifest.total_size} bytes, all match")
+
+
+@cli.group()
+def alias() -> None:
+    """List, set or delete aliases (ungated; use `promote` for gated moves)."""
+
+
+@alias.command(name="list")
+@click.argument("name", required=False)
+@pass_ctx
+def alias_list(ctx: _Context, name: str | None) -> None:
+    aliases = ctx.registry.aliases(name)
+    if ctx.as_json:
+        print_json([a.to_dict() for a in aliases])
+    else:
+        print_table(("model", "alias", "version"), [(a.name, a.alias, a.version) for a in aliases])
+
+
+@alias.command(name="set")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--reason", default="", help="Recorded in the audit log.")
+@pass_ctx
+def alias_set(ctx: _Context, name: str, alias_name: str, version: int, reason: str) -> None:
+    """Point NAME@ALIAS at VERSION."""
+    _print_event(ctx, ctx.registry.set_alias(name, alias_name, version, reason=reason))
+
+
+@alias.command(name="delete")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.option("--reason", default="", help="Recorded in the audit log.")
+@pass_ctx
+def alias_delete(ctx: _Context, name: str, alias_name: str, reason: str) -> None:
+    """Remove NAME@ALIAS."""
+    _print_event(ctx, ctx.registry.delete_alias(name, alias_name, reason=reason))
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("alias_name", metavar="ALIAS")
+@click.option("--reason", default="", help="Recorded in the audit log.")
+@click.option("--force", is_flag=True, help="Override a failing gate (needs --reason).")
+@pass_ctx
+def promote(ctx: _Context, ref: str, alias_name: str, reason: str, force: bool) -> None:
+    """Move ALIAS of REF's model to REF, through the promotion gate."""
+    _print_event(ctx, ctx.registry.promote(ref, alias_name, reason=reason, force=force))
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS", default="production")
+@click.option("--reason", default="", help="Recorded in the audit log.")
+@pass_ctx
+def rollback(ctx: _Context, name: str, alias_name: str, reason: str) -> None:
+    """Move NAME@ALIAS back to the version it pointed at before its last move."""
+    _print_event(ctx, ctx.registry.rollback(name, alias_name, reason=reason))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--alias", "alias_name", help="Only this alias.")
+@pass_ctx
+def history(ctx: _Context, name: str, alias_name: str | None) -> None:
+    """The audit log of NAME's aliases, oldest first."""
+    events = ctx.registry.history(name, alias_name)
+    if ctx.as_json:
+        print_json([e.to_dict() for e in events])
+        return
+    print_table(
+        ("when", "alias", "action", "from", "to", "actor", "gate", "reason"),
+        [
+            (
+                _when(e),
+                e.alias,
+                e.action.value + (" (forced)" if e.forced else ""),
+                e.from_version or "-",
+                e.to_version or "-",
+                e.actor,
+                f"{e.gate['gate']}:{'pass' if e.gate['passed'] else 'FAIL'}" if e.gate else "-",
+                e.reason,
+            )
+            for e in events
+        ],
+    )
+
+
+@cli.command()
+@click.argument("ref")
+@pass_ctx
+def archive(ctx: _Context, ref: str) -> None:
+    """Archive a version: hidden from listings, refused as an alias target, still fetchable."""
+    version = ctx.registry.archive(ref)
+    if ctx.as_json:
+        print_json(version.to_dict())
+    else:
+        click.echo(f"archived {version.ref}")
+
+
+def _print_event(ctx: _Context, event: AliasEvent) -> None:
+    if ctx.as_json:
+        print_json(event.to_dict())
+        return
+    moved = f"{event.from_version or '-'} -> {event.to_version or '-'}"
+    forced = " (forced past a failing gate)" if event.forced else ""
+    click.echo(f"{event.name}@{event.alias}: {event.action.value} {moved}{forced}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(cli, PROG, argv))

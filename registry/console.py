@@ -1,0 +1,59 @@
+"""Shared command-line plumbing: one-line errors with exit code 2, tables and JSON output."""
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from registry.errors import ErrorCode, RegistryError
+
+
+def fail(prog: str, message: str, code: int) -> int:
+    click.echo(f"{prog}: error: {message}", err=True)
+    return code
+
+
+def run(group: click.Group, prog: str, argv: Sequence[str] | None = None) -> int:
+    """Run a click group; bad input prints one line and returns 2, never a traceback."""
+    try:
+        return group.main(args=argv, prog_name=prog, standalone_mode=False) or 0
+    except click.UsageError as err:
+        hint = (
+            f" (see `{prog} --help`)"
+            if err.ctx is None
+            else f" (see `{err.ctx.command_path} --help`)"
+        )
+        return fail(prog, err.format_message() + hint, 2)
+    except click.ClickException as err:
+        return fail(prog, err.format_message(), 2)
+    except click.Abort:
+        return fail(prog, "aborted", 1)
+    except RegistryError as err:
+        # A failed integrity check reports the state of the store, not a wrong request.
+        return fail(prog, err.message, 1 if err.code is ErrorCode.INTEGRITY else 2)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print rows as aligned columns under upper-case headers."""
+    cells = [[str(h).upper() for h in headers]] + [
+        ["" if c is None else str(c) for c in r] for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, str]:
+    """Turn repeated `KEY=VALUE` options into a dict."""
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=option)
+        result[key] = value
+    return result

@@ -1,0 +1,75 @@
+"""Promotion gates: the check a candidate must pass before an alias moves to it.
+
+A gate is any callable `(candidate, champion) -> GateResult`; `champion` is the version the
+alias points at now, or None. Evaluation suites plug in their own gates; the registry ships
+`NoGate` and `MetricGate`.
+"""
+
+import importlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from registry.entities import ModelVersion
+from registry.errors import ErrorCode, RegistryError
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    passed: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Gate(Protocol):
+    def __call__(self, candidate: ModelVersion, champion: ModelVersion | None) -> GateResult: ...
+
+
+class NoGate:
+    """Passes everything; recorded as such, so the audit log shows no gate was in force."""
+
+    def __call__(self, candidate: ModelVersion, champion: ModelVersion | None) -> GateResult:
+        return GateResult("none", True, {"reason": "no promotion gate is configured"})
+
+
+@dataclass(frozen=True)
+class MetricGate:
+    """The candidate's `metric` must be present and not worse than the champion's by more
+    than `tolerance`."""
+
+    metric: str
+    tolerance: float = 0.0
+    higher_is_better: bool = True
+
+    def __call__(self, candidate: ModelVersion, champion: ModelVersion | None) -> GateResult:
+        name = f"metric:{self.metric}"
+        value = candidate.metrics.get(self.metric)
+        if value is None:
+            return GateResult(name, False, {"reason": f"{candidate.ref} has no {self.metric}"})
+        baseline = champion.metrics.get(self.metric) if champion else None
+        details = {"candidate": value, "champion": baseline, "tolerance": self.tolerance}
+        if baseline is None:
+            return GateResult(name, True, details)
+        delta = value - baseline if self.higher_is_better else baseline - value
+        return GateResult(name, delta >= -self.tolerance, details)
+
+
+def load_gate(spec: str | None) -> Gate:
+    """Build the gate named by a setting: None, 'metric:NAME' or 'package.module:callable'."""
+    if not spec:
+        return NoGate()
+    kind, _, arg = spec.partition(":")
+    if kind == "metric" and arg:
+        return MetricGate(arg)
+    try:
+        factory = getattr(importlib.import_module(kind), arg)
+    except (ImportError, AttributeError, ValueError):
+        raise RegistryError(
+            ErrorCode.INVALID,
+            f"promotion gate {spec!r} cannot be loaded: use 'metric:NAME' or "
+            "'package.module:callable'",
+            param="promotion_gate",
+        ) from None
+    return factory()

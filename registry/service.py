@@ -1,0 +1,269 @@
+"""The registry's operations, over a store and an artifact store: what the CLI and the HTTP
+router call."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from registry.artifacts import ArtifactStore, Manifest
+from registry.entities import Alias, AliasAction, AliasEvent, Model, ModelVersion, VersionKind
+from registry.errors import AliasMovedError, ErrorCode, RegistryError
+from registry.gates import Gate, load_gate
+from registry.names import ModelRef, parse_ref, validate_alias, validate_name
+from registry.settings import RegistrySettings
+from registry.sql_store import SqlStore
+from registry.store import RegistryStore
+
+_ALIAS_RETRIES = 20
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class VersionDetails:
+    version: ModelVersion
+    lineage: tuple[ModelVersion, ...]  # parent first, up to the root
+    aliases: tuple[str, ...]  # aliases that point at this version
+
+
+class Registry:
+    def __init__(self, store: RegistryStore, artifacts: ArtifactStore, gate: Gate, actor: str):
+        self.store = store
+        self.artifacts = artifacts
+        self.gate = gate
+        self.actor = actor
+
+    # -- versions -------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        source_dir: Path,
+        *,
+        kind: VersionKind | str = VersionKind.BASE,
+        format: str = "hf-safetensors",
+        parent: str | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+        recipe_digest: str | None = None,
+        dataset_digests: tuple[str, ...] | list[str] = (),
+        source: str = "",
+        description: str = "",
+        allow_pickle: bool = False,
+    ) -> ModelVersion:
+        """Copy `source_dir` into the artifact store and record it as the next version."""
+        validate_name(name)
+        try:
+            kind = VersionKind(kind)
+        except ValueError:
+            choices = ", ".join(k.value for k in VersionKind)
+            raise RegistryError(
+                ErrorCode.INVALID, f"unknown kind {kind!r}; use one of {choices}", param="kind"
+            ) from None
+        parent_version = self.resolve(parent) if parent else None
+        manifest, manifest_path = self.artifacts.put(Path(source_dir), allow_pickle=allow_pickle)
+        return self.store.add_version(
+            name,
+            kind=kind,
+            format=format,
+            artifact_digest=manifest.digest,
+            manifest_path=manifest_path,
+            parent=(parent_version.name, parent_version.version) if parent_version else None,
+            recipe_digest=recipe_digest,
+            dataset_digests=list(dataset_digests),
+            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            tags={k: str(v) for k, v in (tags or {}).items()},
+            source=source,
+            description=description,
+            actor=self.actor,
+        )
+
+    def resolve(self, ref: str | ModelRef) -> ModelVersion:
+        """The version a reference names: `name`, `name:version` or `name@alias`."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        if ref.version is not None:
+            return self.store.get_version(ref.name, ref.version)
+        return self.store.get_version(ref.name, self._alias_target(ref.name, ref.alias))
+
+    def list_models(self, query: str | None = None) -> list[Model]:
+        return self.store.list_models(query)
+
+    def list_versions(
+        self,
+        name: str | None = None,
+        *,
+        kind: VersionKind | None = None,
+        tags: dict[str, str] | None = None,
+        include_archived: bool = False,
+    ) -> list[ModelVersion]:
+        """Versions, optionally of one model, of one kind, or carrying all of `tags`."""
+        versions = self.store.list_versions(
+            validate_name(name) if name else None, kind=kind, include_archived=include_archived
+        )
+        wanted = (tags or {}).items()
+        return [v for v in versions if wanted <= v.tags.items()]
+
+    def show(self, ref: str) -> VersionDetails:
+        version = self.resolve(ref)
+        held = tuple(
+            a.alias for a in self.store.list_aliases(version.name) if a.version == version.version
+        )
+        return VersionDetails(version, self.lineage(version), held)
+
+    def lineage(self, version: ModelVersion) -> tuple[ModelVersion, ...]:
+        chain: list[ModelVersion] = []
+        current = version
+        while current.parent:
+            current = self.resolve(current.parent)
+            chain.append(current)
+        return tuple(chain)
+
+    def fetch(self, ref: str, dest: Path) -> Manifest:
+        """Copy a version's files into the new directory `dest`, verified."""
+        return self.artifacts.fetch(self.resolve(ref).artifact_digest, Path(dest))
+
+    def verify(self, ref: str) -> Manifest:
+        """Re-hash a version's stored files; INTEGRITY names the first bad one."""
+        return self.artifacts.verify(self.resolve(ref).artifact_digest)
+
+    def archive(self, ref: str) -> ModelVersion:
+        version = self.resolve(ref)
+        return self.store.archive_version(version.name, version.version, self.actor)
+
+    # -- aliases --------------------------------------------------------------------------
+
+    def aliases(self, name: str | None = None) -> list[Alias]:
+        return self.store.list_aliases(validate_name(name) if name else None)
+
+    def set_alias(self, name: str, alias: str, version: int, *, reason: str = "") -> AliasEvent:
+        """Point `name@alias` at `version` without a gate (creating the alias if needed)."""
+        validate_name(name), validate_alias(alias)
+        return self._retry(
+            lambda: self.store.move_alias(
+                name,
+                alias,
+                to_version=version,
+                expected_from=self._current(name, alias),
+                action=AliasAction.SET,
+                actor=self.actor,
+                reason=reason,
+            )
+        )
+
+    def delete_alias(self, name: str, alias: str, *, reason: str = "") -> AliasEvent:
+        current = self._alias_target(validate_name(name), validate_alias(alias))
+        return self.store.move_alias(
+            name,
+            alias,
+            to_version=None,
+            expected_from=current,
+            action=AliasAction.DELETE,
+            actor=self.actor,
+            reason=reason,
+        )
+
+    def promote(self, ref: str, alias: str, *, reason: str = "", force: bool = False) -> AliasEvent:
+        """Move `alias` to the version `ref` names if the promotion gate passes it against the
+        alias's current version. `force` overrides a failing gate and needs a reason."""
+        validate_alias(alias)
+        if force and not reason.strip():
+            raise RegistryError(
+                ErrorCode.INVALID,
+                "a forced promotion needs a reason; pass --reason to say why the gate is "
+                "overridden",
+                param="reason",
+            )
+        candidate = self.resolve(ref)
+
+        def attempt() -> AliasEvent:
+            current = self._current(candidate.name, alias)
+            champion = self.store.get_version(candidate.name, current) if current else None
+            result = self.gate(candidate, champion)
+            if not result.passed and not force:
+                raise RegistryError(
+                    ErrorCode.GATE_FAILED,
+                    f"promotion of {candidate.ref} to {candidate.name}@{alias} failed gate "
+                    f"{result.gate}: {result.details}; improve the candidate, or pass --force "
+                    "with --reason to override",
+                )
+            return self.store.move_alias(
+                candidate.name,
+                alias,
+                to_version=candidate.version,
+                expected_from=current,
+                action=AliasAction.PROMOTE,
+                actor=self.actor,
+                reason=reason,
+                forced=force and not result.passed,
+                gate=result.to_dict(),
+            )
+
+        return self._retry(attempt)
+
+    def rollback(self, name: str, alias: str, *, reason: str = "") -> AliasEvent:
+        """Move `alias` back to the version it pointed at before its last move."""
+        validate_name(name), validate_alias(alias)
+
+        def attempt() -> AliasEvent:
+            events = self.store.alias_events(name, alias)
+            last = events[-1] if events else None
+            if last is None or last.to_version is None or last.from_version is None:
+                raise RegistryError(
+                    ErrorCode.INVALID,
+                    f"{name}@{alias} has no previous version to roll back to; "
+                    f"`llm-registry history {name}` shows its moves",
+                    param="alias",
+                )
+            return self.store.move_alias(
+                name,
+                alias,
+                to_version=last.from_version,
+                expected_from=last.to_version,
+                action=AliasAction.ROLLBACK,
+                actor=self.actor,
+                reason=reason,
+            )
+
+        return self._retry(attempt)
+
+    def history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+        return self.store.alias_events(
+            validate_name(name), validate_alias(alias) if alias else None
+        )
+
+    def _current(self, name: str, alias: str) -> int | None:
+        found = self.store.get_alias(name, alias)
+        return found.version if found else None
+
+    def _alias_target(self, name: str, alias: str) -> int:
+        if (version := self._current(name, alias)) is None:
+            raise RegistryError(
+                ErrorCode.NOT_FOUND,
+                f"model {name!r} has no alias {alias!r}; `llm-registry alias list {name}` lists "
+                "its aliases",
+                param="model",
+            )
+        return version
+
+    @staticmethod
+    def _retry(change: Callable[[], T]) -> T:
+        """Run an alias change again when another writer moved the alias in between."""
+        for _ in range(_ALIAS_RETRIES - 1):
+            try:
+                return change()
+            except AliasMovedError:
+                continue
+        return change()
+
+
+def open_registry(settings: RegistrySettings | None = None) -> Registry:
+    """The registry configured by `settings` (by default, from the environment)."""
+    settings = settings or RegistrySettings()
+    home = settings.resolved_home
+    home.mkdir(parents=True, exist_ok=True)
+    return Registry(
+        SqlStore(settings.resolved_database_url),
+        ArtifactStore(home),
+        load_gate(settings.promotion_gate),
+        settings.actor,
+    )

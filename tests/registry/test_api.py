@@ -1,0 +1,89 @@
+"""The registry router over HTTP, with the OpenAI error envelope."""
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from registry.api import create_app
+from registry.gates import MetricGate
+from registry.service import Registry
+
+
+@pytest.fixture
+def client(registry: Registry) -> TestClient:
+    return TestClient(create_app(registry), raise_server_exceptions=False)
+
+
+def _error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    return error
+
+
+def test_round_trip(client: TestClient, model_dir: Path, other_model_dir: Path) -> None:
+    r = client.post("/v1/registry/models/demo/versions", json={"source_dir": str(model_dir)})
+    assert r.status_code == 201 and r.json()["ref"] == "demo:1"
+    r = client.post(
+        "/v1/registry/models/demo/versions",
+        json={"source_dir": str(other_model_dir), "parent": "demo:1", "metrics": {"em": 1}},
+    )
+    assert r.json()["parent"] == "demo:1"
+    assert client.put("/v1/registry/models/demo/aliases/production", json={"version": 1}).is_success
+    r = client.post("/v1/registry/models/demo/aliases/production/promote", json={"version": 2})
+    assert (r.json()["from_version"], r.json()["to_version"]) == (1, 2)
+    shown = client.get("/v1/registry/versions/demo").json()
+    assert shown["ref"] == "demo:2" and [p["ref"] for p in shown["lineage"]] == ["demo:1"]
+    r = client.post("/v1/registry/models/demo/aliases/production/rollback", json={"reason": "x"})
+    assert r.json()["to_version"] == 1
+    history = client.get("/v1/registry/models/demo/history").json()["data"]
+    assert [e["action"] for e in history] == ["set", "promote", "rollback"]
+    models = client.get("/v1/registry/models").json()["data"]
+    assert models[0]["aliases"] == {"production": 1} and models[0]["versions"] == [1, 2]
+    files = client.get("/v1/registry/versions/demo:1/files").json()["data"]
+    r = client.get("/v1/registry/versions/demo:1/files/config.json")
+    assert r.content == (model_dir / "config.json").read_bytes()
+    assert len(files) == 3
+    assert client.post("/v1/registry/versions/demo:2/verify").json()["ok"] is True
+
+
+def test_errors_use_the_openai_envelope(client: TestClient, model_dir: Path) -> None:
+    error = _error(client.get("/v1/registry/versions/nope:1"), 404, "model_not_found")
+    assert "does not exist" in error["message"] and error["type"] == "invalid_request_error"
+    _error(client.get("/v1/registry/versions/bad%20name:1"), 400, "invalid")
+    _error(client.get("/v1/registry/no-such-route"), 404, "not_found")
+    body = {"source_dir": str(model_dir)}
+    client.post("/v1/registry/models/demo/versions", json=body)
+    _error(client.post("/v1/registry/models/demo/versions", json=body), 409, "already_exists")
+    error = _error(
+        client.put("/v1/registry/models/demo/aliases/production", json={"version": 0}),
+        400,
+        "invalid_request",
+    )
+    assert error["param"] == "version"
+    r = client.put(
+        "/v1/registry/models/demo/aliases/production",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    _error(r, 400, "invalid_request")
+    r = client.post(
+        "/v1/registry/models/demo/aliases/production/promote", json={"version": 1, "force": True}
+    )
+    assert "needs a reason" in _error(r, 400, "invalid")["message"]
+    r = client.get("/v1/registry/versions/demo:1/files/missing.txt")
+    _error(r, 404, "model_not_found")
+
+
+def test_gate_failure_is_422(
+    client: TestClient, registry: Registry, model_dir: Path, other_model_dir: Path
+) -> None:
+
+    registry.gate = MetricGate("em")
+    registry.register("demo", model_dir, metrics={"em": 0.9})
+    registry.register("demo", other_model_dir, metrics={"em": 0.1})
+    registry.promote("demo:1", "production")
+    r = client.post("/v1/registry/models/demo/aliases/production/promote", json={"version": 2})
+    assert "failed gate" in _error(r, 422, "gate_failed")["message"]

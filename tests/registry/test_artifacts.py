@@ -1,0 +1,114 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from registry.artifacts import ArtifactStore, scan_directory
+from registry.errors import ErrorCode, RegistryError
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(tmp_path / "home")
+
+
+def test_put_and_fetch_round_trip(store: ArtifactStore, model_dir: Path, tmp_path: Path) -> None:
+    manifest, manifest_path = store.put(model_dir)
+    assert not Path(manifest_path).is_absolute()
+    assert (store.home / manifest_path).is_file()
+    assert {f.path for f in manifest.files} == {
+        "config.json",
+        "model.safetensors",
+        "tokenizer/tokenizer.json",
+    }
+    dest = tmp_path / "out"
+    store.fetch(manifest.digest, dest)
+    for entry in manifest.files:
+        assert (dest / entry.path).read_bytes() == (model_dir / entry.path).read_bytes()
+
+
+def test_digest_depends_only_on_contents(tmp_path: Path, model_dir: Path) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for entry in scan_directory(model_dir).files:
+        (copy / entry.path).parent.mkdir(parents=True, exist_ok=True)
+        (copy / entry.path).write_bytes((model_dir / entry.path).read_bytes())
+    assert scan_directory(copy).digest == scan_directory(model_dir).digest
+    (copy / "config.json").write_text("{}")
+    assert scan_directory(copy).digest != scan_directory(model_dir).digest
+
+
+def test_identical_files_are_stored_once(store: ArtifactStore, model_dir: Path) -> None:
+    manifest, _ = store.put(model_dir)
+    store.put(model_dir)
+    blobs = [p for p in (store.root / "blobs").rglob("*") if p.is_file()]
+    assert len(blobs) == len(manifest.files)
+
+
+def test_tampered_file_is_named(store: ArtifactStore, model_dir: Path, tmp_path: Path) -> None:
+    manifest, _ = store.put(model_dir)
+    entry = next(f for f in manifest.files if f.path == "model.safetensors")
+    blob = store.blob_path(entry.sha256)
+    os.chmod(blob, 0o644)
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(RegistryError, match=r"model.safetensors does not match its digest") as err:
+        store.verify(manifest.digest)
+    assert err.value.code is ErrorCode.INTEGRITY
+    dest = tmp_path / "out"
+    with pytest.raises(RegistryError, match=r"model.safetensors"):
+        store.fetch(manifest.digest, dest)
+    assert not dest.exists()
+    assert not any(p.name.startswith(".out-") for p in tmp_path.iterdir())
+
+
+def test_missing_file_is_named(store: ArtifactStore, model_dir: Path) -> None:
+    manifest, _ = store.put(model_dir)
+    entry = next(f for f in manifest.files if f.path == "config.json")
+    store.blob_path(entry.sha256).unlink()
+    with pytest.raises(RegistryError, match=r"config.json is missing"):
+        store.verify(manifest.digest)
+
+
+def test_modified_manifest_is_detected(store: ArtifactStore, model_dir: Path) -> None:
+    manifest, manifest_path = store.put(model_dir)
+    path = store.home / manifest_path
+    path.write_text(path.read_text().replace("config.json", "other.json"))
+    with pytest.raises(RegistryError, match=r"manifest .* was modified"):
+        store.verify(manifest.digest)
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".pt", ".pkl", ".ckpt"])
+def test_pickle_weights_refused_unless_allowed(
+    store: ArtifactStore, model_dir: Path, suffix: str
+) -> None:
+    (model_dir / f"pytorch_model{suffix}").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(RegistryError, match=r"pickle-based .*safetensors") as err:
+        store.put(model_dir)
+    assert err.value.code is ErrorCode.INVALID
+    manifest, _ = store.put(model_dir, allow_pickle=True)
+    assert any(f.path.endswith(suffix) for f in manifest.files)
+
+
+def test_refuses_symlinks_empty_and_missing_dirs(
+    store: ArtifactStore, model_dir: Path, tmp_path: Path
+) -> None:
+    (model_dir / "link").symlink_to("/etc/hostname")
+    with pytest.raises(RegistryError, match=r"symbolic link"):
+        store.put(model_dir)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RegistryError, match=r"holds no files"):
+        store.put(tmp_path / "empty")
+    with pytest.raises(RegistryError, match=r"is not a directory"):
+        store.put(tmp_path / "nope")
+
+
+def test_fetch_refuses_non_empty_destination(
+    store: ArtifactStore, model_dir: Path, tmp_path: Path
+) -> None:
+    manifest, _ = store.put(model_dir)
+    dest = tmp_path / "busy"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    with pytest.raises(RegistryError, match=r"not empty"):
+        store.fetch(manifest.digest, dest)
+    assert (dest / "keep.txt").read_text() == "mine"
