@@ -3,6 +3,7 @@
 Errors use the OpenAI envelope `{"error": {"message", "type", "param", "code"}}`.
 """
 
+import logging
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from registry.entities import VersionKind
 from registry.errors import ErrorCode, RegistryError
 from registry.service import Registry
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/registry", tags=["registry"])
 
 
@@ -42,9 +44,12 @@ async def validation_error_handler(_request: Request, exc: Exception) -> JSONRes
     first = exc.errors()[0]
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
-    message = first.get("msg", "invalid request")
-    if param:
-        message = f"{param}: {message}"
+    if first.get("type") == "json_invalid":
+        message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
+    elif param is None:
+        message = "the request body must be a JSON object; see the API reference for its fields"
+    else:
+        message = f"{param}: {first.get('msg', 'invalid value')}"
     return error_response(400, message, code="invalid_request", param=param)
 
 
@@ -54,7 +59,8 @@ async def http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), code=code)
 
 
-async def unexpected_error_handler(_request: Request, _exc: Exception) -> JSONResponse:
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(
         500, "internal error; the server log has the details", code="internal_error"
     )
@@ -110,16 +116,18 @@ def _list(data: list[dict[str, Any]]) -> dict[str, Any]:
 def list_models(registry: RegistryDep, q: str | None = None) -> dict[str, Any]:
     aliases = registry.aliases()
     versions = registry.list_versions()
-    return _list([
-        {
-            "name": m.name,
-            "description": m.description,
-            "created_at": m.created_at.isoformat(),
-            "versions": [v.version for v in versions if v.name == m.name],
-            "aliases": {a.alias: a.version for a in aliases if a.name == m.name},
-        }
-        for m in registry.list_models(q)
-    ])  # fmt: skip
+    return _list(
+        [
+            {
+                "name": m.name,
+                "description": m.description,
+                "created_at": m.created_at.isoformat(),
+                "versions": [v.version for v in versions if v.name == m.name],
+                "aliases": {a.alias: a.version for a in aliases if a.name == m.name},
+            }
+            for m in registry.list_models(q)
+        ]
+    )
 
 
 @router.get("/models/{name}/versions")

@@ -59,8 +59,21 @@ def cli(ctx: click.Context, as_json: bool) -> None:
 @click.option("--description", default="", help="Model description, used on first version.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickle-based weight files.")
 @pass_ctx
-def register(ctx: _Context, name, source_dir, kind, fmt, parent, metrics, tags, recipe_digest,
-             datasets, source, description, allow_pickle) -> None:  # fmt: skip
+def register(
+    ctx: _Context,
+    name,
+    source_dir,
+    kind,
+    fmt,
+    parent,
+    metrics,
+    tags,
+    recipe_digest,
+    datasets,
+    source,
+    description,
+    allow_pickle,
+) -> None:
     """Copy SOURCE_DIR into the artifact store as the next version of NAME."""
     try:
         metric_values = {k: float(v) for k, v in parse_pairs(metrics, "--metric").items()}
@@ -100,14 +113,16 @@ def list_(ctx: _Context, name, kind, tags, include_archived) -> None:
         versions = reg.list_versions(include_archived=include_archived)
         aliases = reg.aliases()
         if ctx.as_json:
-            print_json([
-                {
-                    "name": m.name,
-                    "versions": [v.version for v in versions if v.name == m.name],
-                    "aliases": {a.alias: a.version for a in aliases if a.name == m.name},
-                }
-                for m in models
-            ])  # fmt: skip
+            print_json(
+                [
+                    {
+                        "name": m.name,
+                        "versions": [v.version for v in versions if v.name == m.name],
+                        "aliases": {a.alias: a.version for a in aliases if a.name == m.name},
+                    }
+                    for m in models
+                ]
+            )
             return
         rows = []
         for m in models:
@@ -153,11 +168,13 @@ def show(ctx: _Context, ref: str) -> None:
     details = ctx.registry.show(ref)
     v = details.version
     if ctx.as_json:
-        print_json({
-            **v.to_dict(),
-            "lineage": [p.ref for p in details.lineage],
-            "aliases": list(details.aliases),
-        })  # fmt: skip
+        print_json(
+            {
+                **v.to_dict(),
+                "lineage": [p.ref for p in details.lineage],
+                "aliases": list(details.aliases),
+            }
+        )
         return
     lines = [
         ("ref", v.ref),

@@ -4,15 +4,16 @@ Writers serialize per model: PostgreSQL locks the model's row (`SELECT ... FOR U
 SQLite takes the database write lock when a transaction begins (`BEGIN IMMEDIATE`).
 """
 
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
+from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Row, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, MetaData, Row, create_engine, event, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -82,7 +83,8 @@ def _event(row: Row) -> AliasEvent:
     )
 
 
-def _make_engine(url: str) -> Engine:
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite connections take the write lock when a transaction begins."""
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
@@ -102,20 +104,41 @@ def _make_engine(url: str) -> Engine:
     return engine
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration."""
+def migrate(
+    engine: Engine, script_location: Path = _MIGRATIONS, version_table: str = "alembic_version"
+) -> None:
+    """Bring the schema of one package (its own migrations and version table) to the newest."""
     config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("script_location", str(script_location))
+    config.attributes["version_table"] = version_table
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+def run_migrations(metadata: MetaData) -> None:
+    """The body of a package's alembic `env.py`: migrate the connection `migrate` hands in."""
+    connection = context.config.attributes["connection"]
+    version_table = context.config.attributes["version_table"]
+    if connection.dialect.name == "postgresql":
+        # Two processes opening a fresh database at once must not both create the tables.
+        lock = zlib.crc32(version_table.encode())
+        connection.execute(text(f"SELECT pg_advisory_xact_lock({lock})"))
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        version_table=version_table,
+        render_as_batch=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 class SqlStore(RegistryStore):
     def __init__(self, url: str):
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = _make_engine(url)
+        self.engine = make_engine(url)
         migrate(self.engine)
 
     @contextmanager

@@ -27,7 +27,7 @@ def postgres_url() -> Iterator[str]:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except OperationalError as err:
         admin.dispose()
-        if os.environ.get("LLMOPS_REQUIRE_POSTGRES"):
+        if os.environ.get("LLMOPS_REQUIRE_SERVICES"):
             raise
         pytest.skip(
             f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({type(err.orig).__name__}); "
