@@ -1,0 +1,1 @@
+"""Evaluation suites, promotion gates, drift monitoring and Captum explanations (to come)."""

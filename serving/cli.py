@@ -1,0 +1,154 @@
+"""`llm-serve`: run the OpenAI-compatible gateway, and manage its API keys.
+
+With no arguments it serves the demo model on the embedded engine, building the model first
+if the registry does not have it yet."""
+
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+import uvicorn
+
+from registry.console import print_json, print_table, run
+from registry.errors import ErrorCode, RegistryError
+from registry.service import Registry, open_registry
+from registry.settings import RegistrySettings
+from serving.app import build_gateway, create_app
+from serving.config import load_config
+from serving.database import open_database
+from serving.keys import ALL_MODELS, KeyStore
+from serving.settings import ServingSettings
+
+PROG = "llm-serve"
+LOOPBACK = "127.0.0.1"
+
+
+def _ensure_demo_model(registry: Registry, name: str) -> None:
+    try:
+        registry.resolve(name)
+        return
+    except RegistryError as err:
+        if err.code is not ErrorCode.NOT_FOUND:
+            raise
+    # Built on first run only; the library is imported here so that serving does not depend
+    # on the fine-tuning package anywhere else.
+    from finetune.demo.build import build_demo_model, register_demo_model
+    from finetune.demo.spec import FULL
+
+    click.echo(f"{name}: not in the registry yet; building the demo model (a few minutes) ...")
+    with tempfile.TemporaryDirectory() as tmp:
+        build = build_demo_model(Path(tmp) / name, FULL)
+        version = register_demo_model(registry, build, name=name)
+    click.echo(f"registered {version.ref} as {name}@production")
+
+
+@click.group(invoke_without_command=True, help=__doc__)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Serving YAML.")
+@click.option("--host", help="Address to listen on (overrides the config).")
+@click.option("--port", type=int, help="Port to listen on (overrides the config).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, host: str | None, port: int | None) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = ServingSettings()
+    try:
+        config = load_config(config_path or settings.config)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    config = config.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
+    registry_settings = RegistrySettings()
+    registry = open_registry(registry_settings)
+    _ensure_demo_model(registry, settings.demo_model)
+    gateway = build_gateway(
+        config, registry, registry_settings.resolved_home, registry_settings.resolved_database_url
+    )
+    if not gateway.keys.auth_required() and config.host != LOOPBACK:
+        click.echo(
+            f"no API keys exist, so the gateway listens on {LOOPBACK} only (not {config.host}); "
+            "create one with `llm-serve keys create NAME` to serve other hosts",
+            err=True,
+        )
+        config = config.model_copy(update={"host": LOOPBACK})
+    base = f"http://{config.host}:{config.port}/v1"
+    auth = "" if gateway.keys.auth_required() else " (no API key needed: none exist yet)"
+    click.echo(f"serving {settings.demo_model} at {base}{auth}")
+    click.echo(
+        f"try: curl {base}/chat/completions -H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{settings.demo_model}", "messages": '
+        '[{"role": "user", "content": "What is 12 + 30?"}], "temperature": 0}\''
+    )
+    uvicorn.run(create_app(gateway), host=config.host, port=config.port, log_level="info")
+
+
+def _keys() -> KeyStore:
+    return KeyStore(open_database(RegistrySettings().resolved_database_url))
+
+
+@cli.group()
+def keys() -> None:
+    """Create, list and revoke API keys (stored hashed in the registry database)."""
+
+
+@keys.command(name="create")
+@click.argument("name")
+@click.option("--model", "models", multiple=True, help="Allowed model (repeatable); default all.")
+@click.option("--admin", is_flag=True, help="May use the registry and key routes.")
+@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute.")
+@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute.")
+@click.option("--no-traffic-log", is_flag=True, help="Do not log this key's traffic.")
+@click.option("--json", "as_json", is_flag=True)
+def keys_create(name, models, admin, rpm, tpm, no_traffic_log, as_json) -> None:
+    """Create a key; its secret is printed once."""
+    key, secret = _keys().create(
+        name,
+        models=tuple(models) or (ALL_MODELS,),
+        admin=admin,
+        rpm=rpm,
+        tpm=tpm,
+        log_traffic=not no_traffic_log,
+    )
+    if as_json:
+        print_json({**key.to_dict(), "key": secret})
+    else:
+        click.echo(f"created {key.id} ({key.name}); the key is shown only now:\n{secret}")
+
+
+@keys.command(name="list")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+@click.option("--json", "as_json", is_flag=True)
+def keys_list(include_revoked: bool, as_json: bool) -> None:
+    found = _keys().list_keys(include_revoked=include_revoked)
+    if as_json:
+        print_json([k.to_dict() for k in found])
+        return
+    print_table(
+        ("id", "name", "prefix", "models", "admin", "rpm", "tpm", "revoked"),
+        [
+            (
+                k.id,
+                k.name,
+                k.prefix + "...",
+                ",".join(k.models),
+                k.admin,
+                k.rpm or "-",
+                k.tpm or "-",
+                k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "-",
+            )
+            for k in found
+        ],
+    )
+
+
+@keys.command(name="revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    try:
+        key = _keys().revoke(key_id)
+    except KeyError as err:
+        raise click.UsageError(err.args[0]) from None
+    click.echo(f"revoked {key.id} ({key.name})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(cli, PROG, argv))

@@ -1,0 +1,119 @@
+"""`configs/serving.yaml`: the gateway's address, limits and backends, validated on load."""
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitsConfig(_Config):
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted (413).")
+    max_tokens: int = Field(1024, gt=0, description="Cap on max_tokens per request (400).")
+    max_prompt_tokens: int = Field(4096, gt=0, description="Longest prompt accepted (400).")
+
+
+class LocalBackendConfig(_Config):
+    max_num_seqs: int = Field(32, gt=0, description="Sequences in one running batch.")
+    quantization: Literal["bnb-4bit"] | None = Field(
+        None, description="bnb-4bit: load weights as bitsandbytes NF4."
+    )
+    device_map: str | dict[str, Any] | None = Field(
+        None, description="accelerate device map, e.g. 'auto' to shard across devices."
+    )
+    max_memory: dict[str, str] | None = Field(
+        None, description="Per-device memory for device_map, e.g. {'0': '10GiB', 'cpu': '30GiB'}."
+    )
+    offload_folder: str | None = Field(
+        None, description="Folder for layers that device_map places on 'disk'."
+    )
+    dtype: str = Field("auto", description="Weights dtype: auto, float32, bfloat16, float16.")
+
+
+class RateLimitConfig(_Config):
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="memory: per gateway process; redis: shared by all replicas."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used by the redis backend.")
+
+
+class TrafficConfig(_Config):
+    enabled: bool = Field(True, description="Log every request and response.")
+    redactor: str | None = Field(
+        None, description="'pii' or 'package.module:callable' applied to prompts and outputs."
+    )
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class VllmModelConfig(_Config):
+    model: str = Field(description="Registry model name; every version of it is served by vLLM.")
+    replicas: int = Field(1, ge=1, description="Servers to launch per version (ignored with urls).")
+    urls: list[str] = Field(
+        default_factory=list, description="External vLLM servers to use instead of launching."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="Shards per server (tensor parallel).")
+    pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages per server.")
+    max_model_len: int | None = Field(None, gt=0, description="Context length to serve.")
+    max_loras: int = Field(4, ge=1, description="Adapters held at once per server.")
+    max_lora_rank: int = Field(8, description=f"Largest adapter rank; one of {VLLM_LORA_RANKS}.")
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="More `vllm serve` arguments, e.g. ['--dtype', 'float32'].",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment of the servers, e.g. VLLM_CPU_KVCACHE_SPACE."
+    )
+    startup_timeout_s: float = Field(600, gt=0, description="How long a server may take to start.")
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank(cls, rank: int) -> int:
+        if rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"vLLM accepts max_lora_rank in {VLLM_LORA_RANKS}, not {rank}")
+        return rank
+
+
+class VllmConfig(_Config):
+    models: list[VllmModelConfig] = Field(
+        default_factory=list, description="Models served by vLLM; all others use the local engine."
+    )
+    health_interval_s: float = Field(2.0, gt=0, description="Seconds between health checks.")
+
+
+class ServingConfig(_Config):
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: any free port).")
+    resolve_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long a model-string resolution is cached; alias moves reach "
+        "new requests within this time.",
+    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    traffic: TrafficConfig = Field(default_factory=TrafficConfig)
+    local: LocalBackendConfig = Field(default_factory=LocalBackendConfig)
+    vllm: VllmConfig = Field(default_factory=VllmConfig)
+
+
+def load_config(path: Path | None) -> ServingConfig:
+    """Read and validate a serving config; ValueError says which key is wrong."""
+    if path is None:
+        return ServingConfig()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        return ServingConfig.model_validate(data)
+    except FileNotFoundError:
+        raise ValueError(f"serving config {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"serving config {path} is not valid YAML: {err}") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"serving config {path}: {where}: {first['msg']}") from None

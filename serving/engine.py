@@ -1,0 +1,87 @@
+"""The engine-client interface both backends speak; the gateway never cares which one answers."""
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # how many top alternatives to report per token; None: no logprobs
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What an engine needs to run a resolved registry version: the base model's files, and
+    the adapter's, if the version is an adapter."""
+
+    key: str  # the base version's ref, e.g. "demo:1"
+    path: Path
+    adapter_key: str | None = None  # the adapter version's ref
+    adapter_path: Path | None = None
+
+
+@dataclass
+class GenerationChunk:
+    """New output since the previous chunk of one sequence. The last chunk has `finish_reason`."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" or "length"
+
+
+class EngineError(Exception):
+    """The engine could not run a request (a crashed or unreachable server, a failed load)."""
+
+
+class EngineClient(ABC):
+    name: str
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Start serving (load models, launch servers)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop serving and release resources; generations in flight end."""
+
+    @abstractmethod
+    def is_ready(self) -> bool:
+        """Whether the engine can take requests now."""
+
+    @abstractmethod
+    def generate(
+        self,
+        request_id: str,
+        model: ServedModel,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        stream: bool = True,
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream the continuation of the tokenized prompt. Closing the iterator early cancels
+        the generation in the engine. With `stream` False the caller only needs the whole
+        answer, so an engine may produce it in one chunk."""
+
+    @property
+    @abstractmethod
+    def queue_depth(self) -> int:
+        """Requests waiting to be scheduled (local) or outstanding upstream (vLLM)."""

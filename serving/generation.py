@@ -1,0 +1,437 @@
+"""From an OpenAI request to engine generations and back: prompt building, limits, rate
+limiting, `n` choices, streaming and non-streaming responses, metrics and the traffic log."""
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from serving.engine import EngineClient, GenerationChunk, SamplingParams, TokenLogprob
+from serving.errors import bad_request
+from serving.keys import ApiKey
+from serving.metrics import GatewayMetrics
+from serving.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChoiceLogprobs,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    SamplingFields,
+    TopLogprob,
+    Usage,
+)
+from serving.protocol import TokenLogprob as ProtocolTokenLogprob
+from serving.ratelimit import RateLimiter, Reservation
+from serving.resolver import ModelResolver, ResolvedModel
+from serving.traffic import TrafficLog, TrafficRecord
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_tokens: int = 4096  # cap on max_tokens / max_completion_tokens
+    max_prompt_tokens: int = 8192
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    request_id: str
+    key: ApiKey | None  # None when the gateway runs without keys
+    endpoint: str  # "chat" or "completions"
+
+
+@dataclass
+class Choice:
+    """Everything one of the `n` generations produced so far."""
+
+    index: int
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, chunk: GenerationChunk) -> None:
+        self.text += chunk.text
+        self.logprobs += chunk.logprobs
+        self.finish_reason = chunk.finish_reason
+        self.prompt_tokens = chunk.prompt_tokens
+        self.completion_tokens = chunk.completion_tokens
+
+
+@dataclass
+class Run:
+    """One request in flight: its choices as they grow, and what its end must account for."""
+
+    context: RequestContext
+    model: str  # as the client asked
+    resolved: ResolvedModel
+    backend: str
+    prompt: str
+    prompt_tokens: int
+    choices: list[Choice]
+    streams: list[AsyncIterator[GenerationChunk]]
+    reservation: Reservation | None
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+
+    @property
+    def usage(self) -> Usage:
+        completion = sum(c.completion_tokens for c in self.choices)
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=self.prompt_tokens + completion,
+        )
+
+
+def _sse(payload: str) -> bytes:
+    return f"data: {payload}\n\n".encode()
+
+
+class Generator:
+    def __init__(
+        self,
+        resolver: ModelResolver,
+        engine_for: Callable[[ResolvedModel], EngineClient],
+        metrics: GatewayMetrics,
+        limits: Limits,
+        limiter: RateLimiter,
+        traffic: TrafficLog | None = None,
+    ):
+        self.resolver = resolver
+        self.engine_for = engine_for
+        self.metrics = metrics
+        self.limits = limits
+        self.limiter = limiter
+        self.traffic = traffic
+
+    # -- a request's life -------------------------------------------------------------------
+
+    async def _start(
+        self,
+        req: SamplingFields,
+        ctx: RequestContext,
+        prompt_of: Callable[[ResolvedModel], tuple[str, list[int]]],
+        requested: int | None,
+        logprobs: int | None,
+    ) -> Run:
+        resolved = await asyncio.to_thread(self.resolver.resolve, req.model)
+        prompt, prompt_ids = prompt_of(resolved)
+        limit = min(self.limits.max_prompt_tokens, resolved.max_model_len - 1)
+        if len(prompt_ids) > limit:
+            raise bad_request(
+                f"the prompt is {len(prompt_ids)} tokens long; this model accepts at most "
+                f"{limit}. Shorten the prompt.",
+                param="messages" if ctx.endpoint == "chat" else "prompt",
+            )
+        params = self._params(req, requested, resolved, len(prompt_ids), logprobs)
+        reservation = None
+        if ctx.key is not None:
+            cost = len(prompt_ids) + req.n * params.max_tokens
+            reservation = await self.limiter.reserve(ctx.key, cost)
+        engine = self.engine_for(resolved)
+        self.metrics.requests.labels(resolved.version.ref, engine.name, ctx.endpoint).inc()
+        streams = []
+        for i in range(req.n):
+            seeded = (
+                params if params.seed is None else dataclasses.replace(params, seed=params.seed + i)
+            )
+            streams.append(
+                engine.generate(
+                    f"{ctx.request_id}-{i}", resolved.served, prompt_ids, seeded, stream=req.stream
+                )
+            )
+        return Run(
+            context=ctx,
+            model=req.model,
+            resolved=resolved,
+            backend=engine.name,
+            prompt=prompt,
+            prompt_tokens=len(prompt_ids),
+            choices=[Choice(i) for i in range(req.n)],
+            streams=streams,
+            reservation=reservation,
+        )
+
+    def _params(
+        self,
+        req: SamplingFields,
+        requested: int | None,
+        resolved: ResolvedModel,
+        prompt_len: int,
+        logprobs: int | None,
+    ) -> SamplingParams:
+        room = resolved.max_model_len - prompt_len
+        if requested is not None and requested > self.limits.max_tokens:
+            raise bad_request(
+                f"max_tokens is {requested}; this gateway allows at most {self.limits.max_tokens}",
+                param="max_tokens",
+            )
+        if requested is not None and requested > room:
+            raise bad_request(
+                f"this model's maximum context length is {resolved.max_model_len} tokens; the "
+                f"request asks for {prompt_len + requested} ({prompt_len} in the prompt, "
+                f"{requested} to generate). Lower max_tokens or shorten the prompt.",
+                param="max_tokens",
+            )
+        return SamplingParams(
+            max_tokens=requested or min(room, self.limits.max_tokens),
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            stop=tuple(req.stop_sequences),
+            logprobs=logprobs,
+        )
+
+    async def _chunks(self, run: Run) -> AsyncIterator[tuple[Choice, GenerationChunk]]:
+        """The chunks of all choices as they come. However the request ends (finished, failed,
+        or the client went away), its generations are cancelled and it is accounted once."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(choice: Choice, stream: AsyncIterator[GenerationChunk]) -> None:
+            try:
+                async for chunk in stream:
+                    await queue.put((choice, chunk))
+            except Exception as err:
+                await queue.put(err)
+            finally:
+                await queue.put(None)
+
+        tasks = [
+            asyncio.create_task(pump(c, s)) for c, s in zip(run.choices, run.streams, strict=True)
+        ]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                    continue
+                if isinstance(item, Exception):
+                    raise item
+                if run.first_token_at is None:
+                    run.first_token_at = time.perf_counter()
+                choice, chunk = item
+                choice.add(chunk)
+                yield choice, chunk
+        finally:
+            for task in tasks:
+                task.cancel()
+            for stream in run.streams:
+                await stream.aclose()
+            await self._account(run)
+
+    async def _account(self, run: Run) -> None:
+        labels = (run.resolved.version.ref, run.backend)
+        elapsed = time.perf_counter() - run.started
+        if run.first_token_at is not None:
+            self.metrics.ttft.labels(*labels).observe(run.first_token_at - run.started)
+        self.metrics.latency.labels(*labels).observe(elapsed)
+        usage = run.usage
+        self.metrics.prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
+        self.metrics.completion_tokens.labels(*labels).inc(usage.completion_tokens)
+        if run.reservation is not None:
+            await self.limiter.settle(run.reservation, usage.total_tokens)
+        key = run.context.key
+        if self.traffic is not None and (key is None or key.log_traffic):
+            self.traffic.record(
+                TrafficRecord(
+                    created_at=datetime.now(UTC),
+                    request_id=run.context.request_id,
+                    key_id=key.id if key else None,
+                    endpoint=run.context.endpoint,
+                    model=run.model,
+                    version=run.resolved.version.ref,
+                    backend=run.backend,
+                    prompt=run.prompt,
+                    output=run.choices[0].text,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    latency_ms=round(elapsed * 1000),
+                    finish_reason=run.choices[0].finish_reason or "cancelled",
+                )
+            )
+
+    async def _finish(self, run: Run) -> None:
+        async for _ in self._chunks(run):
+            pass
+
+    # -- chat -------------------------------------------------------------------------------
+
+    async def chat(
+        self, req: ChatCompletionRequest, ctx: RequestContext
+    ) -> ChatCompletionResponse | AsyncIterator[bytes]:
+        try:
+            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        except ValueError as err:
+            raise bad_request(str(err), param="messages") from None
+
+        def prompt_of(resolved: ResolvedModel) -> tuple[str, list[int]]:
+            try:
+                text = resolved.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+            except Exception as err:  # the template's own message says what is wrong
+                raise bad_request(
+                    f"the messages do not fit the model's chat template: {err}", param="messages"
+                ) from None
+            return text, resolved.tokenizer(text, add_special_tokens=False).input_ids
+
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        run = await self._start(req, ctx, prompt_of, req.token_limit, top)
+        if req.stream:
+            return self._chat_stream(req, run)
+        await self._finish(run)
+        return ChatCompletionResponse(
+            id=f"chatcmpl-{ctx.request_id}",
+            model=req.model,
+            choices=[
+                ChatChoice(
+                    index=c.index,
+                    message=AssistantMessage(content=c.text),
+                    logprobs=_chat_logprobs(c.logprobs) if req.logprobs else None,
+                    finish_reason=c.finish_reason,
+                )
+                for c in run.choices
+            ],
+            usage=run.usage,
+        )
+
+    async def _chat_stream(self, req: ChatCompletionRequest, run: Run) -> AsyncIterator[bytes]:
+        created = int(time.time())
+
+        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
+            body = ChatCompletionChunk(
+                id=f"chatcmpl-{run.context.request_id}",
+                created=created,
+                model=req.model,
+                choices=choices,
+                usage=usage,
+            )
+            return _sse(body.model_dump_json(exclude_none=True))
+
+        for c in run.choices:
+            first = ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))
+            yield chunk([first])
+        async for choice, piece in self._chunks(run):
+            delta = DeltaMessage(content=piece.text) if piece.text else DeltaMessage()
+            logprobs = _chat_logprobs(piece.logprobs) if req.logprobs else None
+            yield chunk(
+                [
+                    ChatChunkChoice(
+                        index=choice.index,
+                        delta=delta,
+                        logprobs=logprobs,
+                        finish_reason=piece.finish_reason,
+                    )
+                ]
+            )
+        if req.stream_options and req.stream_options.include_usage:
+            yield chunk([], run.usage)
+        yield _sse("[DONE]")
+
+    # -- completions ------------------------------------------------------------------------
+
+    async def complete(
+        self, req: CompletionRequest, ctx: RequestContext
+    ) -> CompletionResponse | AsyncIterator[bytes]:
+        def prompt_of(resolved: ResolvedModel) -> tuple[str, list[int]]:
+            return req.prompt_text, resolved.tokenizer(req.prompt_text).input_ids
+
+        run = await self._start(req, ctx, prompt_of, req.max_tokens, req.logprobs)
+        echo = req.prompt_text if req.echo else ""
+        if req.stream:
+            return self._completion_stream(req, run, echo)
+        await self._finish(run)
+        return CompletionResponse(
+            id=f"cmpl-{ctx.request_id}",
+            model=req.model,
+            choices=[
+                CompletionChoice(
+                    index=c.index,
+                    text=echo + c.text,
+                    logprobs=(
+                        _completion_logprobs(c.logprobs, len(echo))
+                        if req.logprobs is not None
+                        else None
+                    ),
+                    finish_reason=c.finish_reason,
+                )
+                for c in run.choices
+            ],
+            usage=run.usage,
+        )
+
+    async def _completion_stream(
+        self, req: CompletionRequest, run: Run, echo: str
+    ) -> AsyncIterator[bytes]:
+        created = int(time.time())
+
+        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
+            body = CompletionResponse(
+                id=f"cmpl-{run.context.request_id}",
+                created=created,
+                model=req.model,
+                choices=choices,
+                usage=usage,
+            )
+            return _sse(body.model_dump_json(exclude_none=True))
+
+        offsets = {c.index: len(echo) for c in run.choices}
+        if echo:
+            for c in run.choices:
+                yield chunk([CompletionChoice(index=c.index, text=echo)])
+        async for choice, piece in self._chunks(run):
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = _completion_logprobs(piece.logprobs, offsets[choice.index])
+            offsets[choice.index] += len(piece.text)
+            yield chunk(
+                [
+                    CompletionChoice(
+                        index=choice.index,
+                        text=piece.text,
+                        logprobs=logprobs,
+                        finish_reason=piece.finish_reason,
+                    )
+                ]
+            )
+        if req.stream_options and req.stream_options.include_usage:
+            yield chunk([], run.usage)
+        yield _sse("[DONE]")
+
+
+def _chat_logprobs(logprobs: list[TokenLogprob]) -> ChoiceLogprobs:
+    return ChoiceLogprobs(
+        content=[
+            ProtocolTokenLogprob(
+                token=lp.token,
+                logprob=lp.logprob,
+                bytes=list(lp.token.encode()),
+                top_logprobs=[
+                    TopLogprob(token=t, logprob=v, bytes=list(t.encode())) for t, v in lp.top
+                ],
+            )
+            for lp in logprobs
+        ]
+    )
+
+
+def _completion_logprobs(logprobs: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+    result = CompletionLogprobs(top_logprobs=[])
+    for lp in logprobs:
+        result.tokens.append(lp.token)
+        result.token_logprobs.append(lp.logprob)
+        result.top_logprobs.append(dict(lp.top))
+        result.text_offset.append(offset)
+        offset += len(lp.token)
+    return result

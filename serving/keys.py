@@ -1,0 +1,175 @@
+"""API keys: stored as sha256 hashes, checked in constant time, each with its allowed models,
+rate limits, traffic-log opt-out and an optional admin scope."""
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Row, select
+
+from serving.tables import api_keys
+
+KEY_PREFIX = "llmops-"
+ALL_MODELS = "*"
+_MIN_RELOAD_S = 0.25  # unknown secrets reload the keys at most this often
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    prefix: str
+    models: tuple[str, ...]
+    admin: bool
+    rpm: int | None
+    tpm: int | None
+    log_traffic: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def allows(self, model: str) -> bool:
+        """Whether this key may use `model` (`demo` also covers `demo@alias` and `demo:N`)."""
+        name = model.split("@", 1)[0].split(":", 1)[0]
+        return ALL_MODELS in self.models or model in self.models or name in self.models
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "models": list(self.models),
+            "admin": self.admin,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "log_traffic": self.log_traffic,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _key(row: Row) -> ApiKey:
+    def utc(value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
+
+    return ApiKey(
+        id=row.id,
+        name=row.name,
+        prefix=row.prefix,
+        models=tuple(row.models),
+        admin=row.admin,
+        rpm=row.rpm,
+        tpm=row.tpm,
+        log_traffic=row.log_traffic,
+        created_at=utc(row.created_at),
+        revoked_at=utc(row.revoked_at),
+    )
+
+
+class KeyStore:
+    """Keys in the database, with a short cache so that every request does not query it;
+    a revocation takes effect within `ttl` seconds."""
+
+    def __init__(self, engine: Engine, ttl: float = 2.0):
+        self.engine = engine
+        self.ttl = ttl
+        # (expires, earliest reload, active keys by hash)
+        self._cache: tuple[float, float, dict[str, ApiKey]] | None = None
+        self._lock = threading.Lock()
+
+    def create(
+        self,
+        name: str,
+        *,
+        models: tuple[str, ...] = (ALL_MODELS,),
+        admin: bool = False,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        log_traffic: bool = True,
+    ) -> tuple[ApiKey, str]:
+        """A new key and its secret; the secret is shown once and only its hash is stored."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = {
+            "id": "key_" + secrets.token_hex(8),
+            "name": name,
+            "key_hash": _hash(secret),
+            "prefix": secret[: len(KEY_PREFIX) + 4],
+            "models": list(models),
+            "admin": admin,
+            "rpm": rpm,
+            "tpm": tpm,
+            "log_traffic": log_traffic,
+            "created_at": datetime.now(UTC),
+            "revoked_at": None,
+        }
+        with self.engine.begin() as conn:
+            conn.execute(api_keys.insert().values(**row))
+        self._cache = None
+        return self.get(row["id"]), secret
+
+    def get(self, key_id: str) -> ApiKey:
+        with self.engine.begin() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+        if row is None:
+            raise KeyError(f"no API key {key_id!r}; `llm-serve keys list` shows the keys")
+        return _key(row)
+
+    def list_keys(self, include_revoked: bool = False) -> list[ApiKey]:
+        stmt = select(api_keys).order_by(api_keys.c.created_at)
+        if not include_revoked:
+            stmt = stmt.where(api_keys.c.revoked_at.is_(None))
+        with self.engine.begin() as conn:
+            return [_key(row) for row in conn.execute(stmt)]
+
+    def revoke(self, key_id: str) -> ApiKey:
+        key = self.get(key_id)
+        if key.revoked_at is None:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    api_keys.update()
+                    .where(api_keys.c.id == key_id)
+                    .values(revoked_at=datetime.now(UTC))
+                )
+        self._cache = None
+        return self.get(key_id)
+
+    def _active(self, refresh: bool = False) -> dict[str, ApiKey]:
+        """Active keys by hash, from the cache while it is fresh (or `refresh` is refused
+        because the cache was loaded a moment ago)."""
+        now = time.monotonic()
+        cached = self._cache
+        if cached is not None and (cached[0] > now if not refresh else cached[1] > now):
+            return cached[2]
+        with self._lock:
+            stmt = select(api_keys).where(api_keys.c.revoked_at.is_(None))
+            with self.engine.begin() as conn:
+                active = {row.key_hash: _key(row) for row in conn.execute(stmt)}
+            self._cache = (now + self.ttl, now + _MIN_RELOAD_S, active)
+            return active
+
+    def auth_required(self) -> bool:
+        """Keys are enforced once at least one active key exists."""
+        return bool(self._active())
+
+    def authenticate(self, secret: str) -> ApiKey | None:
+        """The active key whose hash matches; an unknown secret reloads the keys once, so a
+        key works as soon as it is created."""
+        digest = _hash(secret)
+        key = self._find(digest, self._active())
+        return key or self._find(digest, self._active(refresh=True))
+
+    @staticmethod
+    def _find(digest: str, active: dict[str, ApiKey]) -> ApiKey | None:
+        found = None
+        for stored, key in active.items():  # every key, compared in constant time
+            if hmac.compare_digest(stored, digest):
+                found = key
+        return found

@@ -1,0 +1,1 @@
+"""The in-process engine: Hugging Face transformers with continuous batching."""

@@ -1,0 +1,176 @@
+"""One loaded model and the thread that runs its continuous batch.
+
+Every iteration admits waiting sequences (one batched prefill), then runs one decoding step for
+every running sequence; finished and cancelled sequences leave between steps."""
+
+import threading
+from collections import deque
+
+import torch
+from peft import PeftModel
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from serving.engine import EngineError
+from serving.local.batch import BatchCache
+from serving.local.sampling import next_token
+from serving.local.sequence import Sequence
+
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str,
+        max_num_seqs: int,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_num_seqs = max_num_seqs
+        self.device = next(model.parameters()).device
+        eos = model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {t for t in [*eos, tokenizer.eos_token_id] if t is not None}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.max_len = model.config.max_position_embeddings
+        self._adapters: dict[str, str] = {}  # adapter key -> PEFT adapter name
+        self._model_lock = threading.Lock()  # adapters are loaded between steps, never during
+        self._cond = threading.Condition()
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._batch: BatchCache | None = None
+        self._stopped = False
+        self.decode_steps = 0
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    def submit(self, seq: Sequence) -> None:
+        with self._cond:
+            if self._stopped:
+                raise EngineError("the local engine is shutting down")
+            self._waiting.append(seq)
+            self._cond.notify()
+
+    def abort(self, seq: Sequence) -> None:
+        with self._cond:
+            seq.aborted = True
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    def adapter_name(self, key: str, path: str) -> str:
+        """Load the PEFT adapter at `path` once, under a name derived from `key`."""
+        with self._model_lock:
+            if key not in self._adapters:
+                name = "".join(c if c.isalnum() else "_" for c in key)
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(path, adapter_name=name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+                self.model.eval()
+                self._adapters[key] = name
+            return self._adapters[key]
+
+    # -- the engine thread ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stopped or self._waiting or self._running):
+                    self._cond.wait()
+                if self._stopped:
+                    self._fail([*self._running, *self._waiting], "the local engine stopped")
+                    return
+                room = self.max_num_seqs - len(self._running)
+                admitted = []
+                while self._waiting and len(admitted) < room:
+                    seq = self._waiting.popleft()
+                    if not seq.aborted:
+                        admitted.append(seq)
+            try:
+                with self._model_lock, torch.inference_mode():
+                    if admitted:
+                        self._prefill(admitted)
+                        self._drop_finished()
+                    if self._running:
+                        self._decode()
+                        self._drop_finished()
+            except Exception as err:  # a failed step fails the sequences in it, not the engine
+                self._fail([*self._running, *admitted], f"generation failed: {err}")
+                self._running, self._batch = [], None
+
+    def _fail(self, seqs: list[Sequence], message: str) -> None:
+        for seq in seqs:
+            if seq.finish_reason is None:
+                seq.emit(EngineError(message))
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache, seqs):
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        kwargs = {}
+        if isinstance(self.model, PeftModel):
+            kwargs["adapter_names"] = [s.adapter or BASE_ADAPTER for s in seqs]
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            **kwargs,
+        )
+        return out.logits[:, -1].float().cpu(), out.past_key_values
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        length = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, length - len(seq.prompt_ids) :] = torch.tensor(seq.prompt_ids)
+            mask[row, length - len(seq.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        logits, cache = self._forward(ids, mask, DynamicCache(), seqs)
+        self._sample(seqs, logits)
+        batch = BatchCache(cache, mask)
+        if self._batch is None:
+            self._batch = batch
+        else:
+            self._batch.extend(batch)
+        self._running.extend(seqs)
+
+    def _decode(self) -> None:
+        assert self._batch is not None
+        ids = torch.tensor([[s.output_ids[-1]] for s in self._running], device=self.device)
+        logits, cache = self._forward(ids, self._batch.grow(), self._batch.cache, self._running)
+        self._batch.cache = cache
+        self.decode_steps += 1
+        self._sample(self._running, logits)
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        for row, seq in enumerate(seqs):
+            token = next_token(logits[row], seq.params, seq.generator)
+            seq.append(token, logits[row], self.tokenizer, self.eos_ids, self.max_len)
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, s in enumerate(self._running) if s.finish_reason is None and not s.aborted]
+        if len(keep) == len(self._running):
+            return
+        self._running = [self._running[i] for i in keep]
+        if not keep:
+            self._batch = None
+        else:
+            assert self._batch is not None
+            self._batch.keep(keep)

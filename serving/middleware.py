@@ -1,0 +1,69 @@
+"""ASGI middleware: request ids, the body-size cap and error counting. Pure ASGI (not
+`BaseHTTPMiddleware`) so streamed responses pass straight through."""
+
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry.api import error_response
+from serving.metrics import GatewayMetrics
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: GatewayMetrics):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = headers.get(REQUEST_ID_HEADER.encode(), b"").decode() or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (REQUEST_ID_HEADER.encode(), request_id.encode())
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), id_header]
+                status = message["status"]
+                if status >= 400 and scope["path"].startswith("/v1/"):
+                    model = scope["state"].get("model", "unknown")
+                    self.metrics.errors.labels(model, str(status)).inc()
+            await send(message)
+
+        declared = int(headers.get(b"content-length", b"0") or 0)
+        if declared > self.max_body_bytes:
+            await self._too_large(scope, receive, send_with_id, declared)
+            return
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted_receive, send_with_id)
+        except _BodyTooLarge:
+            if not started:
+                await self._too_large(scope, receive, send_with_id, received)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+        message = f"the request body is {size} bytes; the limit is {self.max_body_bytes}"
+        response = error_response(413, message, code="request_too_large")
+        await response(scope, receive, send)

@@ -1,0 +1,142 @@
+"""Per-key rate limits in requests and tokens per minute, over fixed one-minute windows.
+
+A request reserves one request and its largest possible token count (prompt plus every
+choice's max_tokens) before it runs, and gives back what it did not use when it ends, so
+concurrent requests can never together exceed a limit. `MemoryRateLimiter` counts in one
+process; `RedisRateLimiter` counts in Redis, shared by every gateway replica."""
+
+import asyncio
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from serving.errors import ServingError
+from serving.keys import ApiKey
+
+WINDOW_S = 60
+
+
+@dataclass(frozen=True)
+class Reservation:
+    key_id: str
+    window: int
+    tokens: int
+
+
+def _window() -> tuple[int, int]:
+    now = time.time()
+    window = int(now // WINDOW_S)
+    return window, max(1, math.ceil((window + 1) * WINDOW_S - now))
+
+
+def _refusal(key: ApiKey, what: str, used: int, limit: int, retry_after: int) -> ServingError:
+    return ServingError(
+        429,
+        f"rate limit of key {key.name!r} reached: {used} of {limit} {what} used this minute; "
+        f"retry in {retry_after} s",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def _check(key: ApiKey, requests: int, tokens: int, cost: int, retry_after: int) -> None:
+    if key.rpm is not None and requests + 1 > key.rpm:
+        raise _refusal(key, "requests", requests, key.rpm, retry_after)
+    if key.tpm is not None and tokens + cost > key.tpm:
+        if cost > key.tpm:
+            raise ServingError(
+                429,
+                f"this request may use {cost} tokens, more than key {key.name!r} allows per "
+                f"minute ({key.tpm}); lower max_tokens or shorten the prompt",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(retry_after)},
+            )
+        raise _refusal(key, "tokens", tokens, key.tpm, retry_after)
+
+
+class RateLimiter(ABC):
+    @abstractmethod
+    async def reserve(self, key: ApiKey, tokens: int) -> Reservation:
+        """Count one request and `tokens` against `key`, or raise 429 with Retry-After."""
+
+    @abstractmethod
+    async def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        """Give back the reserved tokens the request did not use."""
+
+    async def aclose(self) -> None:
+        return None
+
+
+class MemoryRateLimiter(RateLimiter):
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, int], list[int]] = {}  # (key, window) -> [requests, tokens]
+        self._lock = asyncio.Lock()
+
+    async def reserve(self, key: ApiKey, tokens: int) -> Reservation:
+        window, retry_after = _window()
+        async with self._lock:
+            for stale in [k for k in self._counts if k[1] < window]:
+                del self._counts[stale]
+            counts = self._counts.setdefault((key.id, window), [0, 0])
+            _check(key, counts[0], counts[1], tokens, retry_after)
+            counts[0] += 1
+            counts[1] += tokens
+        return Reservation(key.id, window, tokens)
+
+    async def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        async with self._lock:
+            counts = self._counts.get((reservation.key_id, reservation.window))
+            if counts is not None:
+                counts[1] -= max(0, reservation.tokens - used_tokens)
+
+
+# Checks both limits and counts the request in one atomic step on the Redis server.
+_RESERVE = """
+local requests = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
+local rpm, tpm, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if (rpm >= 0 and requests + 1 > rpm) or (tpm >= 0 and tokens + cost > tpm) then
+  return {0, requests, tokens}
+end
+redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('INCRBY', KEYS[2], cost)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {1, requests, tokens}
+"""
+
+
+class RedisRateLimiter(RateLimiter):
+    def __init__(self, url: str, prefix: str = "llmops:ratelimit"):
+        self.redis = aioredis.from_url(url)
+        self.prefix = prefix
+        self._reserve = self.redis.register_script(_RESERVE)
+
+    def _keys(self, key_id: str, window: int) -> list[str]:
+        return [
+            f"{self.prefix}:{key_id}:{window}:requests",
+            f"{self.prefix}:{key_id}:{window}:tokens",
+        ]
+
+    async def reserve(self, key: ApiKey, tokens: int) -> Reservation:
+        window, retry_after = _window()
+        rpm = -1 if key.rpm is None else key.rpm
+        tpm = -1 if key.tpm is None else key.tpm
+        args = [rpm, tpm, tokens, 2 * WINDOW_S]
+        granted, requests, used = await self._reserve(keys=self._keys(key.id, window), args=args)
+        if not granted:
+            _check(key, int(requests), int(used), tokens, retry_after)
+        return Reservation(key.id, window, tokens)
+
+    async def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        unused = reservation.tokens - used_tokens
+        # Once the window is over its counts no longer matter (and may have expired).
+        if unused > 0 and _window()[0] == reservation.window:
+            tokens_key = self._keys(reservation.key_id, reservation.window)[1]
+            await self.redis.decrby(tokens_key, unused)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()

@@ -1,0 +1,97 @@
+"""Model strings to servable models: `demo` (its production alias), `demo@staging`, `demo:3`.
+
+Resolutions are cached for `ttl` seconds, so an alias move reaches new requests within that
+time without a restart, while requests in flight keep the version they started with."""
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from registry.entities import ModelVersion, VersionKind
+from registry.errors import ErrorCode, RegistryError
+from registry.service import Registry
+from serving.engine import ServedModel
+from serving.errors import ServingError
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # what the client asked for
+    version: ModelVersion
+    served: ServedModel
+    tokenizer: PreTrainedTokenizerBase
+    max_model_len: int
+
+
+class ModelResolver:
+    def __init__(self, registry: Registry, cache_dir: Path, ttl: float = 1.0):
+        self.registry = registry
+        self.cache_dir = cache_dir
+        self.ttl = ttl
+        self._resolved: dict[str, tuple[float, ResolvedModel]] = {}
+        self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, model: str) -> ResolvedModel:
+        """Resolve a model string; 404 `model_not_found` when the registry has no such model."""
+        now = time.monotonic()
+        cached = self._resolved.get(model)
+        if cached and cached[0] > now:
+            return cached[1]
+        try:
+            version = self.registry.resolve(model)
+            resolved = self._prepare(model, version)
+        except RegistryError as err:
+            if err.code in (ErrorCode.NOT_FOUND, ErrorCode.INVALID):
+                raise ServingError(
+                    404,
+                    f"The model `{model}` does not exist: {err.message}",
+                    code="model_not_found",
+                    param="model",
+                ) from None
+            raise
+        self._resolved[model] = (now + self.ttl, resolved)
+        return resolved
+
+    def base_of(self, version: ModelVersion) -> ModelVersion:
+        """The version whose weights an adapter applies to."""
+        while version.kind is VersionKind.ADAPTER:
+            if version.parent is None:
+                raise ServingError(
+                    500, f"adapter {version.ref} has no base version", code="model_misconfigured"
+                )
+            version = self.registry.resolve(version.parent)
+        return version
+
+    def _prepare(self, name: str, version: ModelVersion) -> ResolvedModel:
+        base = self.base_of(version)
+        base_path = self.local_path(base)
+        adapter = version if version.kind is VersionKind.ADAPTER else None
+        served = ServedModel(
+            key=base.ref,
+            path=base_path,
+            adapter_key=adapter.ref if adapter else None,
+            adapter_path=self.local_path(adapter) if adapter else None,
+        )
+        with self._lock:
+            if base.ref not in self._tokenizers:
+                self._tokenizers[base.ref] = AutoTokenizer.from_pretrained(base_path)
+        tokenizer = self._tokenizers[base.ref]
+        return ResolvedModel(name, version, served, tokenizer, _max_model_len(base_path))
+
+    def local_path(self, version: ModelVersion) -> Path:
+        """A verified local copy of the version's files, fetched once per artifact digest."""
+        path = self.cache_dir / version.artifact_digest.removeprefix("sha256:")
+        with self._lock:
+            if not path.exists():
+                self.registry.fetch(version.ref, path)
+        return path
+
+
+def _max_model_len(path: Path) -> int:
+    config = json.loads((path / "config.json").read_text())
+    return int(config.get("max_position_embeddings", 2048))

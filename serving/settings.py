@@ -1,0 +1,17 @@
+"""Gateway settings from the environment (`LLMOPS_SERVING_*`)."""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMOPS_SERVING_")
+
+    config: Path | None = Field(
+        default=None, description="The serving YAML (see configs/serving.yaml); defaults apply."
+    )
+    demo_model: str = Field(
+        default="demo", description="Model `llm-serve` builds on first run if it is missing."
+    )

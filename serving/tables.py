@@ -1,0 +1,54 @@
+"""The gateway's tables (API keys, traffic log), in the same database as the registry with
+their own migrations in `serving/migrations`."""
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("models", JSON, nullable=False),  # allowed model names; ["*"] allows all
+    Column("admin", Boolean, nullable=False),
+    Column("rpm", Integer, nullable=True),
+    Column("tpm", Integer, nullable=True),
+    Column("log_traffic", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+traffic = Table(
+    "traffic",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("key_id", String(32), nullable=True),
+    Column("endpoint", String(32), nullable=False),
+    Column("model", String(256), nullable=False),
+    Column("version", String(160), nullable=False),
+    Column("backend", String(32), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("output", Text, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("latency_ms", Integer, nullable=False),
+    Column("finish_reason", String(16), nullable=True),
+    Index("ix_traffic_created_at", "created_at"),
+    Index("ix_traffic_version_created_at", "version", "created_at"),
+)

