@@ -27,8 +27,8 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 _SQLITE_BUSY_TIMEOUT_S = 60
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything stored is UTC.
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored timestamp as an aware UTC datetime (SQLite hands back naive ones)."""
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
@@ -39,7 +39,7 @@ def _now() -> datetime:
 
 
 def _model(row: Row) -> Model:
-    return Model(row.name, row.description, _utc(row.created_at), row.created_by)
+    return Model(row.name, row.description, as_utc(row.created_at), row.created_by)
 
 
 def _version(row: Row) -> ModelVersion:
@@ -58,13 +58,13 @@ def _version(row: Row) -> ModelVersion:
         tags=dict(row.tags),
         source=row.source,
         created_by=row.created_by,
-        created_at=_utc(row.created_at),
-        archived_at=_utc(row.archived_at),
+        created_at=as_utc(row.created_at),
+        archived_at=as_utc(row.archived_at),
     )
 
 
 def _alias(row: Row) -> Alias:
-    return Alias(row.name, row.alias, row.version, _utc(row.updated_at))
+    return Alias(row.name, row.alias, row.version, as_utc(row.updated_at))
 
 
 def _event(row: Row) -> AliasEvent:
@@ -79,7 +79,7 @@ def _event(row: Row) -> AliasEvent:
         reason=row.reason,
         forced=row.forced,
         gate=row.gate,
-        created_at=_utc(row.created_at),
+        created_at=as_utc(row.created_at),
     )
 
 

@@ -3,6 +3,7 @@
 With no arguments it serves the demo model on the embedded engine, building the model first
 if the registry does not have it yet."""
 
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -51,6 +52,9 @@ def _ensure_demo_model(registry: Registry, name: str) -> None:
 def cli(ctx: click.Context, config_path: Path | None, host: str | None, port: int | None) -> None:
     if ctx.invoked_subcommand is not None:
         return
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = ServingSettings()
     try:
         config = load_config(config_path or settings.config)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, select
 
+from registry.sql_store import as_utc
 from serving.tables import api_keys
 
 KEY_PREFIX = "llmops-"
@@ -57,9 +58,6 @@ def _hash(secret: str) -> str:
 
 
 def _key(row: Row) -> ApiKey:
-    def utc(value: datetime | None) -> datetime | None:
-        return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
-
     return ApiKey(
         id=row.id,
         name=row.name,
@@ -69,8 +67,8 @@ def _key(row: Row) -> ApiKey:
         rpm=row.rpm,
         tpm=row.tpm,
         log_traffic=row.log_traffic,
-        created_at=utc(row.created_at),
-        revoked_at=utc(row.revoked_at),
+        created_at=as_utc(row.created_at),
+        revoked_at=as_utc(row.revoked_at),
     )
 
 

@@ -32,29 +32,27 @@ def _window() -> tuple[int, int]:
     return window, max(1, math.ceil((window + 1) * WINDOW_S - now))
 
 
-def _refusal(key: ApiKey, what: str, used: int, limit: int, retry_after: int) -> ServingError:
+def _refusal(message: str, retry_after: int) -> ServingError:
     return ServingError(
-        429,
-        f"rate limit of key {key.name!r} reached: {used} of {limit} {what} used this minute; "
-        f"retry in {retry_after} s",
-        code="rate_limit_exceeded",
-        headers={"Retry-After": str(retry_after)},
+        429, message, code="rate_limit_exceeded", headers={"Retry-After": str(retry_after)}
     )
 
 
 def _check(key: ApiKey, requests: int, tokens: int, cost: int, retry_after: int) -> None:
+    """Raise 429 if one more request of `cost` tokens would pass one of `key`'s limits."""
+    reached = (
+        f"rate limit of key {key.name!r} reached: {{}} used this minute; retry in {retry_after} s"
+    )
     if key.rpm is not None and requests + 1 > key.rpm:
-        raise _refusal(key, "requests", requests, key.rpm, retry_after)
+        raise _refusal(reached.format(f"{requests} of {key.rpm} requests"), retry_after)
     if key.tpm is not None and tokens + cost > key.tpm:
         if cost > key.tpm:
-            raise ServingError(
-                429,
+            raise _refusal(
                 f"this request may use {cost} tokens, more than key {key.name!r} allows per "
                 f"minute ({key.tpm}); lower max_tokens or shorten the prompt",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(retry_after)},
+                retry_after,
             )
-        raise _refusal(key, "tokens", tokens, key.tpm, retry_after)
+        raise _refusal(reached.format(f"{tokens} of {key.tpm} tokens"), retry_after)
 
 
 class RateLimiter(ABC):

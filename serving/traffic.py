@@ -11,10 +11,11 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Engine, Row, select
 
+from registry.sql_store import as_utc
 from serving.tables import traffic
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,7 @@ class TrafficRecord:
 def _record(row: Row) -> TrafficRecord:
     values = row._asdict()
     values.pop("id")
-    if values["created_at"].tzinfo is None:
-        values["created_at"] = values["created_at"].replace(tzinfo=UTC)
+    values["created_at"] = as_utc(values["created_at"])
     return TrafficRecord(**values)
 
 

@@ -100,6 +100,7 @@ class LocalEngine(EngineClient):
             loop=asyncio.get_running_loop(),
             queue=asyncio.Queue(),
             generator=None if params.greedy else torch.Generator().manual_seed(seed),
+            stream=stream,
         )
         runner.submit(seq)
         try:

@@ -160,8 +160,13 @@ class ModelRunner:
         self._sample(self._running, logits)
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        greedy = logits.argmax(dim=-1).tolist()  # one op for every greedy row
         for row, seq in enumerate(seqs):
-            token = next_token(logits[row], seq.params, seq.generator)
+            token = (
+                greedy[row]
+                if seq.params.greedy
+                else next_token(logits[row], seq.params, seq.generator)
+            )
             seq.append(token, logits[row], self.tokenizer, self.eos_ids, self.max_len)
 
     def _drop_finished(self) -> None:

@@ -8,9 +8,7 @@ from serving.engine import SamplingParams
 def next_token(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
 ) -> int:
-    """Greedy when temperature is 0, else temperature and nucleus (top-p) sampling."""
-    if params.greedy:
-        return int(torch.argmax(logits))
+    """Temperature and nucleus (top-p) sampling; greedy rows never get here."""
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)

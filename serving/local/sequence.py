@@ -20,6 +20,7 @@ class Sequence:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
     generator: torch.Generator | None = None
+    stream: bool = True  # False: the caller wants the whole answer, so send it once at the end
     output_ids: list[int] = field(default_factory=list)
     generated: int = 0  # sampled tokens, the end-of-sequence token included
     text: str = ""  # decoded output, stop strings excluded
@@ -27,6 +28,9 @@ class Sequence:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     aborted: bool = False
+    # Incremental detokenization: only the tokens from `_prefix` on are decoded each step.
+    _prefix: int = 0
+    _read: int = 0
 
     def emit(self, chunk: GenerationChunk | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, chunk)
@@ -55,15 +59,28 @@ class Sequence:
             self.finish_reason = "stop"
         else:
             self.output_ids.append(token)
-            self.text = tokenizer.decode(self.output_ids, skip_special_tokens=True)
-            if self._cut_at_stop():
-                self.finish_reason = "stop"
-            elif (
+            self._decode_new(tokenizer)
+            if (
                 self.generated >= self.params.max_tokens
                 or len(self.prompt_ids) + len(self.output_ids) >= max_len
             ):
                 self.finish_reason = "length"
+        if self.finish_reason is not None:
+            # The whole decode, exactly as Hugging Face decodes a generation.
+            self.text = tokenizer.decode(self.output_ids, skip_special_tokens=True)
+        if self._cut_at_stop():
+            self.finish_reason = "stop"
         self._send()
+
+    def _decode_new(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Decode only the last few tokens; a token that ends inside a UTF-8 character waits
+        for the next one."""
+        window = self.output_ids[self._prefix :]
+        before = tokenizer.decode(window[: self._read - self._prefix], skip_special_tokens=True)
+        after = tokenizer.decode(window, skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before) :]
+            self._prefix, self._read = self._read, len(self.output_ids)
 
     def _cut_at_stop(self) -> bool:
         for stop in self.params.stop:
@@ -74,12 +91,12 @@ class Sequence:
         return False
 
     def _send(self) -> None:
+        if self.finish_reason is None and not self.stream:
+            return
         end = len(self.text)
         if self.finish_reason is None:
-            # Hold back an incomplete UTF-8 character and anything that may yet begin a stop
-            # string, so that streamed text always equals the non-streamed text.
-            if self.text.endswith("\ufffd"):
-                return
+            # Hold back anything that may yet begin a stop string, so that streamed text
+            # always equals the non-streamed text.
             end -= max((len(s) - 1 for s in self.params.stop), default=0)
         delta = self.text[self.sent : max(end, self.sent)]
         if not delta and self.finish_reason is None and not self.pending_logprobs:

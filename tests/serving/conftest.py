@@ -7,50 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import uvicorn
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from finetune.demo.skills import SKILLS, generate_splits
-from finetune.demo.tokenizer import train_demo_tokenizer
+from finetune.demo.random_model import build_random_model
 from registry.service import Registry, open_registry
 from registry.settings import RegistrySettings
 from serving.app import Gateway, build_gateway, create_app
 from serving.config import ServingConfig
 from serving.vllm.engine import free_port
-
-
-def build_random_model(
-    path: Path, seed: int = 0, hidden_size: int = 64, initializer_range: float = 0.02
-) -> Path:
-    """A 2-layer Llama with random weights and the demo tokenizer: it answers with varied,
-    deterministic tokens, which is what engine and API tests need (not meaningful text).
-    A large `initializer_range` makes its next-token choices clear-cut, so that two engines'
-    float rounding cannot flip a greedy choice."""
-    texts = [
-        message["content"]
-        for skill in SKILLS.values()
-        for row in generate_splits(skill, seed, 50, 5)[0]
-        for message in row["messages"]
-    ]
-    tokenizer = train_demo_tokenizer(texts, vocab_size=300)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        initializer_range=initializer_range,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")

