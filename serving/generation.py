@@ -124,7 +124,9 @@ class Generator:
         requested: int | None,
         logprobs: int | None,
     ) -> Run:
-        resolved = await asyncio.to_thread(self.resolver.resolve, req.model)
+        resolved = self.resolver.cached(req.model) or await asyncio.to_thread(
+            self.resolver.resolve, req.model
+        )
         prompt, prompt_ids = prompt_of(resolved)
         limit = min(self.limits.max_prompt_tokens, resolved.max_model_len - 1)
         if len(prompt_ids) > limit:

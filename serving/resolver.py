@@ -36,12 +36,16 @@ class ModelResolver:
         self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self._lock = threading.Lock()
 
+    def cached(self, model: str) -> ResolvedModel | None:
+        """The resolution of `model` while it is fresh, without touching the registry."""
+        cached = self._resolved.get(model)
+        return cached[1] if cached and cached[0] > time.monotonic() else None
+
     def resolve(self, model: str) -> ResolvedModel:
         """Resolve a model string; 404 `model_not_found` when the registry has no such model."""
+        if (cached := self.cached(model)) is not None:
+            return cached
         now = time.monotonic()
-        cached = self._resolved.get(model)
-        if cached and cached[0] > now:
-            return cached[1]
         try:
             version = self.registry.resolve(model)
             resolved = self._prepare(model, version)

@@ -9,6 +9,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -70,10 +71,17 @@ def _record(row: Row) -> TrafficRecord:
 
 
 class TrafficLog:
-    def __init__(self, engine: Engine, redact: Redactor | None = None, batch_size: int = 500):
+    def __init__(
+        self,
+        engine: Engine,
+        redact: Redactor | None = None,
+        batch_size: int = 500,
+        linger_s: float = 0.2,
+    ):
         self.engine = engine
         self.redact = redact
         self.batch_size = batch_size
+        self.linger_s = linger_s
         self._queue: queue.Queue[TrafficRecord | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="traffic-log", daemon=True)
         self._writer.start()
@@ -111,11 +119,12 @@ class TrafficLog:
 
     def _write_loop(self) -> None:
         while True:
-            first = self._queue.get()
-            batch = [first]
-            while len(batch) < self.batch_size:
+            batch = [self._queue.get()]
+            # Gather what arrives in the next moments too: one transaction for many requests.
+            deadline = time.monotonic() + self.linger_s
+            while len(batch) < self.batch_size and batch[-1] is not None:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
             records = [r for r in batch if r is not None]
