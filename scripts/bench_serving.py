@@ -231,25 +231,32 @@ def vllm_benchmarks(server: GatewayProcess, upstream: str, quick: bool) -> dict:
     def body(text: str, model: str) -> dict:
         return {"model": model, "prompt": text, "max_tokens": 16, "temperature": 0}
 
-    asyncio.run(  # warm up both paths
-        http_load(server.url, [body(t, "bench-vllm") for t, _ in work[:2]], "/v1/completions")
-    )
     direct_bodies = [body(t, "bench-vllm:1") for t, _ in work]
     gateway_bodies = [body(t, "bench-vllm") for t, _ in work]
     results = {}
 
-    # 2. Gateway overhead: sequential latency and concurrent throughput, direct vs through.
-    rounds = []
-    for _ in range(2):  # alternate to spread any drift of the machine over both
-        d = asyncio.run(http_load(upstream, direct_bodies, "/v1/completions", concurrency=1))
-        g = asyncio.run(http_load(server.url, gateway_bodies, "/v1/completions", concurrency=1))
-        rounds.append((d, g))
-    direct_lat = [x for d, _ in rounds for x in d[1]]
-    gateway_lat = [x for _, g in rounds for x in g[1]]
-    d_seconds, _, d_tokens = asyncio.run(http_load(upstream, direct_bodies, "/v1/completions", 32))
-    g_seconds, _, g_tokens = asyncio.run(
-        http_load(server.url, gateway_bodies, "/v1/completions", 32)
-    )
+    def load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float], int]:
+        return asyncio.run(http_load(url, bodies, "/v1/completions", concurrency))
+
+    # Warm up both paths at both concurrencies: vLLM's first batches of a new size are slow.
+    for url, bodies in ((upstream, direct_bodies), (server.url, gateway_bodies)):
+        load(url, bodies, 1)
+        load(url, bodies, 32)
+
+    # 2. Gateway overhead: sequential latency and concurrent throughput, direct vs through,
+    # alternated so that drift of the machine falls on both sides.
+    direct_lat, gateway_lat = [], []
+    direct_rate, gateway_rate = [0.0, 0], [0.0, 0]
+    for _ in range(2):
+        direct_lat += load(upstream, direct_bodies, 1)[1]
+        gateway_lat += load(server.url, gateway_bodies, 1)[1]
+        for url, bodies, rate in (
+            (upstream, direct_bodies, direct_rate),
+            (server.url, gateway_bodies, gateway_rate),
+        ):
+            seconds, _, tokens = load(url, bodies, 32)
+            rate[0] += seconds
+            rate[1] += tokens
     results["gateway_overhead_vs_direct_vllm"] = {
         "requests": len(work),
         "max_tokens": 16,
@@ -257,13 +264,13 @@ def vllm_benchmarks(server: GatewayProcess, upstream: str, quick: bool) -> dict:
         "gateway_p50_ms": 1000 * percentile(gateway_lat, 50),
         "added_p50_ms": 1000 * (percentile(gateway_lat, 50) - percentile(direct_lat, 50)),
         "added_p99_ms": 1000 * (percentile(gateway_lat, 99) - percentile(direct_lat, 99)),
-        "throughput_ratio": (g_tokens / g_seconds) / (d_tokens / d_seconds),
+        "throughput_ratio": (gateway_rate[1] / gateway_rate[0]) / (direct_rate[1] / direct_rate[0]),
         "target_added_p50_ms": 2.0,
         "target_throughput_ratio": 0.95,
     }
 
     # 3. vLLM under the load of benchmark 1a, which measured the local engine.
-    load = [
+    chat_load = [
         {
             "model": "bench-vllm",
             "messages": [{"role": "user", "content": t}],
@@ -272,8 +279,8 @@ def vllm_benchmarks(server: GatewayProcess, upstream: str, quick: bool) -> dict:
         }
         for t, _ in prompts(32, mixed=False)
     ]
-    asyncio.run(http_load(server.url, load[:4]))
-    seconds, _, tokens = asyncio.run(http_load(server.url, load))
+    asyncio.run(http_load(server.url, chat_load[:4]))
+    seconds, _, tokens = asyncio.run(http_load(server.url, chat_load))
     results["vllm_chat_tokens_per_s"] = tokens / seconds
     return results
 
@@ -302,17 +309,24 @@ def main() -> None:
             results["local_engine"] = local_engine_benchmarks(server, model_dir, args.quick)
         if not args.no_vllm:
             # One vLLM server that the gateway uses as an external URL, so that the same load
-            # can also go to it directly.
+            # can also go to it directly. vLLM's compute threads get the last core to
+            # themselves, and the gateway and this load generator the others: on a small
+            # machine, threads that spin-wait for each other otherwise make every number noise.
+            cores = sorted(os.sched_getaffinity(0))
             spec = LaunchSpec(
                 model_dir,
                 "bench-vllm:1",
                 free_port(),
                 max_model_len=512,
                 extra_args=("--dtype", "float32"),
-                env={"VLLM_CPU_KVCACHE_SPACE": "2"},
+                env={"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": str(cores[-1])},
             )
             vllm = VllmServer(f"http://127.0.0.1:{spec.port}", spec)
             vllm.launch()
+            os.sched_setaffinity(0, cores[:-1] or cores)
+            results["vllm_cores"] = (
+                f"vLLM compute on core {cores[-1]}; gateway and load on {cores[:-1]}"
+            )
             try:
                 asyncio.run(_wait(vllm))
                 config["vllm"] = {"models": [{"model": "bench-vllm", "urls": [vllm.url]}]}
