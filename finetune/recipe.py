@@ -1,0 +1,114 @@
+"""Fine-tuning recipes: YAML files in `configs/finetune/`, validated into a typed `Recipe`.
+
+Keys follow axolotl / LLaMA-Factory names. An unknown key is an error that suggests the
+nearest valid name."""
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message says which key and what to do."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(_Strict):
+    path: str = Field(description="JSONL file (or a directory of them) to train on.")
+    type: Literal["chat", "alpaca", "text"] = Field(
+        "chat",
+        description="chat: OpenAI `messages` rows; alpaca: instruction/input/output; "
+        "text: raw `text` rows.",
+    )
+    split: Literal["train", "validation"] = Field("train", description="What the rows are for.")
+
+
+class Recipe(_Strict):
+    base_model: str = Field(
+        description="Registry reference (demo, demo@staging, demo:1) or a "
+        "Hugging Face model directory."
+    )
+    adapter: Literal["lora", "qlora"] = Field(
+        "lora", description="qlora: LoRA on 4-bit NF4 weights."
+    )
+    lora_r: int = Field(8, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator (alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or all-linear."
+    )
+    load_in_4bit: bool = Field(False, description="Load the base in bitsandbytes NF4 (qlora).")
+    datasets: list[DatasetSpec] = Field(min_length=1, description="Training (and validation) data.")
+    sequence_len: int = Field(512, gt=0, description="Longer rows are reported, not truncated.")
+    sample_packing: bool = Field(False, description="Pack several rows into one sequence.")
+    micro_batch_size: int = Field(8, gt=0, description="Rows per device per step.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per update.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="transformers scheduler name."
+    )
+    warmup_ratio: float = Field(
+        0.03, ge=0.0, lt=1.0, description="Share of steps spent warming up."
+    )
+    num_epochs: float | None = Field(None, gt=0, description="Passes over the data (or max_steps).")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps (overrides num_epochs).")
+    eval_steps: int | None = Field(None, gt=0, description="Steps between evaluations.")
+    save_steps: int | None = Field(None, gt=0, description="Steps between checkpoints.")
+    seed: int = Field(0, description="Seeds data order, adapter init and dropout.")
+    output_dir: str | None = Field(None, description="Job folder; default under LLMOPS_HOME/jobs.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        if self.num_epochs is None and self.max_steps is None:
+            raise ValueError("set num_epochs or max_steps")
+        if self.adapter == "qlora":
+            self.load_in_4bit = True
+        elif self.load_in_4bit:
+            raise ValueError("load_in_4bit needs adapter: qlora")
+        return self
+
+
+def _unknown_key(key: str, choices: list[str], where: str) -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    hint = (
+        f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(choices))}"
+    )
+    return f"unknown key {where}{key!r}{hint}"
+
+
+def parse_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate recipe data; RecipeError names the first wrong key."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping of keys to values")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = [str(part) for part in first["loc"]]
+        if first["type"] == "extra_forbidden":
+            model = DatasetSpec if loc[0] == "datasets" else Recipe
+            prefix = f"in datasets[{loc[1]}]: " if loc[0] == "datasets" else ""
+            message = _unknown_key(loc[-1], list(model.model_fields), prefix)
+        else:
+            where = ".".join(loc) or "recipe"
+            message = f"{where}: {first['msg']}"
+        raise RecipeError(f"{source}: {message}") from None
+
+
+def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read a YAML recipe; `overrides` (from command-line flags) replace its keys."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"recipe {path} is not valid YAML: {err}") from None
+    if isinstance(data, dict):
+        data = {**data, **(overrides or {})}
+    return parse_recipe(data, str(path))
