@@ -137,7 +137,8 @@ class Registry:
 
     def set_alias(self, name: str, alias: str, version: int, *, reason: str = "") -> AliasEvent:
         """Point `name@alias` at `version` without a gate (creating the alias if needed)."""
-        validate_name(name), validate_alias(alias)
+        validate_name(name)
+        validate_alias(alias)
         return self._retry(
             lambda: self.store.move_alias(
                 name,
@@ -202,7 +203,8 @@ class Registry:
 
     def rollback(self, name: str, alias: str, *, reason: str = "") -> AliasEvent:
         """Move `alias` back to the version it pointed at before its last move."""
-        validate_name(name), validate_alias(alias)
+        validate_name(name)
+        validate_alias(alias)
 
         def attempt() -> AliasEvent:
             events = self.store.alias_events(name, alias)

@@ -65,6 +65,19 @@ def prompts(n: int, mixed: bool) -> list[tuple[str, int]]:
     return result
 
 
+def chat_bodies(model: str, work: list[tuple[str, int]]) -> list[dict]:
+    """Greedy chat requests for (user message, max_tokens) pairs."""
+    return [
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": t}],
+            "max_tokens": m,
+            "temperature": 0,
+        }
+        for t, m in work
+    ]
+
+
 def chat_ids(tokenizer, text: str) -> list[int]:
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
@@ -139,15 +152,7 @@ def local_engine_benchmarks(server: GatewayProcess, model_dir: Path, quick: bool
 
     # 1a. 32 concurrent requests x 64 tokens through HTTP vs the same prompts one by one.
     work = prompts(32, mixed=False)
-    bodies = [
-        {
-            "model": "bench",
-            "messages": [{"role": "user", "content": t}],
-            "max_tokens": m,
-            "temperature": 0,
-        }
-        for t, m in work
-    ]
+    bodies = chat_bodies("bench", work)
     asyncio.run(http_load(server.url, bodies[:4]))  # load the model, warm up
     seconds, _, tokens = asyncio.run(http_load(server.url, bodies))
     sequential = work[: 8 if quick else 32]
@@ -176,15 +181,7 @@ def local_engine_benchmarks(server: GatewayProcess, model_dir: Path, quick: bool
 
     # 1b. A mixed-length workload: continuous batching vs one static padded generate batch.
     mixed = prompts(32, mixed=True)
-    bodies = [
-        {
-            "model": "bench",
-            "messages": [{"role": "user", "content": t}],
-            "max_tokens": m,
-            "temperature": 0,
-        }
-        for t, m in mixed
-    ]
+    bodies = chat_bodies("bench", mixed)
     seconds, _, tokens = asyncio.run(http_load(server.url, bodies))
     ids = [chat_ids(tokenizer, t) for t, _ in mixed]
     width = max(len(i) for i in ids)
@@ -270,15 +267,7 @@ def vllm_benchmarks(server: GatewayProcess, upstream: str, quick: bool) -> dict:
     }
 
     # 3. vLLM under the load of benchmark 1a, which measured the local engine.
-    chat_load = [
-        {
-            "model": "bench-vllm",
-            "messages": [{"role": "user", "content": t}],
-            "max_tokens": 64,
-            "temperature": 0,
-        }
-        for t, _ in prompts(32, mixed=False)
-    ]
+    chat_load = chat_bodies("bench-vllm", prompts(32, mixed=False))
     asyncio.run(http_load(server.url, chat_load[:4]))
     seconds, _, tokens = asyncio.run(http_load(server.url, chat_load))
     results["vllm_chat_tokens_per_s"] = tokens / seconds
