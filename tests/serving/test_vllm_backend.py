@@ -164,7 +164,7 @@ def test_logprobs_and_stop_pass_through(client: openai.OpenAI) -> None:
 
 
 def test_vllm_error_bodies_are_translated(vllm_gateway: RunningGateway) -> None:
-    server = _vllm(vllm_gateway).servers[0]
+    server = next(s for s in _vllm(vllm_gateway).servers if s.spec.served_name == "demo:1")
     bad = httpx.post(
         f"{server.url}/v1/completions",
         json={"model": "demo:1", "prompt": "x", "max_tokens": 10_000},
