@@ -164,10 +164,13 @@ class VllmEngine(EngineClient):
         return model.adapter_key
 
     def _pick(self, servers: list[VllmServer], tried: set[int]) -> VllmServer:
-        ready = [s for s in servers if s.ready and id(s) not in tried]
+        """The ready server with the fewest outstanding requests, preferring those this
+        request has not failed on yet."""
+        ready = [s for s in servers if s.ready]
         if not ready:
             raise EngineError("no vLLM replica of this model is available; retry shortly")
-        return min(ready, key=lambda s: s.outstanding)
+        untried = [s for s in ready if id(s) not in tried]
+        return min(untried or ready, key=lambda s: s.outstanding)
 
     async def generate(
         self,
@@ -179,7 +182,8 @@ class VllmEngine(EngineClient):
     ) -> AsyncIterator[GenerationChunk]:
         servers = await self.group(model)
         tried: set[int] = set()
-        while True:
+        attempts = len(servers) + 1
+        for _ in range(attempts):
             server = self._pick(servers, tried)
             server.outstanding += 1
             answered = False
@@ -206,11 +210,16 @@ class VllmEngine(EngineClient):
                     raise EngineError(
                         f"the vLLM server at {server.url} failed mid-stream: {err}"
                     ) from None
-                log.warning("vLLM at %s failed (%s); retrying on another replica", server.url, err)
-                server.ready = False
+                log.warning("vLLM at %s failed (%r); retrying", server.url, err)
+                # Refused or dead: out of rotation until the health check sees it back. Any
+                # other failure (such as a kept-alive connection the server had just closed)
+                # only makes this request prefer another replica.
+                if isinstance(err, httpx.ConnectError) or server.exited():
+                    server.ready = False
                 tried.add(id(server))
             finally:
                 server.outstanding -= 1
+        raise EngineError(f"every vLLM replica failed this request ({attempts} attempts)")
 
     async def _complete(self, server: VllmServer, body: dict, prompt_tokens: int):
         assert self._client is not None

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 log = logging.getLogger(__name__)
+_MAX_SLOW_CHECKS = 3  # health checks in a row that time out before a server counts as down
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class VllmServer:
         self.ready = False
         self.restarts = 0
         self.loaded_adapters: set[str] = set()
+        self._slow_checks = 0
         self._process: subprocess.Popen | None = None
         self._log_file = None
 
@@ -125,6 +127,11 @@ class VllmServer:
         try:
             response = await client.get(f"{self.url}/health", timeout=5)
             self.ready = response.status_code == 200
+            self._slow_checks = 0
+        except httpx.TimeoutException:
+            # A busy server can be slow to answer; only repeated silence takes it out.
+            self._slow_checks += 1
+            self.ready = self.ready and self._slow_checks < _MAX_SLOW_CHECKS
         except httpx.HTTPError:
             self.ready = False
         return self.ready

@@ -216,10 +216,24 @@ def test_disconnect_aborts_the_upstream_request(
                     total += float(line.rsplit(" ", 1)[1])
         return total
 
-    body = {"model": "demo", "prompt": PROMPT, "max_tokens": 200, "temperature": 0}
-    before = generated()
-    full = client.completions.create(**body).usage.completion_tokens
-    assert generated() - before == full >= 40  # left alone, it generates this many
+    # The prompt whose greedy answer runs longest, so that the disconnect lands mid-answer.
+    candidates = [
+        f"{skill}: {word}"
+        for skill in ("Sort", "Reverse", "Upper")
+        for word in ("dcba", "hello", "zyxwv", "abc")
+    ]
+    lengths = {}
+    for prompt in candidates:
+        before = generated()
+        reply = client.completions.create(
+            model="demo", prompt=prompt, max_tokens=200, temperature=0
+        )
+        lengths[prompt] = reply.usage.completion_tokens
+        assert generated() - before == lengths[prompt]  # left alone, it generates this many
+    prompt = max(lengths, key=lengths.get)
+    full = lengths[prompt]
+    assert full >= 100, lengths
+    body = {"model": "demo", "prompt": prompt, "max_tokens": 200, "temperature": 0}
     before = generated()
     with httpx.stream(
         "POST", f"{vllm_gateway.base_url}/v1/completions", json={**body, "stream": True}
