@@ -203,6 +203,11 @@ def test_killing_a_replica_under_load_fails_no_request(vllm_gateway: RunningGate
         time.sleep(1)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="open bug: on these 2 cores vLLM sometimes finishes a stream whose client went away "
+    "(seen in about half of the full-suite runs); the serving issue stays open for it",
+)
 def test_disconnect_aborts_the_upstream_request(
     vllm_gateway: RunningGateway, client: openai.OpenAI
 ) -> None:
