@@ -62,6 +62,18 @@ class Recipe(_Strict):
     save_steps: int | None = Field(None, gt=0, description="Steps between checkpoints.")
     seed: int = Field(0, description="Seeds data order, adapter init and dropout.")
     output_dir: str | None = Field(None, description="Job folder; default under LLMOPS_HOME/jobs.")
+    suffix: str | None = Field(
+        None,
+        max_length=40,
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="Names the result: ft:<base>:<suffix>:<job-id>, registered as <base>-<suffix>.",
+    )
+    register_as: str | None = Field(
+        None, description="Registry model name of the adapter (default <base>-<suffix or ft>)."
+    )
+    set_staging_alias: bool = Field(
+        False, description="Point the registered model's `staging` alias at the new version."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":

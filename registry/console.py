@@ -14,8 +14,14 @@ def fail(prog: str, message: str, code: int) -> int:
     return code
 
 
-def run(group: click.Group, prog: str, argv: Sequence[str] | None = None) -> int:
-    """Run a click group; bad input prints one line and returns 2, never a traceback."""
+def run(
+    group: click.Group,
+    prog: str,
+    argv: Sequence[str] | None = None,
+    user_errors: tuple[type[Exception], ...] = (),
+) -> int:
+    """Run a click group; bad input (a usage error, a RegistryError or one of `user_errors`)
+    prints one line and returns 2, never a traceback."""
     try:
         return group.main(args=argv, prog_name=prog, standalone_mode=False) or 0
     except click.UsageError as err:
@@ -32,6 +38,8 @@ def run(group: click.Group, prog: str, argv: Sequence[str] | None = None) -> int
     except RegistryError as err:
         # A failed integrity check reports the state of the store, not a wrong request.
         return fail(prog, err.message, 1 if err.code is ErrorCode.INTEGRITY else 2)
+    except user_errors as err:
+        return fail(prog, str(err), 2)
 
 
 def print_json(data: Any) -> None:

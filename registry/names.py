@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from registry.errors import ErrorCode, RegistryError
 
 DEFAULT_ALIAS = "production"
+# Fine-tuned adapters are also found by the name their job gave them, `ft:<base>:<suffix>:<job>`,
+# kept in this tag of the version.
+FINE_TUNED_PREFIX = "ft:"
+FINE_TUNED_TAG = "fine_tuned_model"
 MAX_NAME_LENGTH = 128
 MAX_ALIAS_LENGTH = 64
 

@@ -10,7 +10,14 @@ from registry.artifacts import ArtifactStore, Manifest
 from registry.entities import Alias, AliasAction, AliasEvent, Model, ModelVersion, VersionKind
 from registry.errors import AliasMovedError, ErrorCode, RegistryError
 from registry.gates import Gate, load_gate
-from registry.names import ModelRef, parse_ref, validate_alias, validate_name
+from registry.names import (
+    FINE_TUNED_PREFIX,
+    FINE_TUNED_TAG,
+    ModelRef,
+    parse_ref,
+    validate_alias,
+    validate_name,
+)
 from registry.settings import RegistrySettings
 from registry.sql_store import SqlStore
 from registry.store import RegistryStore
@@ -79,11 +86,25 @@ class Registry:
         )
 
     def resolve(self, ref: str | ModelRef) -> ModelVersion:
-        """The version a reference names: `name`, `name:version` or `name@alias`."""
+        """The version a reference names: `name`, `name:version`, `name@alias`, or the
+        `ft:<base>:<suffix>:<job-id>` name a fine-tuning job gave its adapter."""
+        if isinstance(ref, str) and ref.startswith(FINE_TUNED_PREFIX):
+            return self._fine_tuned(ref)
         ref = parse_ref(ref) if isinstance(ref, str) else ref
         if ref.version is not None:
             return self.store.get_version(ref.name, ref.version)
         return self.store.get_version(ref.name, self._alias_target(ref.name, ref.alias))
+
+    def _fine_tuned(self, name: str) -> ModelVersion:
+        found = self.list_versions(tags={FINE_TUNED_TAG: name})
+        if not found:
+            raise RegistryError(
+                ErrorCode.NOT_FOUND,
+                f"no fine-tuned model {name!r}; it is registered when its job succeeds "
+                "(see llm-finetune list)",
+                param="model",
+            )
+        return found[0]
 
     def list_models(self, query: str | None = None) -> list[Model]:
         return self.store.list_models(query)
@@ -121,6 +142,20 @@ class Registry:
     def fetch(self, ref: str, dest: Path) -> Manifest:
         """Copy a version's files into the new directory `dest`, verified."""
         return self.artifacts.fetch(self.resolve(ref).artifact_digest, Path(dest))
+
+    def local_copy(self, version: ModelVersion, cache_dir: Path) -> Path:
+        """A verified copy of the version's files under `cache_dir`, fetched once per digest.
+
+        Safe across processes: a fetch stages its files and renames them into place, and a
+        copy that another process put there first is used as it is."""
+        path = Path(cache_dir) / version.artifact_digest.removeprefix("sha256:")
+        if not path.exists():
+            try:
+                self.artifacts.fetch(version.artifact_digest, path)
+            except (RegistryError, OSError):
+                if not (path.is_dir() and any(path.iterdir())):
+                    raise
+        return path
 
     def verify(self, ref: str) -> Manifest:
         """Re-hash a version's stored files; INTEGRITY names the first bad one."""

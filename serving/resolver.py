@@ -89,11 +89,8 @@ class ModelResolver:
 
     def local_path(self, version: ModelVersion) -> Path:
         """A verified local copy of the version's files, fetched once per artifact digest."""
-        path = self.cache_dir / version.artifact_digest.removeprefix("sha256:")
         with self._lock:
-            if not path.exists():
-                self.registry.fetch(version.ref, path)
-        return path
+            return self.registry.local_copy(version, self.cache_dir)
 
 
 def _max_model_len(path: Path) -> int:

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from finetune.data import encode_rows
 from finetune.demo.evaluation import exact_match_rate
 from finetune.demo.skills import SKILLS, file_digest, read_jsonl, write_skill_splits
 from finetune.demo.spec import DemoSpec
 from finetune.demo.tokenizer import train_demo_tokenizer
-from finetune.demo.training import encode_rows, train
+from finetune.demo.training import train
 
 if TYPE_CHECKING:
     from registry.entities import ModelVersion
@@ -106,7 +107,12 @@ def build_demo_model(output_dir: Path, spec: DemoSpec, data_dir: Path | None = N
         num_parameters = sum(p.numel() for p in model.parameters())
         log.info("demo model: %d parameters, vocab %d", num_parameters, len(tokenizer))
 
-        examples = encode_rows(tokenizer, [r for s in spec.train_skills for r in train_rows[s]])
+        rows = [
+            (f"{skill}/train.jsonl:{i}", row)
+            for skill in spec.train_skills
+            for i, row in enumerate(train_rows[skill], start=1)
+        ]
+        examples = encode_rows(tokenizer, rows, "chat")
         final_loss = train(model, examples, tokenizer.pad_token_id, spec)
 
         metrics = {}

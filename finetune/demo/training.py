@@ -1,47 +1,17 @@
-"""Supervised training on chat rows with a plain torch loop; the loss covers assistant tokens."""
+"""Training of the demo base model: a plain torch loop over encoded chat rows (the loss covers
+assistant tokens), full-weight and deterministic."""
 
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
+from finetune.data import Collator, Example
 from finetune.demo.spec import DemoSpec
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
-
-
-def encode_rows(
-    tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, Any]]
-) -> list[tuple[list[int], list[int]]]:
-    """(input ids, labels) per row, labels masked to the assistant tokens."""
-    encoded = tokenizer.apply_chat_template(
-        [row["messages"] for row in rows], return_dict=True, return_assistant_tokens_mask=True
-    )
-    examples = []
-    for ids, mask in zip(encoded["input_ids"], encoded["assistant_masks"], strict=True):
-        labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]
-        examples.append((ids, labels))
-    return examples
-
-
-def collate(
-    examples: Sequence[tuple[list[int], list[int]]], pad_id: int
-) -> dict[str, torch.Tensor]:
-    """Right-pad a batch into input_ids, attention_mask and labels."""
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id)
-    labels = torch.full((len(examples), width), IGNORE_INDEX)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(examples):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(lab)] = torch.tensor(lab)
-        attention_mask[i, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -54,7 +24,7 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
 
 def train(
     model: PreTrainedModel,
-    examples: Sequence[tuple[list[int], list[int]]],
+    examples: Sequence[Example],
     pad_id: int,
     spec: DemoSpec,
 ) -> float:
@@ -69,6 +39,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, spec.warmup_steps, spec.steps)
     )
+    collate = Collator(pad_id)
     model.train()
     order = torch.randperm(len(examples), generator=generator).tolist()
     cursor, running, counted, last_loss = 0, 0.0, 0, math.nan
@@ -76,7 +47,7 @@ def train(
         if cursor + spec.batch_size > len(order):
             order = torch.randperm(len(examples), generator=generator).tolist()
             cursor = 0
-        batch = collate([examples[i] for i in order[cursor : cursor + spec.batch_size]], pad_id)
+        batch = collate([examples[i] for i in order[cursor : cursor + spec.batch_size]])
         cursor += spec.batch_size
         loss = model(**batch).loss
         loss.backward()

@@ -1,0 +1,236 @@
+"""`llm-finetune`: run LoRA / QLoRA fine-tuning jobs from YAML recipes.
+
+    llm-finetune run RECIPE [--KEY VALUE ...]     train in the foreground
+    llm-finetune run --resume JOB_ID              continue a stopped job from its checkpoint
+    llm-finetune submit RECIPE [--KEY VALUE ...]  queue a job for a background worker
+    llm-finetune list | show JOB | cancel JOB | logs JOB [--follow]
+    llm-finetune merge ADAPTER_REF                merge an adapter into its base, register it
+
+Any recipe key can be given as a flag (`--learning_rate 1e-3`, `--max_steps=50`); flags
+override the recipe file.
+"""
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from finetune.data import DataError
+from finetune.jobs import Job, JobStatus
+from finetune.recipe import Recipe, RecipeError, load_recipe
+from finetune.runner import JobRunner
+from registry.console import print_json, print_table, run
+from registry.errors import ErrorCode, RegistryError
+
+PROG = "llm-finetune"
+_EXTRA_ARGS = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--key value` and `--key=value` flags as recipe keys, values read as YAML scalars."""
+    overrides: dict[str, Any] = {}
+    rest = list(args)
+    while rest:
+        flag = rest.pop(0)
+        if not flag.startswith("--") or len(flag) == 2:
+            raise click.UsageError(f"unexpected argument {flag!r}; recipe keys are --KEY VALUE")
+        key, sep, value = flag[2:].partition("=")
+        if not sep:
+            if not rest:
+                raise click.UsageError(f"{flag} needs a value")
+            value = rest.pop(0)
+        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+    return overrides
+
+
+def _recipe(path: Path, extra: list[str]) -> Recipe:
+    return load_recipe(path, parse_overrides(extra))
+
+
+def _runner() -> JobRunner:
+    runner = JobRunner.open()
+    runner.recover()
+    return runner
+
+
+def _job_summary(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "status": job.status.value,
+        "model": job.model,
+        "created_at": job.created_at.isoformat(),
+        "attempts": job.attempts,
+        "fine_tuned_model": job.fine_tuned_model,
+        "registered_version": job.registered_version,
+        "metrics": job.metrics,
+        "error": job.error,
+    }
+
+
+def _report(job: Job, as_json: bool) -> None:
+    if as_json:
+        print_json(_job_summary(job))
+        return
+    click.echo(f"job {job.id}: {job.status.value}")
+    if job.fine_tuned_model:
+        click.echo(f"  fine-tuned model: {job.fine_tuned_model} ({job.registered_version})")
+    for key, value in sorted((job.metrics or {}).items()):
+        click.echo(f"  {key}: {value:.4g}")
+    if job.error:
+        click.echo(f"  error: {job.error['message']}")
+
+
+@click.group(help=__doc__)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def cli(ctx: click.Context, as_json: bool) -> None:
+    ctx.obj = as_json
+
+
+@cli.command(context_settings=_EXTRA_ARGS)
+@click.argument("recipe", required=False, type=click.Path(path_type=Path))
+@click.option("--resume", "resume_id", help="Continue this job from its last checkpoint.")
+@click.pass_context
+def run_cmd(ctx: click.Context, recipe: Path | None, resume_id: str | None) -> None:
+    """Train in the foreground, with a progress bar; the job is recorded like any other."""
+    from finetune.worker import run_job
+
+    runner = _runner()
+    if resume_id:
+        if recipe or ctx.args:
+            raise click.UsageError("--resume takes a job id only; the job keeps its recipe")
+        job = runner.get(resume_id)
+        resumable = (JobStatus.FAILED, JobStatus.CANCELLED)
+        if not runner.store.transition(job.id, resumable, JobStatus.QUEUED, error=None):
+            raise click.UsageError(
+                f"job {job.id} is {job.status.value}; only failed or cancelled jobs resume"
+            )
+    elif recipe is None:
+        raise click.UsageError("give a RECIPE file, or --resume JOB_ID")
+    else:
+        job = runner.create(_recipe(recipe, ctx.args))
+    click.echo(f"job {job.id}: logs and checkpoints in {runner.job_dir(job)}", err=True)
+    job = run_job(runner, job.id, progress=True)
+    _report(job, ctx.obj)
+    if job.status is not JobStatus.SUCCEEDED:
+        sys.exit(1)
+
+
+cli.add_command(run_cmd, name="run")
+
+
+@cli.command(context_settings=_EXTRA_ARGS)
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.pass_context
+def submit(ctx: click.Context, recipe: Path) -> None:
+    """Queue a job; a worker process trains it (see `list`, `logs`)."""
+    job = _runner().submit(_recipe(recipe, ctx.args))
+    if ctx.obj:
+        print_json(_job_summary(job))
+    else:
+        click.echo(f"{job.id} {job.status.value}")
+
+
+@cli.command(name="list")
+@click.option("--status", type=click.Choice([s.value for s in JobStatus]))
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.pass_obj
+def list_cmd(as_json: bool, status: str | None, limit: int) -> None:
+    """Jobs, newest first."""
+    runner = _runner()
+    jobs = runner.store.list_jobs(status=JobStatus(status) if status else None, limit=limit)
+    if as_json:
+        print_json([_job_summary(j) for j in jobs])
+        return
+    print_table(
+        ["id", "status", "model", "created", "fine-tuned model"],
+        [
+            (
+                j.id,
+                j.status.value,
+                j.model,
+                j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                j.fine_tuned_model,
+            )
+            for j in jobs
+        ],
+    )
+
+
+@cli.command()
+@click.argument("job_id")
+@click.pass_obj
+def show(as_json: bool, job_id: str) -> None:
+    """A job's state, result and recent events."""
+    runner = _runner()
+    job = runner.get(job_id)
+    _report(job, as_json)
+    if not as_json:
+        for event in reversed(runner.store.events(job.id, limit=10)):
+            click.echo(f"  {event.created_at:%H:%M:%S} {event.level:5} {event.message}")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.pass_obj
+def cancel(as_json: bool, job_id: str) -> None:
+    """Cancel a queued or running job."""
+    _report(_runner().cancel(job_id), as_json)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+def logs(job_id: str, follow: bool) -> None:
+    """The job's training log (stdout and stderr of its worker)."""
+    runner = _runner()
+    job = runner.get(job_id)
+    path = runner.job_dir(job) / "train.log"
+    if not path.exists() and not follow:
+        raise RegistryError(
+            ErrorCode.NOT_FOUND,
+            f"job {job_id} ({job.status.value}) has no log file: a job started by "
+            "`llm-finetune run` prints to its terminal, a queued one has not started",
+        )
+    offset = 0
+    while True:
+        if path.exists():
+            with path.open("rb") as log:
+                log.seek(offset)
+                chunk = log.read()
+            offset += len(chunk)
+            sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+            sys.stdout.flush()
+        if not follow or runner.get(job_id).status.finished:
+            break
+        time.sleep(1.0)
+
+
+@cli.command()
+@click.argument("adapter_ref")
+@click.option("--name", help="Registry model name (default: <adapter model>-merged).")
+@click.pass_obj
+def merge(as_json: bool, adapter_ref: str, name: str | None) -> None:
+    """Merge an adapter version into its base and register the result (kind: merged)."""
+    from finetune.merge import merge_adapter
+    from registry.service import open_registry
+
+    runner = _runner()
+    version = merge_adapter(
+        open_registry(runner.registry_settings), adapter_ref, runner.home / "cache" / "models", name
+    )
+    if as_json:
+        print_json(version.to_dict())
+    else:
+        click.echo(f"registered {version.ref} (merged from {adapter_ref})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(cli, PROG, argv, user_errors=(RecipeError, DataError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

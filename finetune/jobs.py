@@ -1,0 +1,304 @@
+"""Fine-tuning job state in the registry database: jobs, their events, checkpoints and the
+files uploaded for them.
+
+Every status change is a conditional update (`... WHERE status = expected`), so a worker, a
+canceller and a recovering restart never overwrite each other's decision."""
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Row, func, insert, select, update
+
+from finetune.tables import checkpoints, events, files, jobs
+from registry.sql_store import as_utc, make_engine, migrate
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class JobStatus(StrEnum):
+    """OpenAI's fine-tuning job statuses (files are validated before a job is created)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    created_at: datetime
+    created_by: str
+    status: JobStatus
+    model: str
+    suffix: str | None
+    recipe: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    attempts: int
+    training_file: str | None = None
+    validation_file: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    fine_tuned_model: str | None = None
+    registered_version: str | None = None
+    error: dict[str, Any] | None = None
+    pid: int | None = None
+    host: str | None = None
+    heartbeat_at: datetime | None = None
+    trained_tokens: int | None = None
+    metrics: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    id: int
+    job_id: str
+    created_at: datetime
+    level: str
+    message: str
+    data: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: str
+    job_id: str
+    created_at: datetime
+    step: int
+    path: str
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: str
+    created_at: datetime
+    filename: str
+    purpose: str
+    bytes: int
+    rows: int
+    path: str
+    sha256: str
+
+
+_DATES = ("created_at", "started_at", "finished_at", "heartbeat_at")
+
+
+def _job(row: Row) -> Job:
+    values = dict(row._mapping)
+    for key in _DATES:
+        values[key] = as_utc(values[key])
+    values["status"] = JobStatus(values["status"])
+    return Job(**values)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+class JobStore:
+    """Jobs, events, checkpoints and files on SQLAlchemy (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> "JobStore":
+        engine = make_engine(url)
+        migrate(engine, _MIGRATIONS, version_table="finetune_alembic_version")
+        return cls(engine)
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        model: str,
+        recipe: dict[str, Any],
+        created_by: str,
+        suffix: str | None = None,
+        hyperparameters: dict[str, Any] | None = None,
+        training_file: str | None = None,
+        validation_file: str | None = None,
+    ) -> Job:
+        job_id = new_id("ftjob")
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(jobs).values(
+                    id=job_id,
+                    created_at=_now(),
+                    created_by=created_by,
+                    status=JobStatus.QUEUED.value,
+                    model=model,
+                    suffix=suffix,
+                    recipe=recipe,
+                    hyperparameters=hyperparameters or {},
+                    training_file=training_file,
+                    validation_file=validation_file,
+                    attempts=0,
+                )
+            )
+        self.add_event(job_id, f"Created fine-tuning job: {job_id}")
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        return _job(row) if row else None
+
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[Job]:
+        """Newest first; `after` is the id of the last job of the previous page."""
+        query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        if status is not None:
+            query = query.where(jobs.c.status == status.value)
+        if after is not None:
+            anchor = self.get(after)
+            if anchor is not None:
+                query = query.where(
+                    (jobs.c.created_at < anchor.created_at)
+                    | ((jobs.c.created_at == anchor.created_at) & (jobs.c.id < anchor.id))
+                )
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [_job(row) for row in conn.execute(query)]
+
+    def transition(
+        self, job_id: str, expected: tuple[JobStatus, ...], status: JobStatus, **values: Any
+    ) -> bool:
+        """Move a job to `status` (with other column values) if it is in one of `expected`."""
+        if status is JobStatus.RUNNING:
+            values.setdefault("started_at", _now())
+        if status.finished:
+            values.setdefault("finished_at", _now())
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in expected]))
+                .values(status=status.value, **values)
+            )
+        return result.rowcount == 1
+
+    def claim(self, job_id: str, pid: int, host: str) -> Job | None:
+        """queued -> running for the worker `pid`, counting the attempt; None if not queued."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
+                .values(
+                    status=JobStatus.RUNNING.value,
+                    pid=pid,
+                    host=host,
+                    heartbeat_at=_now(),
+                    started_at=func.coalesce(jobs.c.started_at, _now()),
+                    attempts=jobs.c.attempts + 1,
+                )
+            )
+        return self.get(job_id) if result.rowcount == 1 else None
+
+    def heartbeat(self, job_id: str, pid: int) -> JobStatus | None:
+        """Record that worker `pid` is alive; returns the job's status (cancelled: stop)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.pid == pid)
+                .values(heartbeat_at=_now())
+            )
+            status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+        return JobStatus(status) if status else None
+
+    def update(self, job_id: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+
+    # -- events and checkpoints -----------------------------------------------------------
+
+    def add_event(
+        self, job_id: str, message: str, level: str = "info", data: dict[str, Any] | None = None
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(events).values(
+                    job_id=job_id, created_at=_now(), level=level, message=message, data=data
+                )
+            )
+
+    def events(
+        self, job_id: str, *, limit: int | None = None, after: int | None = None
+    ) -> list[JobEvent]:
+        """Newest first, as OpenAI lists them; `after` is the id of the last event seen."""
+        query = select(events).where(events.c.job_id == job_id).order_by(events.c.id.desc())
+        if after is not None:
+            query = query.where(events.c.id < after)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [
+                JobEvent(r.id, r.job_id, as_utc(r.created_at), r.level, r.message, r.data)
+                for r in conn.execute(query)
+            ]
+
+    def add_checkpoint(self, job_id: str, step: int, path: str, metrics: dict[str, float]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(checkpoints).values(
+                    id=new_id("ftckpt"),
+                    job_id=job_id,
+                    created_at=_now(),
+                    step=step,
+                    path=path,
+                    metrics=metrics,
+                )
+            )
+
+    def checkpoints(self, job_id: str) -> list[Checkpoint]:
+        """Newest first."""
+        query = (
+            select(checkpoints)
+            .where(checkpoints.c.job_id == job_id)
+            .order_by(checkpoints.c.step.desc())
+        )
+        with self.engine.connect() as conn:
+            return [
+                Checkpoint(r.id, r.job_id, as_utc(r.created_at), r.step, r.path, r.metrics)
+                for r in conn.execute(query)
+            ]
+
+    # -- files ----------------------------------------------------------------------------
+
+    def add_file(self, file: StoredFile) -> StoredFile:
+        with self.engine.begin() as conn:
+            conn.execute(insert(files).values(**file.__dict__))
+        return file
+
+    def get_file(self, file_id: str) -> StoredFile | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(files).where(files.c.id == file_id)).first()
+        if row is None:
+            return None
+        values = dict(row._mapping)
+        values["created_at"] = as_utc(values["created_at"])
+        return StoredFile(**values)
+
+    def delete_file(self, file_id: str) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(files.delete().where(files.c.id == file_id)).rowcount == 1

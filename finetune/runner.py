@@ -1,0 +1,192 @@
+"""Submitting, starting, cancelling and recovering jobs. Each job trains in its own worker
+process (`python -m finetune.worker JOB_ID`); nothing else has to stay up for it to finish.
+
+A worker that finishes starts the next queued job, so a queue drains without a daemon. Any
+process that opens a runner (the gateway at start-up, each `llm-finetune` command) first
+recovers jobs whose worker died: resumed from their last checkpoint, or failed with a reason,
+never left `running`."""
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from finetune.jobs import Job, JobStatus, JobStore
+from finetune.recipe import Recipe
+from finetune.settings import FinetuneSettings
+from registry.errors import ErrorCode, RegistryError
+from registry.settings import RegistrySettings
+
+log = logging.getLogger(__name__)
+
+
+def worker_alive(job: Job, stale_after_s: float) -> bool:
+    """Whether the job's worker still runs: its process on this host, its heartbeat elsewhere."""
+    if job.heartbeat_at is None:
+        return False
+    if (datetime.now(UTC) - job.heartbeat_at).total_seconds() > stale_after_s:
+        return False
+    if job.host != socket.gethostname() or job.pid is None:
+        return True
+    try:
+        os.kill(job.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{job.pid}/stat")
+    with contextlib.suppress(OSError):
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def last_checkpoint(job_dir: Path) -> Path | None:
+    found = sorted(
+        (job_dir / "checkpoints").glob("checkpoint-*"),
+        key=lambda p: int(p.name.rsplit("-", 1)[1]),
+    )
+    return found[-1] if found else None
+
+
+@dataclass
+class JobRunner:
+    store: JobStore
+    registry_settings: RegistrySettings
+    settings: FinetuneSettings
+
+    @classmethod
+    def open(
+        cls,
+        registry_settings: RegistrySettings | None = None,
+        settings: FinetuneSettings | None = None,
+    ) -> "JobRunner":
+        registry_settings = registry_settings or RegistrySettings()
+        store = JobStore.open(registry_settings.resolved_database_url)
+        return cls(store, registry_settings, settings or FinetuneSettings())
+
+    @property
+    def home(self) -> Path:
+        return self.registry_settings.resolved_home
+
+    def job_dir(self, job: Job) -> Path:
+        output_dir = job.recipe.get("output_dir")
+        return Path(output_dir).expanduser() if output_dir else self.home / "jobs" / job.id
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job is None:
+            raise RegistryError(
+                ErrorCode.NOT_FOUND,
+                f"no fine-tuning job {job_id!r} (see llm-finetune list)",
+                param="fine_tuning_job_id",
+            )
+        return job
+
+    def create(self, recipe: Recipe, **fields: Any) -> Job:
+        """Record a queued job for `recipe` (validated) without starting it."""
+        return self.store.create(
+            model=recipe.base_model,
+            recipe=recipe.model_dump(mode="json"),
+            created_by=self.registry_settings.actor,
+            suffix=recipe.suffix,
+            **fields,
+        )
+
+    def submit(self, recipe: Recipe, **fields: Any) -> Job:
+        """Queue a job and start it when a worker slot is free."""
+        job = self.create(recipe, **fields)
+        self.dispatch()
+        return self.get(job.id)
+
+    def dispatch(self) -> list[str]:
+        """Start workers for the oldest queued jobs while fewer than the limit are running."""
+        running = len(self.store.list_jobs(status=JobStatus.RUNNING))
+        queued = self.store.list_jobs(status=JobStatus.QUEUED)[::-1]
+        started = []
+        for job in queued[: max(0, self.settings.max_running_jobs - running)]:
+            self.spawn(job)
+            started.append(job.id)
+        return started
+
+    def spawn(self, job: Job) -> subprocess.Popen:
+        job_dir = self.job_dir(job)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "LLMOPS_HOME": str(self.home),
+            "LLMOPS_DATABASE_URL": self.registry_settings.resolved_database_url,
+            "LLMOPS_ACTOR": self.registry_settings.actor,
+        }
+        with (job_dir / "train.log").open("ab") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "finetune.worker", job.id],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        # Reap it when it ends, so a finished worker is never mistaken for a live one.
+        threading.Thread(target=process.wait, daemon=True).start()
+        log.info("job %s: worker %d started", job.id, process.pid)
+        return process
+
+    def recover(self) -> list[Job]:
+        """Requeue (to resume) or fail every running job whose worker is gone."""
+        recovered = []
+        for job in self.store.list_jobs(status=JobStatus.RUNNING):
+            if worker_alive(job, self.settings.stale_after_s):
+                continue
+            checkpoint = last_checkpoint(self.job_dir(job))
+            where = f"worker {job.pid} on {job.host}"
+            if checkpoint is not None and job.attempts < self.settings.max_attempts:
+                if self.store.transition(job.id, (JobStatus.RUNNING,), JobStatus.QUEUED):
+                    self.store.add_event(
+                        job.id,
+                        f"The {where} died; the job will resume from {checkpoint.name}",
+                        level="warn",
+                    )
+            else:
+                reason = (
+                    f"the {where} died before the first checkpoint"
+                    if checkpoint is None
+                    else f"the {where} died on attempt {job.attempts} of "
+                    f"{self.settings.max_attempts}"
+                )
+                error = {
+                    "code": "worker_died",
+                    "message": f"{reason}; see llm-finetune logs {job.id}, then resubmit",
+                    "param": None,
+                }
+                if self.store.transition(
+                    job.id, (JobStatus.RUNNING,), JobStatus.FAILED, error=error
+                ):
+                    self.store.add_event(job.id, error["message"], level="error")
+            recovered.append(self.get(job.id))
+        return recovered
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running job; a running worker is told to stop."""
+        job = self.get(job_id)
+        active = (JobStatus.QUEUED, JobStatus.RUNNING)
+        if job.status.finished:
+            raise RegistryError(
+                ErrorCode.INVALID,
+                f"job {job_id} already {job.status.value}; only queued or running jobs can be "
+                "cancelled",
+                param="fine_tuning_job_id",
+            )
+        if self.store.transition(job_id, active, JobStatus.CANCELLED):
+            self.store.add_event(job_id, "The job was cancelled")
+            if job.status is JobStatus.RUNNING and job.host == socket.gethostname() and job.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(job.pid, signal.SIGTERM)
+        return self.get(job_id)

@@ -1,0 +1,28 @@
+"""Fine-tuning settings, read from the environment (`LLMOPS_FINETUNE_*`)."""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class FinetuneSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMOPS_FINETUNE_")
+
+    max_running_jobs: int = Field(1, gt=0, description="Jobs trained at once on this machine.")
+    max_attempts: int = Field(
+        3, gt=0, description="Starts of one job, counting resumes after its worker died."
+    )
+    heartbeat_s: float = Field(2.0, gt=0, description="How often a worker says it is alive.")
+    stale_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="A running job whose worker has been silent this long is taken as dead, "
+        "also when the worker ran on another host.",
+    )
+    max_file_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="Largest file accepted by POST /v1/files."
+    )
+    api_learning_rate: float = Field(
+        1e-3, gt=0, description="Learning rate of API jobs at learning_rate_multiplier 1."
+    )
+    api_batch_size: int = Field(8, gt=0, description="batch_size of API jobs when 'auto'.")
+    api_n_epochs: int = Field(3, gt=0, description="n_epochs of API jobs when 'auto'.")

@@ -1,0 +1,81 @@
+"""The fine-tuning tables (uploaded files, jobs, their events and checkpoints), in the same
+database as the registry with their own migrations in `finetune/migrations`."""
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("path", String(512), nullable=False),  # relative to LLMOPS_HOME
+    Column("sha256", String(71), nullable=False),
+)
+
+jobs = Table(
+    "fine_tuning_jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("model", String(256), nullable=False),  # the base reference as given
+    Column("suffix", String(64), nullable=True),
+    Column("recipe", JSON, nullable=False),  # the validated recipe, overrides applied
+    Column("training_file", String(40), nullable=True),
+    Column("validation_file", String(40), nullable=True),
+    Column("hyperparameters", JSON, nullable=False),
+    Column("fine_tuned_model", String(256), nullable=True),
+    Column("registered_version", String(160), nullable=True),
+    Column("error", JSON, nullable=True),  # {"code", "message", "param"}
+    Column("attempts", Integer, nullable=False),
+    Column("pid", Integer, nullable=True),
+    Column("host", String(255), nullable=True),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=True),
+    Column("trained_tokens", Integer, nullable=True),
+    Column("metrics", JSON, nullable=True),
+    Index("ix_fine_tuning_jobs_status", "status"),
+)
+
+events = Table(
+    "fine_tuning_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(40), ForeignKey("fine_tuning_jobs.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("level", String(8), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("data", JSON, nullable=True),
+    Index("ix_fine_tuning_events_job_id", "job_id", "id"),
+)
+
+checkpoints = Table(
+    "fine_tuning_checkpoints",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("job_id", String(40), ForeignKey("fine_tuning_jobs.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("path", String(512), nullable=False),  # relative to LLMOPS_HOME
+    Column("metrics", JSON, nullable=False),
+    Index("ix_fine_tuning_checkpoints_job_id", "job_id", "step"),
+)

@@ -1,0 +1,238 @@
+"""One LoRA / QLoRA training run: a recipe in, an adapter folder with its metrics out.
+
+transformers `Trainer` with PEFT. Checkpoints go to `<job dir>/checkpoints`, the adapter to
+`<job dir>/adapter` (with the loss curve and the log history), so a killed run resumes from
+its last checkpoint."""
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from finetune.data import Collator, Example, Packed, encode_rows, pack, read_rows
+from finetune.demo.skills import file_digest
+from finetune.loss_curve import plot_loss_curve
+from finetune.recipe import Recipe
+from registry.entities import ModelVersion, VersionKind
+from registry.errors import ErrorCode, RegistryError
+from registry.service import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """The model a recipe trains on: a local folder, and its registry version if it has one."""
+
+    path: Path
+    version: ModelVersion | None
+
+    @property
+    def reference(self) -> str:
+        return self.version.ref if self.version else str(self.path)
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    base: BaseModel
+    metrics: dict[str, float]
+    dataset_digests: list[str]
+    resumed_from: str | None = None
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_base(reference: str, registry: Registry | None, cache_dir: Path) -> BaseModel:
+    """A Hugging Face folder as it is, or a registry reference fetched (verified) into cache."""
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return BaseModel(path.resolve(), None)
+    if registry is None:
+        raise RegistryError(ErrorCode.NOT_FOUND, f"base_model {reference!r} is not a folder")
+    version = registry.resolve(reference)
+    if version.kind is VersionKind.ADAPTER:
+        raise RegistryError(
+            ErrorCode.INVALID,
+            f"base_model {version.ref} is an adapter; train on its base ({version.parent}) or "
+            "on a merged version",
+            param="base_model",
+        )
+    return BaseModel(registry.local_copy(version, cache_dir), version)
+
+
+def load_training_data(
+    recipe: Recipe, tokenizer: Any
+) -> tuple[list[Example], list[Example], list[str]]:
+    """(train, validation, dataset digests) for the recipe's datasets."""
+    train: list[Example] = []
+    validation: list[Example] = []
+    digests = []
+    for spec in recipe.datasets:
+        path = Path(spec.path).expanduser()
+        rows = read_rows(path, spec.type)
+        examples = encode_rows(tokenizer, rows, spec.type, recipe.sequence_len)
+        (train if spec.split == "train" else validation).extend(examples)
+        digests.append(file_digest(path))
+    if not train:
+        raise ValueError("the recipe has no dataset with split: train")
+    return train, validation, digests
+
+
+def load_model(path: Path, recipe: Recipe) -> PreTrainedModel:
+    """The base model with fresh LoRA layers (on NF4 weights for qlora)."""
+    if recipe.load_in_4bit:
+        compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=True,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quantization, dtype=compute
+        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    config = LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=recipe.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def training_arguments(recipe: Recipe, job_dir: Path, has_eval: bool, **extra: Any) -> Any:
+    eval_steps = recipe.eval_steps if has_eval else None
+    return TrainingArguments(
+        output_dir=str(job_dir / "checkpoints"),
+        per_device_train_batch_size=recipe.micro_batch_size,
+        per_device_eval_batch_size=recipe.micro_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler,
+        warmup_steps=recipe.warmup_ratio,
+        num_train_epochs=recipe.num_epochs or 1.0,
+        max_steps=recipe.max_steps or -1,
+        eval_strategy="steps" if eval_steps else ("epoch" if has_eval else "no"),
+        eval_steps=eval_steps,
+        save_strategy="steps" if recipe.save_steps else "epoch",
+        save_steps=recipe.save_steps or 500,
+        save_total_limit=2,
+        logging_steps=max(1, min(recipe.eval_steps or 10, 10)),
+        logging_first_step=True,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        **extra,
+    )
+
+
+class _Throughput(TrainerCallback):
+    """Real (unpadded) tokens trained on per second in this process, resumed runs included."""
+
+    def __init__(self) -> None:
+        self.tokens_per_second = math.nan
+        self._start = (0.0, 0)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._start = (time.monotonic(), state.num_input_tokens_seen)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        seconds = time.monotonic() - self._start[0]
+        self.tokens_per_second = (state.num_input_tokens_seen - self._start[1]) / seconds
+
+
+def train(
+    recipe: Recipe,
+    job_dir: Path,
+    *,
+    registry: Registry | None,
+    cache_dir: Path,
+    resume: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
+    progress: bool = True,
+) -> TrainResult:
+    """Run the recipe in `job_dir`; with `resume`, continue from its last checkpoint."""
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    base = resolve_base(recipe.base_model, registry, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_rows, eval_rows, digests = load_training_data(recipe, tokenizer)
+    train_data: Sequence[Example | Packed] = (
+        pack(train_rows, recipe.sequence_len) if recipe.sample_packing else train_rows
+    )
+    torch.manual_seed(recipe.seed)
+    model = load_model(base.path, recipe)
+    throughput = _Throughput()
+    args = training_arguments(
+        recipe,
+        job_dir,
+        bool(eval_rows),
+        disable_tqdm=not progress,
+        include_num_input_tokens_seen="non_padding",
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_rows or None,
+        data_collator=Collator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[throughput, *callbacks],
+    )
+    checkpoint = get_last_checkpoint(str(job_dir / "checkpoints")) if resume else None
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+
+    metrics: dict[str, float] = {"train_loss": output.training_loss}
+    if eval_rows:
+        evaluated = [e for e in trainer.state.log_history if "eval_loss" in e]
+        final = evaluated[-1] if evaluated and evaluated[-1]["step"] == output.global_step else None
+        metrics["eval_loss"] = (final or trainer.evaluate())["eval_loss"]
+    metrics["train_tokens"] = float(trainer.state.num_input_tokens_seen)
+    metrics["train_tokens_per_second"] = throughput.tokens_per_second
+    metrics["steps"] = float(output.global_step)
+    adapter_dir = job_dir / "adapter"
+    model.save_pretrained(adapter_dir)
+    _point_adapter_at(adapter_dir, base.reference)
+    history = trainer.state.log_history
+    (adapter_dir / "log_history.json").write_text(json.dumps(history, indent=1))
+    plot_loss_curve(history, job_dir / "loss_curve.png")
+    (adapter_dir / "loss_curve.png").write_bytes((job_dir / "loss_curve.png").read_bytes())
+    metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+    (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return TrainResult(adapter_dir, base, metrics, digests, checkpoint, history)
+
+
+def _point_adapter_at(adapter_dir: Path, base_reference: str) -> None:
+    """Record the base as its registry reference, not this machine's cache path."""
+    config_path = adapter_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = base_reference
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))

@@ -1,0 +1,169 @@
+"""The process that trains one job: `python -m finetune.worker JOB_ID` (the runner starts it;
+`llm-finetune run` does the same in the foreground).
+
+It claims the queued job, beats a heartbeat, records events and checkpoints as the Trainer
+reports them, stops when the job is cancelled, registers the adapter on success, and then
+starts the next queued job."""
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from finetune.data import DataError
+from finetune.jobs import Job, JobStatus, JobStore
+from finetune.recipe import RecipeError, parse_recipe
+from finetune.registration import register_adapter
+from finetune.runner import JobRunner, last_checkpoint
+from finetune.trainer import train
+from registry.errors import RegistryError
+from registry.names import FINE_TUNED_TAG
+from registry.service import open_registry
+
+log = logging.getLogger(__name__)
+
+
+class JobCallback(TrainerCallback):
+    """Trainer events -> job events and checkpoint rows; a stop request ends training."""
+
+    def __init__(self, store: JobStore, job: Job, job_dir: Path, home: Path, stop: threading.Event):
+        self.store = store
+        self.job = job
+        self.job_dir = job_dir
+        self.home = home
+        self.stop = stop
+        self._last: dict[str, float] = {}
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        logs = logs or {}
+        if "loss" in logs:
+            self._last["train_loss"] = float(logs["loss"])
+            message = (
+                f"Step {state.global_step}/{state.max_steps}: training loss={logs['loss']:.4f}"
+            )
+            self.store.add_event(self.job.id, message, data={"step": state.global_step, **logs})
+        if "eval_loss" in logs:
+            self._last["eval_loss"] = float(logs["eval_loss"])
+            message = (
+                f"Step {state.global_step}/{state.max_steps}: eval loss={logs['eval_loss']:.4f}"
+            )
+            self.store.add_event(self.job.id, message, data={"step": state.global_step, **logs})
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        path = self.job_dir / "checkpoints" / f"checkpoint-{state.global_step}"
+        self.store.add_checkpoint(
+            self.job.id, state.global_step, _relative(path, self.home), dict(self._last)
+        )
+        self.store.add_event(self.job.id, f"Checkpoint saved at step {state.global_step}")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.stop.is_set():
+            control.should_training_stop = True
+            control.should_save = False
+
+
+def _relative(path: Path, home: Path) -> str:
+    return str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
+
+
+def _heartbeat(
+    store: JobStore, job_id: str, interval: float, stop: threading.Event, done: threading.Event
+) -> None:
+    """Beat until `done`; a job that is no longer running (cancelled) sets `stop`."""
+    pid = os.getpid()
+    while not done.wait(interval):
+        if store.heartbeat(job_id, pid) is not JobStatus.RUNNING:
+            stop.set()
+
+
+def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
+    """Claim and train job `job_id` in this process; returns the job as it ended."""
+    store = runner.store
+    job = store.claim(job_id, os.getpid(), socket.gethostname())
+    if job is None:
+        log.info("job %s is not queued; nothing to do", job_id)
+        return runner.get(job_id)
+    job_dir = runner.job_dir(job)
+    stop, done = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    beat = threading.Thread(
+        target=_heartbeat,
+        args=(store, job.id, runner.settings.heartbeat_s, stop, done),
+        daemon=True,
+    )
+    beat.start()
+    checkpoint = last_checkpoint(job_dir)
+    started = (
+        f"resumed from {checkpoint.name} (attempt {job.attempts})" if checkpoint else "started"
+    )
+    store.add_event(job.id, f"Fine-tuning job {started}")
+    try:
+        recipe = parse_recipe(job.recipe, f"job {job.id} recipe")
+        registry = open_registry(runner.registry_settings)
+        result = train(
+            recipe,
+            job_dir,
+            registry=registry,
+            cache_dir=runner.home / "cache" / "models",
+            resume=checkpoint is not None,
+            callbacks=[JobCallback(store, job, job_dir, runner.home, stop)],
+            progress=progress,
+        )
+        if stop.is_set():
+            # Cancelled jobs are already marked; any other SIGTERM ends the job here.
+            error = {"code": "stopped", "message": "the worker was stopped (SIGTERM)"}
+            _fail(store, job, {**error, "param": None})
+            return runner.get(job.id)
+        version = register_adapter(registry, result, recipe, job.id)
+        name = version.tags[FINE_TUNED_TAG]
+        store.add_event(job.id, f"New fine-tuned model created: {name} ({version.ref})")
+        succeeded = store.transition(
+            job.id,
+            (JobStatus.RUNNING,),
+            JobStatus.SUCCEEDED,
+            fine_tuned_model=name,
+            registered_version=version.ref,
+            trained_tokens=int(result.metrics["train_tokens"]),
+            metrics=result.metrics,
+        )
+        if succeeded:
+            store.add_event(job.id, "The job has successfully completed")
+    except (DataError, RecipeError, RegistryError, ValueError) as err:
+        param = "training_file" if isinstance(err, DataError) else None
+        code = "invalid_training_file" if isinstance(err, DataError) else "invalid_job"
+        _fail(store, job, {"code": code, "message": str(err), "param": param})
+    except Exception as err:
+        traceback.print_exc()
+        message = f"{type(err).__name__}: {err}; the traceback is in llm-finetune logs {job.id}"
+        _fail(store, job, {"code": "internal_error", "message": message, "param": None})
+    finally:
+        done.set()
+        beat.join()
+        runner.dispatch()
+    return runner.get(job.id)
+
+
+def _fail(store: JobStore, job: Job, error: dict[str, Any]) -> None:
+    if store.transition(job.id, (JobStatus.RUNNING,), JobStatus.FAILED, error=error):
+        store.add_event(job.id, f"The job failed: {error['message']}", level="error")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m finetune.worker JOB_ID", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    job = run_job(JobRunner.open(), argv[0])
+    return 0 if job.status is JobStatus.SUCCEEDED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
