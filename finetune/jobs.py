@@ -101,6 +101,12 @@ def _job(row: Row) -> Job:
     return Job(**values)
 
 
+def _file(row: Row) -> StoredFile:
+    values = dict(row._mapping)
+    values["created_at"] = as_utc(values["created_at"])
+    return StoredFile(**values)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -293,11 +299,13 @@ class JobStore:
     def get_file(self, file_id: str) -> StoredFile | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(files).where(files.c.id == file_id)).first()
-        if row is None:
-            return None
-        values = dict(row._mapping)
-        values["created_at"] = as_utc(values["created_at"])
-        return StoredFile(**values)
+        return _file(row) if row else None
+
+    def list_files(self) -> list[StoredFile]:
+        """Newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(files).order_by(files.c.created_at.desc()))
+            return [_file(row) for row in rows]
 
     def delete_file(self, file_id: str) -> bool:
         with self.engine.begin() as conn:

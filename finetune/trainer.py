@@ -111,6 +111,9 @@ def load_model(path: Path, recipe: Recipe) -> PreTrainedModel:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # Without a KV cache, `position_ids` that restart mark packed examples, and attention
+    # stays within each one; with the cache transformers ignores them and attends across.
+    model.config.use_cache = False
     config = LoraConfig(
         r=recipe.lora_r,
         lora_alpha=recipe.lora_alpha,

@@ -22,6 +22,27 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/registry", tags=["registry"])
 
 
+class ApiError(Exception):
+    """A request an HTTP route refuses or cannot serve, as the OpenAI envelope; the message
+    reaches the client, so it says what was wrong and what to do."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+
 def error_response(
     status: int, message: str, *, code: str | None = None, param: str | None = None
 ) -> JSONResponse:
@@ -37,6 +58,13 @@ async def registry_error_handler(_request: Request, exc: Exception) -> JSONRespo
     assert isinstance(exc, RegistryError)
     code = "model_not_found" if exc.code is ErrorCode.NOT_FOUND else exc.code.value.lower()
     return error_response(exc.http_status, exc.message, code=code, param=exc.param)
+
+
+async def api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    response = error_response(exc.status, exc.message, code=exc.code, param=exc.param)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
@@ -69,6 +97,7 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResp
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error a route can raise to the OpenAI envelope; no traceback reaches a client."""
     app.add_exception_handler(RegistryError, registry_error_handler)
+    app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)

@@ -1,5 +1,6 @@
 """The gateway's FastAPI application: OpenAI routes, health, metrics, keys and the registry."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -10,11 +11,16 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from finetune.api import fine_tuning_router
+from finetune.jobs import JobStore
+from finetune.runner import JobRunner
+from finetune.settings import FinetuneSettings
 from registry.api import error_response
 from registry.api import router as registry_router
 from registry.entities import VersionKind
-from registry.names import DEFAULT_ALIAS
+from registry.names import DEFAULT_ALIAS, FINE_TUNED_TAG
 from registry.service import Registry
+from registry.settings import RegistrySettings
 from serving.auth import authorize
 from serving.config import ServingConfig
 from serving.database import open_database
@@ -44,6 +50,7 @@ class Gateway:
     limiter: RateLimiter
     traffic: TrafficLog | None
     metrics: GatewayMetrics
+    jobs: JobRunner
 
     @property
     def local(self) -> LocalEngine:
@@ -52,6 +59,12 @@ class Gateway:
     async def start(self) -> None:
         for engine in self.engines:
             await engine.start()
+        await asyncio.to_thread(self._resume_jobs)
+
+    def _resume_jobs(self) -> None:
+        """Fine-tuning jobs whose worker died while no process watched are resumed or failed."""
+        self.jobs.recover()
+        self.jobs.dispatch()
 
     def is_ready(self) -> bool:
         return all(engine.is_ready() for engine in self.engines)
@@ -90,8 +103,13 @@ def build_gateway(
 
     limits = Limits(config.limits.max_tokens, config.limits.max_prompt_tokens)
     generator = Generator(resolver, engine_for, metrics, limits, limiter, traffic)
+    jobs = JobRunner(
+        JobStore.open(database_url),
+        RegistrySettings(home=home, database_url=database_url, actor=registry.actor),
+        FinetuneSettings(),
+    )
     return Gateway(
-        config, registry, KeyStore(database), engines, generator, limiter, traffic, metrics
+        config, registry, KeyStore(database), engines, generator, limiter, traffic, metrics, jobs
     )
 
 
@@ -117,13 +135,20 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.add_middleware(
         GatewayMiddleware,
         max_body_bytes=gateway.config.limits.max_body_bytes,
+        upload_limits={"/v1/files": gateway.jobs.settings.max_file_bytes},
         metrics=gateway.metrics,
     )
 
     def require_admin(request: Request) -> None:
         authorize(gateway.keys, request, admin=True)
 
+    def require_key(request: Request) -> None:
+        authorize(gateway.keys, request)
+
     app.include_router(registry_router, dependencies=[Depends(require_admin)])
+    app.include_router(
+        fine_tuning_router(gateway.jobs, gateway.registry), dependencies=[Depends(require_key)]
+    )
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -207,4 +232,14 @@ def _model_cards(registry: Registry) -> list[ModelCard]:
         if alias.alias == DEFAULT_ALIAS:
             ids.insert(0, alias.name)
         cards += [ModelCard(id=i, created=created, parent=parent, root=version.ref) for i in ids]
+    for version in versions.values():
+        if version.archived_at is None and FINE_TUNED_TAG in version.tags:
+            cards.append(
+                ModelCard(
+                    id=version.tags[FINE_TUNED_TAG],
+                    created=int(version.created_at.timestamp()),
+                    parent=version.parent,
+                    root=version.ref,
+                )
+            )
     return cards

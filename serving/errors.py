@@ -5,41 +5,18 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from registry.api import error_response, install_error_handlers
+from registry.api import ApiError, error_response, install_error_handlers
 from serving.engine import EngineError
 
 log = logging.getLogger(__name__)
 
 
-class ServingError(Exception):
+class ServingError(ApiError):
     """A request the gateway refuses or cannot serve; the message reaches the client."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.headers = headers or {}
 
 
 def bad_request(message: str, *, param: str | None = None) -> ServingError:
     return ServingError(400, message, code="invalid_request", param=param)
-
-
-async def serving_error_handler(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServingError)
-    response = error_response(exc.status, exc.message, code=exc.code, param=exc.param)
-    response.headers.update(exc.headers)
-    return response
 
 
 async def engine_error_handler(_request: Request, exc: Exception) -> JSONResponse:
@@ -49,5 +26,4 @@ async def engine_error_handler(_request: Request, exc: Exception) -> JSONRespons
 
 def install_serving_error_handlers(app: FastAPI) -> None:
     install_error_handlers(app)
-    app.add_exception_handler(ServingError, serving_error_handler)
     app.add_exception_handler(EngineError, engine_error_handler)

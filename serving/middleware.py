@@ -16,9 +16,18 @@ class _BodyTooLarge(Exception):
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: GatewayMetrics):
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: GatewayMetrics,
+        upload_limits: dict[str, int] | None = None,
+    ):
+        """`upload_limits` replaces `max_body_bytes` for the exact paths it names."""
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.upload_limits = upload_limits or {}
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,9 +51,10 @@ class GatewayMiddleware:
                     self.metrics.errors.labels(model, str(status)).inc()
             await send(message)
 
+        limit = self.upload_limits.get(scope["path"], self.max_body_bytes)
         declared = int(headers.get(b"content-length", b"0") or 0)
-        if declared > self.max_body_bytes:
-            await self._too_large(scope, receive, send_with_id, declared)
+        if declared > limit:
+            await self._too_large(scope, receive, send_with_id, declared, limit)
             return
         received = 0
 
@@ -53,7 +63,7 @@ class GatewayMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise _BodyTooLarge
             return message
 
@@ -61,9 +71,11 @@ class GatewayMiddleware:
             await self.app(scope, counted_receive, send_with_id)
         except _BodyTooLarge:
             if not started:
-                await self._too_large(scope, receive, send_with_id, received)
+                await self._too_large(scope, receive, send_with_id, received, limit)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
-        message = f"the request body is {size} bytes; the limit is {self.max_body_bytes}"
+    async def _too_large(
+        self, scope: Scope, receive: Receive, send: Send, size: int, limit: int
+    ) -> None:
+        message = f"the request body is {size} bytes; the limit is {limit}"
         response = error_response(413, message, code="request_too_large")
         await response(scope, receive, send)

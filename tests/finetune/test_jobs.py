@@ -1,0 +1,160 @@
+"""Jobs end to end: real worker processes, state in SQLite and PostgreSQL, SIGKILL recovery."""
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from finetune.jobs import Job, JobStatus
+from finetune.runner import JobRunner
+from finetune.settings import FinetuneSettings
+from registry.entities import VersionKind
+from registry.service import Registry, open_registry
+from registry.settings import RegistrySettings
+from tests.finetune.test_training import recipe_for
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> RegistrySettings:
+    return RegistrySettings(home=tmp_path / "home", database_url=database_url, actor="tester")
+
+
+@pytest.fixture
+def registry(settings: RegistrySettings, base_model_dir: Path) -> Registry:
+    registry = open_registry(settings)
+    registry.register("demo", base_model_dir)
+    registry.set_alias("demo", "production", 1)
+    return registry
+
+
+@pytest.fixture
+def runner(settings: RegistrySettings, registry: Registry) -> JobRunner:
+    return JobRunner.open(settings, FinetuneSettings(heartbeat_s=0.2, stale_after_s=30))
+
+
+def wait_for(runner: JobRunner, job_id: str, done, timeout: float = 240) -> Job:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = runner.get(job_id)
+        if done(job):
+            return job
+        assert time.monotonic() < deadline, f"job stuck: {job}"
+        time.sleep(0.2)
+
+
+def finished(job: Job) -> bool:
+    return job.status.finished
+
+
+@pytest.mark.slow
+def test_submitted_job_trains_in_its_own_process_and_registers_with_lineage(
+    runner: JobRunner, registry: Registry, skills_dir: Path
+) -> None:
+    recipe = recipe_for("demo", skills_dir, suffix="rev", set_staging_alias=True)
+    job = runner.submit(recipe)
+    assert job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+    job = wait_for(runner, job.id, finished)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    assert job.pid != os.getpid() and job.attempts == 1
+    assert job.fine_tuned_model == f"ft:demo:rev:{job.id}"
+
+    version = registry.resolve(job.fine_tuned_model)
+    assert version.ref == job.registered_version == "demo-rev:1"
+    assert (version.kind, version.parent, version.format) == (
+        VersionKind.ADAPTER,
+        "demo:1",
+        "peft-lora",
+    )
+    assert version.recipe_digest.startswith("sha256:") and len(version.dataset_digests) == 2
+    assert {"train_loss", "eval_loss", "train_tokens"} <= version.metrics.keys()
+    files = {entry.path for entry in registry.verify(version.ref).files}
+    assert {"adapter_model.safetensors", "loss_curve.png", "log_history.json"} <= files
+    assert registry.resolve("demo-rev@staging") == version
+
+    messages = [e.message for e in reversed(runner.store.events(job.id))]
+    assert messages[0] == f"Created fine-tuning job: {job.id}"
+    assert "Fine-tuning job started" in messages
+    assert messages[-1] == "The job has successfully completed"
+    assert [c.step for c in runner.store.checkpoints(job.id)] == [4, 2]
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_its_checkpoint_after_a_restart(
+    runner: JobRunner, registry: Registry, skills_dir: Path
+) -> None:
+    recipe = recipe_for("demo", skills_dir, max_steps=40, save_steps=2, eval_steps=None)
+    job = runner.submit(recipe)
+    job = wait_for(runner, job.id, lambda j: bool(runner.store.checkpoints(j.id)))
+    os.kill(job.pid, signal.SIGKILL)
+    wait_for(runner, job.id, lambda j: not _alive(j.pid))
+    assert runner.get(job.id).status is JobStatus.RUNNING  # as the dead worker left it
+
+    # A restart (any runner that opens) notices the dead worker and resumes the job.
+    restarted = JobRunner.open(runner.registry_settings, runner.settings)
+    [recovered] = restarted.recover()
+    assert recovered.status is JobStatus.QUEUED
+    restarted.dispatch()
+    job = wait_for(restarted, job.id, finished)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    assert job.attempts == 2
+    messages = [e.message for e in restarted.store.events(job.id)]
+    assert any(m.startswith("Fine-tuning job resumed from checkpoint-") for m in messages)
+    assert registry.resolve(job.fine_tuned_model).ref == job.registered_version
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_job_killed_before_any_checkpoint_fails_with_a_reason(
+    runner: JobRunner, skills_dir: Path
+) -> None:
+    job = runner.create(recipe_for("demo", skills_dir))
+    worker = _claim_as_dead_worker(runner, job)
+    [recovered] = runner.recover()
+    assert recovered.status is JobStatus.FAILED
+    assert recovered.error["code"] == "worker_died"
+    assert f"worker {worker} on" in recovered.error["message"]
+    assert "died before the first checkpoint" in recovered.error["message"]
+    assert runner.recover() == []  # nothing left running
+
+
+def _claim_as_dead_worker(runner: JobRunner, job: Job) -> int:
+    """Mark `job` running for a process that has already exited."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert runner.store.claim(job.id, pid, socket.gethostname()) is not None
+    return pid
+
+
+def test_cancel_a_queued_job_and_refuse_to_cancel_a_finished_one(
+    runner: JobRunner, skills_dir: Path
+) -> None:
+    job = runner.create(recipe_for("demo", skills_dir))
+    cancelled = runner.cancel(job.id)
+    assert cancelled.status is JobStatus.CANCELLED and cancelled.finished_at is not None
+    assert runner.dispatch() == []
+    with pytest.raises(Exception, match="already cancelled; only queued or running"):
+        runner.cancel(job.id)
+    with pytest.raises(Exception, match="no fine-tuning job 'ftjob-nope'"):
+        runner.get("ftjob-nope")
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_running_worker(runner: JobRunner, skills_dir: Path) -> None:
+    job = runner.submit(recipe_for("demo", skills_dir, max_steps=400, save_steps=100))
+    job = wait_for(runner, job.id, lambda j: j.status is JobStatus.RUNNING and j.pid)
+    wait_for(runner, job.id, lambda j: any("Step" in e.message for e in runner.store.events(j.id)))
+    assert runner.cancel(job.id).status is JobStatus.CANCELLED
+    wait_for(runner, job.id, lambda j: not _alive(j.pid), timeout=60)
+    job = runner.get(job.id)
+    assert job.status is JobStatus.CANCELLED and job.registered_version is None
