@@ -243,6 +243,7 @@ def fine_tuning_router(runner: JobRunner, registry: Registry) -> APIRouter:
             raise ApiError(400, str(err).removeprefix("job: "), code="invalid_request") from None
         job = runner.submit(
             recipe,
+            body.model,
             hyperparameters=hyper,
             training_file=training.id,
             validation_file=validation.id if validation else None,

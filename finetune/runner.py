@@ -90,19 +90,20 @@ class JobRunner:
             )
         return job
 
-    def create(self, recipe: Recipe, **fields: Any) -> Job:
-        """Record a queued job for `recipe` (validated) without starting it."""
+    def create(self, recipe: Recipe, model: str | None = None, **fields: Any) -> Job:
+        """Record a queued job for `recipe` (validated) without starting it; `model` is the
+        base as the client named it, when the recipe pins the version it resolved to."""
         return self.store.create(
-            model=recipe.base_model,
+            model=model or recipe.base_model,
             recipe=recipe.model_dump(mode="json"),
             created_by=self.registry_settings.actor,
             suffix=recipe.suffix,
             **fields,
         )
 
-    def submit(self, recipe: Recipe, **fields: Any) -> Job:
+    def submit(self, recipe: Recipe, model: str | None = None, **fields: Any) -> Job:
         """Queue a job and start it when a worker slot is free."""
-        job = self.create(recipe, **fields)
+        job = self.create(recipe, model, **fields)
         self.dispatch()
         return self.get(job.id)
 

@@ -1,0 +1,113 @@
+"""The OpenAI fine-tuning API through the official `openai` SDK: upload, create, poll, chat."""
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.serving.conftest import RunningGateway, running_gateway
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, base_model_dir: Path
+) -> Iterator[RunningGateway]:
+    home = tmp_path_factory.mktemp("ft-gateway-home")
+    with running_gateway(home, base_model_dir, resolve_ttl_s=0.0) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(gateway: RunningGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def test_upload_train_poll_and_chat_with_the_fine_tuned_model(
+    client: openai.OpenAI, skills_dir: Path
+) -> None:
+    with (skills_dir / "reverse" / "train.jsonl").open("rb") as data:
+        training = client.files.create(file=data, purpose="fine-tune")
+    assert training.id.startswith("file-") and training.purpose == "fine-tune"
+    assert client.files.retrieve(training.id).bytes == training.bytes
+
+    job = client.fine_tuning.jobs.create(
+        model="demo",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 1, "batch_size": 16, "learning_rate_multiplier": 2},
+        suffix="reverse",
+        seed=7,
+    )
+    assert job.status in ("queued", "running") and job.model == "demo"
+    assert job.hyperparameters.n_epochs == 1 and job.seed == 7
+
+    deadline = time.monotonic() + 300
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == f"ft:demo:reverse:{job.id}"
+    assert job.trained_tokens > 0 and job.finished_at >= job.created_at
+
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    assert events[0].message == "The job has successfully completed"
+    assert events[-1].message == f"Created fine-tuning job: {job.id}"
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoints and checkpoints[0].fine_tuned_model_checkpoint.startswith(
+        f"{job.fine_tuned_model}:ckpt-step-"
+    )
+
+    assert job.fine_tuned_model in {m.id for m in client.models.list().data}
+    reply = client.chat.completions.create(
+        model=job.fine_tuned_model,
+        messages=[{"role": "user", "content": "reverse: abc"}],
+        max_tokens=4,
+        temperature=0,
+    )
+    assert reply.model == job.fine_tuned_model and reply.usage.completion_tokens > 0
+
+    listed = client.fine_tuning.jobs.list(limit=1)
+    assert [j.id for j in listed.data] == [job.id]
+
+    with pytest.raises(openai.BadRequestError, match="already succeeded"):
+        client.fine_tuning.jobs.cancel(job.id)
+    assert client.files.delete(training.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(training.id)
+
+
+def test_a_bad_file_is_refused_with_its_line_numbers(client: openai.OpenAI) -> None:
+    good = (
+        b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+    )
+    bad = good + b'\n{oops\n{"messages": []}\n'
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.files.create(file=("train.jsonl", io.BytesIO(bad)), purpose="fine-tune")
+    error = caught.value.body
+    assert error["param"] == "file" and error["code"] == "invalid_file"
+    assert "train.jsonl:2: not JSON" in error["message"]
+    assert "train.jsonl:3: `messages` is missing or empty" in error["message"]
+
+    with pytest.raises(openai.BadRequestError, match="purpose 'assistants' is not supported"):
+        client.files.create(file=("x.jsonl", io.BytesIO(b"{}")), purpose="assistants")
+
+
+def test_bad_job_requests_get_openai_errors(client: openai.OpenAI, skills_dir: Path) -> None:
+    with (skills_dir / "upper" / "train.jsonl").open("rb") as data:
+        training = client.files.create(file=data, purpose="fine-tune")
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.fine_tuning.jobs.create(model="nope", training_file=training.id)
+    assert caught.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.fine_tuning.jobs.create(model="demo", training_file="file-missing")
+    assert caught.value.body["param"] == "training_file"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(
+            model="demo", training_file=training.id, hyperparameters={"n_epochs": 0}
+        )
+    assert caught.value.body["param"] == "hyperparameters.n_epochs"
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve("ftjob-missing")
