@@ -1,3 +1,5 @@
+import sys
+
 from finetune.cli import main
 
-main()
+sys.exit(main())

@@ -10,6 +10,7 @@ Any recipe key can be given as a flag (`--learning_rate 1e-3`, `--max_steps=50`)
 override the recipe file.
 """
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import click
 import yaml
 
-from finetune.data import DataError
+from finetune.data import DataError, read_rows
 from finetune.jobs import Job, JobStatus
 from finetune.recipe import Recipe, RecipeError, load_recipe
 from finetune.runner import JobRunner
@@ -47,7 +48,15 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def _recipe(path: Path, extra: list[str]) -> Recipe:
-    return load_recipe(path, parse_overrides(extra))
+    """The recipe with flags applied, its data paths made absolute (a worker may run
+    elsewhere) and its rows checked, so bad data stops here rather than in a job."""
+    recipe = load_recipe(path, parse_overrides(extra))
+    datasets = []
+    for spec in recipe.datasets:
+        data = Path(spec.path).expanduser().resolve()
+        read_rows(data, spec.type)
+        datasets.append(spec.model_copy(update={"path": str(data)}))
+    return recipe.model_copy(update={"datasets": datasets})
 
 
 def _runner() -> JobRunner:
@@ -113,7 +122,8 @@ def run_cmd(ctx: click.Context, recipe: Path | None, resume_id: str | None) -> N
     else:
         job = runner.create(_recipe(recipe, ctx.args))
     click.echo(f"job {job.id}: logs and checkpoints in {runner.job_dir(job)}", err=True)
-    job = run_job(runner, job.id, progress=True)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result (--json)
+        job = run_job(runner, job.id, progress=True)
     _report(job, ctx.obj)
     if job.status is not JobStatus.SUCCEEDED:
         sys.exit(1)

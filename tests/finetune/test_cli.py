@@ -1,0 +1,102 @@
+"""`llm-finetune` as a user runs it: real processes, one-line errors with exit code 2."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from registry.service import open_registry
+from registry.settings import RegistrySettings
+
+
+def llm_finetune(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LLMOPS_HOME": str(home), "LLMOPS_ACTOR": "researcher"}
+    env.pop("LLMOPS_DATABASE_URL", None)
+    command = [sys.executable, "-m", "finetune", *args]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture
+def home(tmp_path: Path, base_model_dir: Path) -> Path:
+    home = tmp_path / "home"
+    registry = open_registry(RegistrySettings(home=home, actor="tests"))
+    registry.register("demo", base_model_dir)
+    registry.set_alias("demo", "production", 1)
+    return home
+
+
+def write_recipe(path: Path, skills_dir: Path, **keys) -> Path:
+    recipe = {
+        "base_model": "demo",
+        "datasets": [{"path": str(skills_dir / "reverse" / "train.jsonl")}],
+        "sequence_len": 64,
+        "micro_batch_size": 8,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        **keys,
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.slow
+def test_run_in_the_foreground_with_flag_overrides(
+    home: Path, skills_dir: Path, tmp_path: Path
+) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", skills_dir)
+    ran = llm_finetune(home, "--json", "run", str(recipe), "--max_steps", "3", "--suffix=cli")
+    assert ran.returncode == 0, ran.stderr
+    job = json.loads(ran.stdout)
+    assert job["status"] == "succeeded" and job["metrics"]["steps"] == 3
+    assert job["fine_tuned_model"] == f"ft:demo:cli:{job['id']}"
+
+    listed = llm_finetune(home, "list")
+    assert job["id"] in listed.stdout and "succeeded" in listed.stdout
+    shown = llm_finetune(home, "show", job["id"])
+    assert "The job has successfully completed" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--learning_rat", "1e-3"], "unknown key 'learning_rat'; did you mean 'learning_rate'?"),
+        (["--lora_r", "0"], "lora_r: Input should be greater than 0"),
+        (["--adapter", "dora"], "adapter: Input should be 'lora' or 'qlora'"),
+        (["oops"], "unexpected argument 'oops'; recipe keys are --KEY VALUE"),
+    ],
+)
+def test_bad_recipes_and_flags_fail_in_one_line(
+    home: Path, skills_dir: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", skills_dir)
+    result = llm_finetune(home, "submit", str(recipe), *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"llm-finetune: error: {message}"] or (
+        message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    )
+
+
+def test_bad_data_is_refused_before_a_job_exists(home: Path, tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        yaml.safe_dump({"base_model": "demo", "datasets": [{"path": str(data)}], "max_steps": 1})
+    )
+    result = llm_finetune(home, "submit", str(recipe))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "llm-finetune: error: 1 bad row: train.jsonl:1: no assistant message to learn from"
+    )
+    assert json.loads(llm_finetune(home, "--json", "list").stdout) == []
+
+
+def test_unknown_jobs_and_missing_recipes(home: Path, tmp_path: Path) -> None:
+    shown = llm_finetune(home, "show", "ftjob-nope")
+    assert shown.returncode == 2 and "no fine-tuning job 'ftjob-nope'" in shown.stderr
+    missing = llm_finetune(home, "run", str(tmp_path / "absent.yaml"))
+    assert missing.returncode == 2 and "absent.yaml does not exist" in missing.stderr
