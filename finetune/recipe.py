@@ -60,6 +60,11 @@ class Recipe(_Strict):
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps (overrides num_epochs).")
     eval_steps: int | None = Field(None, gt=0, description="Steps between evaluations.")
     save_steps: int | None = Field(None, gt=0, description="Steps between checkpoints.")
+    distributed: Literal["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = Field(
+        "ddp",
+        description="How several GPUs share a job (accelerate launch with "
+        "configs/accelerate/<name>.yaml); unused on one device.",
+    )
     seed: int = Field(0, description="Seeds data order, adapter init and dropout.")
     output_dir: str | None = Field(None, description="Job folder; default under LLMOPS_HOME/jobs.")
     suffix: str | None = Field(

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from finetune.jobs import Job, JobStatus, JobStore
 from finetune.recipe import Recipe
 from finetune.settings import FinetuneSettings
@@ -26,6 +28,8 @@ from registry.errors import ErrorCode, RegistryError
 from registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
+
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 
 
 def worker_alive(job: Job, stale_after_s: float) -> bool:
@@ -46,6 +50,18 @@ def worker_alive(job: Job, stale_after_s: float) -> bool:
     with contextlib.suppress(OSError):
         return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+def worker_command(job: Job) -> list[str]:
+    """`python -m finetune.worker JOB`; on several GPUs, under `accelerate launch` with the
+    recipe's distributed config, one process per GPU."""
+    worker = ["-m", "finetune.worker", job.id]
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if devices < 2:
+        return [sys.executable, *worker]
+    config = ACCELERATE_CONFIGS / f"{job.recipe.get('distributed', 'ddp')}.yaml"
+    launch = ["-m", "accelerate.commands.launch", "--config_file", str(config)]
+    return [sys.executable, *launch, "--num_processes", str(devices), *worker]
 
 
 def last_checkpoint(job_dir: Path) -> Path | None:
@@ -128,7 +144,7 @@ class JobRunner:
         }
         with (job_dir / "train.log").open("ab") as output:
             process = subprocess.Popen(
-                [sys.executable, "-m", "finetune.worker", job.id],
+                worker_command(job),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,

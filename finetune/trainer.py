@@ -222,6 +222,8 @@ def train(
     metrics["train_tokens_per_second"] = throughput.tokens_per_second
     metrics["steps"] = float(output.global_step)
     adapter_dir = job_dir / "adapter"
+    if not trainer.is_world_process_zero():
+        return TrainResult(adapter_dir, base, metrics, digests, checkpoint)
     model.save_pretrained(adapter_dir)
     _point_adapter_at(adapter_dir, base.reference)
     history = trainer.state.log_history

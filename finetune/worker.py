@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -155,13 +156,38 @@ def _fail(store: JobStore, job: Job, error: dict[str, Any]) -> None:
         store.add_event(job.id, f"The job failed: {error['message']}", level="error")
 
 
+def train_as_replica(runner: JobRunner, job_id: str) -> int:
+    """A non-zero rank under `accelerate launch`: train alongside rank 0, which owns the
+    job's state, events and registration."""
+    deadline = time.monotonic() + 300
+    while (job := runner.get(job_id)).status is JobStatus.QUEUED:
+        if time.monotonic() > deadline:
+            return 1
+        time.sleep(0.5)
+    if job.status is not JobStatus.RUNNING:
+        return 0
+    job_dir = runner.job_dir(job)
+    train(
+        parse_recipe(job.recipe, f"job {job.id} recipe"),
+        job_dir,
+        registry=open_registry(runner.registry_settings),
+        cache_dir=runner.home / "cache" / "models",
+        resume=last_checkpoint(job_dir) is not None,
+        progress=False,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m finetune.worker JOB_ID", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    job = run_job(JobRunner.open(), argv[0])
+    runner = JobRunner.open()
+    if int(os.environ.get("RANK", "0")) > 0:
+        return train_as_replica(runner, argv[0])
+    job = run_job(runner, argv[0])
     return 0 if job.status is JobStatus.SUCCEEDED else 1
 
 

@@ -3,13 +3,16 @@
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
+from accelerate.commands.config.config_args import load_config_from_file
 
 from finetune.jobs import Job, JobStatus
-from finetune.runner import JobRunner
+from finetune.runner import JobRunner, worker_command
 from finetune.settings import FinetuneSettings
 from registry.entities import VersionKind
 from registry.service import Registry, open_registry
@@ -158,3 +161,27 @@ def test_cancel_stops_a_running_worker(runner: JobRunner, skills_dir: Path) -> N
     wait_for(runner, job.id, lambda j: not _alive(j.pid), timeout=60)
     job = runner.get(job.id)
     assert job.status is JobStatus.CANCELLED and job.registered_version is None
+
+
+@pytest.mark.parametrize(
+    ("strategy", "kind"),
+    [
+        ("ddp", "MULTI_GPU"),
+        ("fsdp", "FSDP"),
+        ("deepspeed-zero2", "DEEPSPEED"),
+        ("deepspeed-zero3", "DEEPSPEED"),
+    ],
+)
+def test_several_gpus_launch_the_worker_with_accelerate(
+    runner: JobRunner, skills_dir: Path, monkeypatch: pytest.MonkeyPatch, strategy: str, kind: str
+) -> None:
+    job = runner.create(recipe_for("demo", skills_dir, distributed=strategy))
+    assert worker_command(job) == [sys.executable, "-m", "finetune.worker", job.id]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    command = worker_command(job)
+    config = command[command.index("--config_file") + 1]
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    assert command[-5:] == ["--num_processes", "4", "-m", "finetune.worker", job.id]
+    assert load_config_from_file(config).distributed_type.name == kind
