@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from finetune.cli import main
 from registry.service import open_registry
 from registry.settings import RegistrySettings
 
@@ -60,6 +61,14 @@ def test_run_in_the_foreground_with_flag_overrides(
     assert "The job has successfully completed" in shown.stdout
 
 
+@pytest.fixture
+def in_process(home: Path, monkeypatch: pytest.MonkeyPatch):
+    """`llm-finetune` in this process (the same `main` the console script runs)."""
+    monkeypatch.setenv("LLMOPS_HOME", str(home))
+    monkeypatch.delenv("LLMOPS_DATABASE_URL", raising=False)
+    return main
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -70,33 +79,31 @@ def test_run_in_the_foreground_with_flag_overrides(
     ],
 )
 def test_bad_recipes_and_flags_fail_in_one_line(
-    home: Path, skills_dir: Path, tmp_path: Path, args: list[str], message: str
+    in_process, skills_dir: Path, tmp_path: Path, capsys, args: list[str], message: str
 ) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", skills_dir)
-    result = llm_finetune(home, "submit", str(recipe), *args)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"llm-finetune: error: {message}"] or (
-        message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    )
+    assert in_process(["submit", str(recipe), *args]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"llm-finetune: error: {message}")
 
 
-def test_bad_data_is_refused_before_a_job_exists(home: Path, tmp_path: Path) -> None:
+def test_bad_data_is_refused_before_a_job_exists(in_process, tmp_path: Path, capsys) -> None:
     data = tmp_path / "train.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         yaml.safe_dump({"base_model": "demo", "datasets": [{"path": str(data)}], "max_steps": 1})
     )
-    result = llm_finetune(home, "submit", str(recipe))
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
+    assert in_process(["submit", str(recipe)]) == 2
+    assert capsys.readouterr().err.strip() == (
         "llm-finetune: error: 1 bad row: train.jsonl:1: no assistant message to learn from"
     )
-    assert json.loads(llm_finetune(home, "--json", "list").stdout) == []
+    assert in_process(["--json", "list"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
 
 
-def test_unknown_jobs_and_missing_recipes(home: Path, tmp_path: Path) -> None:
-    shown = llm_finetune(home, "show", "ftjob-nope")
-    assert shown.returncode == 2 and "no fine-tuning job 'ftjob-nope'" in shown.stderr
-    missing = llm_finetune(home, "run", str(tmp_path / "absent.yaml"))
-    assert missing.returncode == 2 and "absent.yaml does not exist" in missing.stderr
+def test_unknown_jobs_and_missing_recipes(in_process, tmp_path: Path, capsys) -> None:
+    assert in_process(["show", "ftjob-nope"]) == 2
+    assert "no fine-tuning job 'ftjob-nope'" in capsys.readouterr().err
+    assert in_process(["run", str(tmp_path / "absent.yaml")]) == 2
+    assert "absent.yaml does not exist" in capsys.readouterr().err
