@@ -5,8 +5,11 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+import anyio
 
 from serving.engine import EngineClient, GenerationChunk, SamplingParams, TokenLogprob
 from serving.errors import bad_request
@@ -226,11 +229,24 @@ class Generator:
                 choice.add(chunk)
                 yield choice, chunk
         finally:
-            for task in tasks:
-                task.cancel()
-            for stream in run.streams:
-                await stream.aclose()
-            await self._account(run)
+            # Shielded: when the client goes away, Starlette cancels this task through an anyio
+            # cancel scope, which cancels it again at every await until it leaves the scope, so
+            # an unshielded clean-up would stop at its first await.
+            with anyio.CancelScope(shield=True):
+                await self._stop(run, tasks)
+                await self._account(run)
+
+    @staticmethod
+    async def _stop(run: Run, tasks: list[asyncio.Task]) -> None:
+        """Stop the pumps, then close their streams. In that order: a stream that a pump is
+        still running inside cannot be closed (`aclose()` raises RuntimeError), and cancelling
+        a pump unwinds its stream, which ends the engine's generation (the vLLM engine closes
+        its upstream connection, and vLLM aborts the request when it sees it closed)."""
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in run.streams:
+            await stream.aclose()
 
     async def _account(self, run: Run) -> None:
         labels = (run.resolved.version.ref, run.backend)
@@ -264,8 +280,9 @@ class Generator:
             )
 
     async def _finish(self, run: Run) -> None:
-        async for _ in self._chunks(run):
-            pass
+        async with aclosing(self._chunks(run)) as chunks:
+            async for _ in chunks:
+                pass
 
     # -- chat -------------------------------------------------------------------------------
 
@@ -324,19 +341,22 @@ class Generator:
         for c in run.choices:
             first = ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))
             yield chunk([first])
-        async for choice, piece in self._chunks(run):
-            delta = DeltaMessage(content=piece.text) if piece.text else DeltaMessage()
-            logprobs = _chat_logprobs(piece.logprobs) if req.logprobs else None
-            yield chunk(
-                [
-                    ChatChunkChoice(
-                        index=choice.index,
-                        delta=delta,
-                        logprobs=logprobs,
-                        finish_reason=piece.finish_reason,
-                    )
-                ]
-            )
+        # Closed on the way out, however this generator ends (finished, failed, cancelled or
+        # closed by the server), not whenever the garbage collector gets to it.
+        async with aclosing(self._chunks(run)) as chunks:
+            async for choice, piece in chunks:
+                delta = DeltaMessage(content=piece.text) if piece.text else DeltaMessage()
+                logprobs = _chat_logprobs(piece.logprobs) if req.logprobs else None
+                yield chunk(
+                    [
+                        ChatChunkChoice(
+                            index=choice.index,
+                            delta=delta,
+                            logprobs=logprobs,
+                            finish_reason=piece.finish_reason,
+                        )
+                    ]
+                )
         if req.stream_options and req.stream_options.include_usage:
             yield chunk([], run.usage)
         yield _sse("[DONE]")
@@ -392,21 +412,24 @@ class Generator:
         if echo:
             for c in run.choices:
                 yield chunk([CompletionChoice(index=c.index, text=echo)])
-        async for choice, piece in self._chunks(run):
-            logprobs = None
-            if req.logprobs is not None:
-                logprobs = _completion_logprobs(piece.logprobs, offsets[choice.index])
-            offsets[choice.index] += len(piece.text)
-            yield chunk(
-                [
-                    CompletionChoice(
-                        index=choice.index,
-                        text=piece.text,
-                        logprobs=logprobs,
-                        finish_reason=piece.finish_reason,
-                    )
-                ]
-            )
+        # Closed on the way out, however this generator ends (finished, failed, cancelled or
+        # closed by the server), not whenever the garbage collector gets to it.
+        async with aclosing(self._chunks(run)) as chunks:
+            async for choice, piece in chunks:
+                logprobs = None
+                if req.logprobs is not None:
+                    logprobs = _completion_logprobs(piece.logprobs, offsets[choice.index])
+                offsets[choice.index] += len(piece.text)
+                yield chunk(
+                    [
+                        CompletionChoice(
+                            index=choice.index,
+                            text=piece.text,
+                            logprobs=logprobs,
+                            finish_reason=piece.finish_reason,
+                        )
+                    ]
+                )
         if req.stream_options and req.stream_options.include_usage:
             yield chunk([], run.usage)
         yield _sse("[DONE]")

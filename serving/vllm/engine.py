@@ -62,6 +62,20 @@ def _logprobs(data: dict[str, Any] | None) -> list[TokenLogprob]:
     ]
 
 
+async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The lines of a server-sent event stream. Not `aiter_lines()`: it splits at every line
+    boundary that `str.splitlines` knows, U+0085, U+2028 and U+2029 among them, and vLLM's JSON
+    leaves those unescaped in generated text, so a line would be cut inside its JSON. vLLM
+    ends its lines with LF (CR LF is accepted too)."""
+    pending = b""
+    async for data in response.aiter_bytes():
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            yield line.removesuffix(b"\r").decode()
+    if pending:
+        yield pending.removesuffix(b"\r").decode()
+
+
 class VllmEngine(EngineClient):
     name = "vllm"
 
@@ -201,9 +215,14 @@ class VllmEngine(EngineClient):
                     "skip_special_tokens": True,
                 }
                 chunks = self._stream if stream else self._complete
-                async for chunk in chunks(server, body, len(prompt_ids)):
-                    answered = True
-                    yield chunk
+                # Closed as soon as this generator is (the consumer stopped early), not when the
+                # garbage collector gets to it: closing it closes the upstream response, and an
+                # unfinished one takes its connection with it, which is how vLLM learns that it
+                # should abort the request.
+                async with contextlib.aclosing(chunks(server, body, len(prompt_ids))) as answer:
+                    async for chunk in answer:
+                        answered = True
+                        yield chunk
                 return
             except httpx.TransportError as err:
                 if answered:
@@ -247,7 +266,7 @@ class VllmEngine(EngineClient):
                 raise _upstream_error(response)
             finish: GenerationChunk | None = None
             produced = 0
-            async for line in response.aiter_lines():
+            async for line in _sse_lines(response):
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 data = json.loads(line[6:])
