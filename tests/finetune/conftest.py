@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,14 @@ def skills_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(f"{line}\n" for line in lines))
     return path
+
+
+def wait_for_job(client, job_id: str, timeout: float = 300):
+    """Poll a fine-tuning job through the OpenAI SDK until it ends; returns it."""
+    deadline = time.monotonic() + timeout
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+        job = client.fine_tuning.jobs.retrieve(job_id)
+    return job

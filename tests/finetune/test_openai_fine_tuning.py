@@ -1,13 +1,13 @@
 """The OpenAI fine-tuning API through the official `openai` SDK: upload, create, poll, chat."""
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 
+from tests.finetune.conftest import wait_for_job
 from tests.serving.conftest import RunningGateway, running_gateway
 
 
@@ -43,11 +43,7 @@ def test_upload_train_poll_and_chat_with_the_fine_tuned_model(
     assert job.status in ("queued", "running") and job.model == "demo"
     assert job.hyperparameters.n_epochs == 1 and job.seed == 7
 
-    deadline = time.monotonic() + 300
-    while job.status not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.5)
-        job = client.fine_tuning.jobs.retrieve(job.id)
+    job = wait_for_job(client, job.id)
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model == f"ft:demo:reverse:{job.id}"
     assert job.trained_tokens > 0 and job.finished_at >= job.created_at

@@ -19,7 +19,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from finetune.demo.random_model import build_random_model
+from finetune.demo.skills import SKILLS, generate_splits, write_jsonl
 from serving.vllm.engine import VllmEngine, _sse_lines, _upstream_error
+from tests.finetune.conftest import wait_for_job
 from tests.serving.conftest import LIMITS, RunningGateway, running_gateway
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -150,6 +152,28 @@ def test_lora_adapter_is_served_on_its_base(client: openai.OpenAI) -> None:
     tuned = _text(client, "demo-lora")
     assert tuned != _text(client, "demo")
     assert _text(client, "demo-lora") == tuned  # loaded once, then reused
+
+
+def test_a_fine_tuning_job_result_is_served_by_vllm_at_once(
+    vllm_gateway: RunningGateway, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    data = tmp_path / "train.jsonl"
+    write_jsonl(data, generate_splits(SKILLS["reverse"], seed=0, num_train=64, num_eval=0)[0])
+    with data.open("rb") as upload:
+        training = client.files.create(file=upload, purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="demo",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 1, "batch_size": 16, "learning_rate_multiplier": 5},
+        suffix="vllm",
+    )
+    job = wait_for_job(client, job.id)
+    assert job.status == "succeeded", job.error
+
+    tuned = _text(client, job.fine_tuned_model)
+    assert tuned != _text(client, "demo")
+    version = vllm_gateway.registry.resolve(job.fine_tuned_model)
+    assert any(version.ref in server.loaded_adapters for server in _vllm(vllm_gateway).servers)
 
 
 def test_tensor_parallel_two_matches_one(client: openai.OpenAI) -> None:
