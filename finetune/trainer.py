@@ -29,7 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from finetune.data import Collator, Example, Packed, encode_rows, pack, read_rows
 from finetune.demo.skills import file_digest
 from finetune.loss_curve import plot_loss_curve
-from finetune.recipe import Recipe
+from finetune.recipe import Recipe, RecipeError
 from registry.entities import ModelVersion, VersionKind
 from registry.errors import ErrorCode, RegistryError
 from registry.service import Registry
@@ -91,7 +91,7 @@ def load_training_data(
         (train if spec.split == "train" else validation).extend(examples)
         digests.append(file_digest(path))
     if not train:
-        raise ValueError("the recipe has no dataset with split: train")
+        raise RecipeError("datasets: none has split: train; add one to train on")
     return train, validation, digests
 
 

@@ -136,7 +136,7 @@ def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
         )
         if succeeded:
             store.add_event(job.id, "The job has successfully completed")
-    except (DataError, RecipeError, RegistryError, ValueError) as err:
+    except (DataError, RecipeError, RegistryError) as err:
         param = "training_file" if isinstance(err, DataError) else None
         code = "invalid_training_file" if isinstance(err, DataError) else "invalid_job"
         _fail(store, job, {"code": code, "message": str(err), "param": param})

@@ -14,6 +14,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 from finetune.jobs import Job, JobStatus
 from finetune.runner import JobRunner, worker_command
 from finetune.settings import FinetuneSettings
+from finetune.worker import run_job
 from registry.entities import VersionKind
 from registry.service import Registry, open_registry
 from registry.settings import RegistrySettings
@@ -185,3 +186,16 @@ def test_several_gpus_launch_the_worker_with_accelerate(
     assert command[1:3] == ["-m", "accelerate.commands.launch"]
     assert command[-5:] == ["--num_processes", "4", "-m", "finetune.worker", job.id]
     assert load_config_from_file(config).distributed_type.name == kind
+
+
+def test_rows_over_sequence_len_fail_the_job_with_their_line(
+    runner: JobRunner, skills_dir: Path
+) -> None:
+    job = runner.create(recipe_for("demo", skills_dir, sequence_len=8))
+    job = run_job(runner, job.id)
+    assert job.status is JobStatus.FAILED
+    assert job.error["code"] == "invalid_training_file" and job.error["param"] == "training_file"
+    assert (
+        "train.jsonl:1: " in job.error["message"] and "over sequence_len 8" in job.error["message"]
+    )
+    assert runner.store.events(job.id)[0].message.startswith("The job failed: ")
