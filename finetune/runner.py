@@ -64,14 +64,6 @@ def worker_command(job: Job) -> list[str]:
     return [sys.executable, *launch, "--num_processes", str(devices), *worker]
 
 
-def last_checkpoint(job_dir: Path) -> Path | None:
-    found = sorted(
-        (job_dir / "checkpoints").glob("checkpoint-*"),
-        key=lambda p: int(p.name.rsplit("-", 1)[1]),
-    )
-    return found[-1] if found else None
-
-
 @dataclass
 class JobRunner:
     store: JobStore
@@ -95,6 +87,16 @@ class JobRunner:
     def job_dir(self, job: Job) -> Path:
         output_dir = job.recipe.get("output_dir")
         return Path(output_dir).expanduser() if output_dir else self.home / "jobs" / job.id
+
+    def resume_point(self, job: Job) -> Path | None:
+        """The job's newest complete checkpoint: one the worker recorded after the Trainer
+        finished writing it (a worker killed mid-save leaves a partial folder behind), and
+        that checkpoint rotation has not deleted since."""
+        for checkpoint in self.store.checkpoints(job.id):
+            path = self.home / checkpoint.path
+            if path.is_dir():
+                return path
+        return None
 
     def get(self, job_id: str) -> Job:
         job = self.store.get(job_id)
@@ -162,7 +164,7 @@ class JobRunner:
         for job in self.store.list_jobs(status=JobStatus.RUNNING):
             if worker_alive(job, self.settings.stale_after_s):
                 continue
-            checkpoint = last_checkpoint(self.job_dir(job))
+            checkpoint = self.resume_point(job)
             where = f"worker {job.pid} on {job.host}"
             if checkpoint is not None and job.attempts < self.settings.max_attempts:
                 if self.store.transition(job.id, (JobStatus.RUNNING,), JobStatus.QUEUED):

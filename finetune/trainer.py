@@ -24,7 +24,6 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from finetune.data import Collator, Example, Packed, encode_rows, pack, read_rows
 from finetune.demo.skills import file_digest
@@ -174,11 +173,11 @@ def train(
     *,
     registry: Registry | None,
     cache_dir: Path,
-    resume: bool = False,
+    resume_from: Path | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     progress: bool = True,
 ) -> TrainResult:
-    """Run the recipe in `job_dir`; with `resume`, continue from its last checkpoint."""
+    """Run the recipe in `job_dir`; with `resume_from`, continue from that checkpoint."""
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     base = resolve_base(recipe.base_model, registry, cache_dir)
@@ -208,7 +207,7 @@ def train(
         processing_class=tokenizer,
         callbacks=[throughput, *callbacks],
     )
-    checkpoint = get_last_checkpoint(str(job_dir / "checkpoints")) if resume else None
+    checkpoint = str(resume_from) if resume_from else None
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     output = trainer.train(resume_from_checkpoint=checkpoint)

@@ -22,7 +22,7 @@ from finetune.data import DataError
 from finetune.jobs import Job, JobStatus, JobStore
 from finetune.recipe import RecipeError, parse_recipe
 from finetune.registration import register_adapter
-from finetune.runner import JobRunner, last_checkpoint
+from finetune.runner import JobRunner
 from finetune.trainer import train
 from registry.errors import RegistryError
 from registry.names import FINE_TUNED_TAG
@@ -100,7 +100,7 @@ def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
         daemon=True,
     )
     beat.start()
-    checkpoint = last_checkpoint(job_dir)
+    checkpoint = runner.resume_point(job)
     started = (
         f"resumed from {checkpoint.name} (attempt {job.attempts})" if checkpoint else "started"
     )
@@ -113,7 +113,7 @@ def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
             job_dir,
             registry=registry,
             cache_dir=runner.home / "cache" / "models",
-            resume=checkpoint is not None,
+            resume_from=checkpoint,
             callbacks=[JobCallback(store, job, job_dir, runner.home, stop)],
             progress=progress,
         )
@@ -172,7 +172,7 @@ def train_as_replica(runner: JobRunner, job_id: str) -> int:
         job_dir,
         registry=open_registry(runner.registry_settings),
         cache_dir=runner.home / "cache" / "models",
-        resume=last_checkpoint(job_dir) is not None,
+        resume_from=runner.resume_point(job),
         progress=False,
     )
     return 0

@@ -199,3 +199,18 @@ def test_rows_over_sequence_len_fail_the_job_with_their_line(
         "train.jsonl:1: " in job.error["message"] and "over sequence_len 8" in job.error["message"]
     )
     assert runner.store.events(job.id)[0].message.startswith("The job failed: ")
+
+
+def test_resume_point_is_the_newest_recorded_checkpoint_still_on_disk(
+    runner: JobRunner, skills_dir: Path
+) -> None:
+    job = runner.create(recipe_for("demo", skills_dir))
+    folder = runner.job_dir(job) / "checkpoints"
+    for step in (2, 4, 6):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+    for step in (2, 4):  # checkpoint-6 was being written when the worker died: not recorded
+        path = folder / f"checkpoint-{step}"
+        runner.store.add_checkpoint(job.id, step, str(path.relative_to(runner.home)), {})
+    assert runner.resume_point(job) == folder / "checkpoint-4"
+    (folder / "checkpoint-4").rmdir()  # rotated away
+    assert runner.resume_point(job) == folder / "checkpoint-2"

@@ -68,7 +68,10 @@ def test_resume_continues_from_the_last_checkpoint(
     first = recipe_for(base_model_dir, skills_dir, max_steps=2)
     train(first, job_dir, registry=None, cache_dir=tmp_path, progress=False)
     second = recipe_for(base_model_dir, skills_dir, max_steps=4)
-    result = train(second, job_dir, registry=None, cache_dir=tmp_path, resume=True, progress=False)
+    checkpoint = job_dir / "checkpoints" / "checkpoint-2"
+    result = train(
+        second, job_dir, registry=None, cache_dir=tmp_path, resume_from=checkpoint, progress=False
+    )
     assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-2")
     trained_steps = [e["step"] for e in result.log_history if "loss" in e]
     assert trained_steps[-1] == 4 and result.metrics["steps"] == 4
