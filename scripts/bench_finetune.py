@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, get_scheduler
 
 from finetune.data import Collator, encode_rows, pack, read_rows
 from finetune.demo.random_model import build_random_model
@@ -129,25 +128,37 @@ def hand_loop_tokens_per_second(settings: Recipe, model_dir: Path) -> float:
     return tokens / (time.perf_counter() - started)
 
 
-def rss_anon_kib() -> int:
+def resident_kib() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
+        if line.startswith("VmRSS:"):
             return int(line.split()[1])
-    return 0
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class PeakMemory(TrainerCallback):
+    """Samples resident memory from the first training step to the last."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.005):
+            self.peak = max(self.peak, resident_kib())
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._sampler.start()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._done.set()
+        self._sampler.join()
 
 
 def peak_memory_child(model_dir: str, adapter: str, data: str) -> None:
-    """Run in a fresh process: load and train 3 steps, print the memory it took as JSON."""
-    baseline = rss_anon_kib()
-    peak = [baseline]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.005):
-            peak[0] = max(peak[0], rss_anon_kib())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    """Run in a fresh process: load, then train 3 steps; print the peak resident memory of
+    the training steps above the process's own (imports included) as JSON."""
+    baseline = resident_kib()
     settings = recipe(
         Path(model_dir),
         Path(data),
@@ -156,19 +167,17 @@ def peak_memory_child(model_dir: str, adapter: str, data: str) -> None:
         sequence_len=512,
         max_steps=3,
     )
+    peak = PeakMemory()
     with tempfile.TemporaryDirectory() as work:
-        train(settings, Path(work), registry=None, cache_dir=Path(work), progress=False)
-    done.set()
-    sampler.join()
-    peak[0] = max(peak[0], rss_anon_kib())
-    print(
-        json.dumps(
-            {
-                "peak_anon_mib": round((peak[0] - baseline) / 1024, 1),
-                "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            }
+        train(
+            settings,
+            Path(work),
+            registry=None,
+            cache_dir=Path(work),
+            callbacks=[peak],
+            progress=False,
         )
-    )
+    print(json.dumps({"peak_mib": round((peak.peak - baseline) / 1024, 1)}))
 
 
 def peak_memory(model_dir: Path, adapter: str, data: Path) -> dict[str, float]:
@@ -248,13 +257,12 @@ def main() -> None:
         qlora = peak_memory(large, "qlora", skills)
         results["qlora_memory"] = {
             "model": f"Llama, hidden 768, 12 layers, {parameters / 1e6:.0f}M parameters",
-            "measure": "peak anonymous resident memory above the process's start, load + 3 "
-            "training steps of 2 x 512 tokens",
-            "lora_fp32_mib": lora["peak_anon_mib"],
-            "qlora_nf4_mib": qlora["peak_anon_mib"],
-            "ratio": round(qlora["peak_anon_mib"] / lora["peak_anon_mib"], 3),
+            "measure": "peak resident memory (VmRSS) during 3 training steps of 2 x 512 "
+            "tokens, above the process's resident memory before loading",
+            "lora_fp32_mib": lora["peak_mib"],
+            "qlora_nf4_mib": qlora["peak_mib"],
+            "ratio": round(qlora["peak_mib"] / lora["peak_mib"], 3),
             "target": 0.5,
-            "max_rss_mib": {"lora": lora["max_rss_mib"], "qlora": qlora["max_rss_mib"]},
         }
         print(json.dumps(results["qlora_memory"]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
