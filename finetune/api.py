@@ -14,11 +14,13 @@ import json
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from finetune.data import DataError, read_rows
@@ -109,20 +111,43 @@ def _page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:
     return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}
 
 
-def fine_tuning_router(runner: JobRunner, registry: Registry) -> APIRouter:
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: their API key id (None on a gateway without keys), whether they see
+    every key's files and jobs (admins, and everyone without keys), and which models they
+    may fine-tune."""
+
+    key_id: str | None
+    sees_all: bool
+    may_use: Callable[[str], bool] = lambda _model: True
+
+    def sees(self, owner: str | None) -> bool:
+        return self.sees_all or owner == self.key_id
+
+    @property
+    def owner_filter(self) -> str | None:
+        return None if self.sees_all else self.key_id
+
+
+def fine_tuning_router(
+    runner: JobRunner, registry: Registry, caller: Callable[[Request], Caller]
+) -> APIRouter:
+    """The routes; `caller` authenticates a request (raising the HTTP error when it fails).
+    Other keys' files and jobs do not exist for a caller: 404, as for unknown ids."""
     router = APIRouter(prefix="/v1", tags=["fine-tuning"])
     settings = runner.settings
     files_dir = runner.home / "files"
+    Who = Annotated[Caller, Depends(caller)]
 
-    def stored_file(file_id: str, param: str) -> StoredFile:
+    def stored_file(file_id: str, param: str, who: Caller) -> StoredFile:
         file = runner.store.get_file(file_id)
-        if file is None:
+        if file is None or not who.sees(file.owner):
             raise _not_found("file", file_id, "file_not_found", param)
         return file
 
-    def job_of(job_id: str) -> Job:
+    def job_of(job_id: str, who: Caller) -> Job:
         job = runner.store.get(job_id)
-        if job is None:
+        if job is None or not who.sees(job.owner):
             raise _not_found("fine-tuning job", job_id, "job_not_found", "fine_tuning_job_id")
         return job
 
@@ -130,7 +155,7 @@ def fine_tuning_router(runner: JobRunner, registry: Registry) -> APIRouter:
 
     @router.post("/files")
     async def upload(
-        file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
+        who: Who, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
     ) -> dict[str, Any]:
         if purpose != PURPOSE:
             raise ApiError(
@@ -177,21 +202,23 @@ def fine_tuning_router(runner: JobRunner, registry: Registry) -> APIRouter:
                 rows=len(rows),
                 path=str(path.relative_to(runner.home)),
                 sha256="sha256:" + digest.hexdigest(),
+                owner=who.key_id,
             )
         )
         return file_object(stored)
 
     @router.get("/files")
-    def list_files() -> dict[str, Any]:
-        return {"object": "list", "data": [file_object(f) for f in runner.store.list_files()]}
+    def list_files(who: Who) -> dict[str, Any]:
+        stored = runner.store.list_files(who.owner_filter)
+        return {"object": "list", "data": [file_object(f) for f in stored]}
 
     @router.get("/files/{file_id}")
-    def get_file(file_id: str) -> dict[str, Any]:
-        return file_object(stored_file(file_id, "file_id"))
+    def get_file(who: Who, file_id: str) -> dict[str, Any]:
+        return file_object(stored_file(file_id, "file_id", who))
 
     @router.delete("/files/{file_id}")
-    def delete_file(file_id: str) -> dict[str, Any]:
-        file = stored_file(file_id, "file_id")
+    def delete_file(who: Who, file_id: str) -> dict[str, Any]:
+        file = stored_file(file_id, "file_id", who)
         runner.store.delete_file(file.id)
         (runner.home / file.path).unlink(missing_ok=True)
         return {"id": file.id, "object": "file", "deleted": True}
@@ -199,7 +226,14 @@ def fine_tuning_router(runner: JobRunner, registry: Registry) -> APIRouter:
     # -- jobs -----------------------------------------------------------------------------
 
     @router.post("/fine_tuning/jobs")
-    def create_job(body: JobRequest) -> dict[str, Any]:
+    def create_job(who: Who, body: JobRequest) -> dict[str, Any]:
+        if not who.may_use(body.model):
+            raise ApiError(
+                403,
+                f"this API key may not use the model `{body.model}`",
+                code="model_not_allowed",
+                param="model",
+            )
         try:
             base = registry.resolve(body.model)
         except RegistryError as err:
@@ -211,9 +245,11 @@ def fine_tuning_router(runner: JobRunner, registry: Registry) -> APIRouter:
                 code="invalid_model",
                 param="model",
             )
-        training = stored_file(body.training_file, "training_file")
+        training = stored_file(body.training_file, "training_file", who)
         validation = (
-            stored_file(body.validation_file, "validation_file") if body.validation_file else None
+            stored_file(body.validation_file, "validation_file", who)
+            if body.validation_file
+            else None
         )
         hyper = _hyperparameters(body, settings)
         base_dir = registry.local_copy(base, runner.home / "cache" / "models")
@@ -247,23 +283,24 @@ def fine_tuning_router(runner: JobRunner, registry: Registry) -> APIRouter:
             hyperparameters=hyper,
             training_file=training.id,
             validation_file=validation.id if validation else None,
+            owner=who.key_id,
         )
         return job_object(job)
 
     @router.get("/fine_tuning/jobs")
     def list_jobs(
-        after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20
+        who: Who, after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20
     ) -> dict[str, Any]:
-        jobs = runner.store.list_jobs(limit=limit + 1, after=after)
+        jobs = runner.store.list_jobs(limit=limit + 1, after=after, owner=who.owner_filter)
         return _page([job_object(j) for j in jobs], limit)
 
     @router.get("/fine_tuning/jobs/{job_id}")
-    def get_job(job_id: str) -> dict[str, Any]:
-        return job_object(job_of(job_id))
+    def get_job(who: Who, job_id: str) -> dict[str, Any]:
+        return job_object(job_of(job_id, who))
 
     @router.post("/fine_tuning/jobs/{job_id}/cancel")
-    def cancel_job(job_id: str) -> dict[str, Any]:
-        job = job_of(job_id)
+    def cancel_job(who: Who, job_id: str) -> dict[str, Any]:
+        job = job_of(job_id, who)
         if job.status.finished:
             raise ApiError(
                 400,
@@ -276,9 +313,12 @@ def fine_tuning_router(runner: JobRunner, registry: Registry) -> APIRouter:
 
     @router.get("/fine_tuning/jobs/{job_id}/events")
     def list_events(
-        job_id: str, after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20
+        who: Who,
+        job_id: str,
+        after: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> dict[str, Any]:
-        job = job_of(job_id)
+        job = job_of(job_id, who)
         cursor = (after or "").removeprefix("ftevent-")
         events = runner.store.events(
             job.id, limit=limit + 1, after=int(cursor) if cursor.isdigit() else None
@@ -299,9 +339,9 @@ def fine_tuning_router(runner: JobRunner, registry: Registry) -> APIRouter:
 
     @router.get("/fine_tuning/jobs/{job_id}/checkpoints")
     def list_checkpoints(
-        job_id: str, limit: Annotated[int, Query(ge=1, le=100)] = 10
+        who: Who, job_id: str, limit: Annotated[int, Query(ge=1, le=100)] = 10
     ) -> dict[str, Any]:
-        job = job_of(job_id)
+        job = job_of(job_id, who)
         base = job.recipe["base_model"].split(":", 1)[0]
         name = fine_tuned_model_name(base, job.suffix, job.id)
         data = [

@@ -56,6 +56,7 @@ class Job:
     heartbeat_at: datetime | None = None
     trained_tokens: int | None = None
     metrics: dict[str, float] | None = None
+    owner: str | None = None  # the API key that created it
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class StoredFile:
     rows: int
     path: str
     sha256: str
+    owner: str | None = None  # the API key that uploaded it
 
 
 _DATES = ("created_at", "started_at", "finished_at", "heartbeat_at")
@@ -139,6 +141,7 @@ class JobStore:
         hyperparameters: dict[str, Any] | None = None,
         training_file: str | None = None,
         validation_file: str | None = None,
+        owner: str | None = None,
     ) -> Job:
         job_id = new_id("ftjob")
         with self.engine.begin() as conn:
@@ -155,6 +158,7 @@ class JobStore:
                     training_file=training_file,
                     validation_file=validation_file,
                     attempts=0,
+                    owner=owner,
                 )
             )
         self.add_event(job_id, f"Created fine-tuning job: {job_id}")
@@ -171,9 +175,13 @@ class JobStore:
         status: JobStatus | None = None,
         limit: int | None = None,
         after: str | None = None,
+        owner: str | None = None,
     ) -> list[Job]:
-        """Newest first; `after` is the id of the last job of the previous page."""
+        """Newest first, of one owner if given; `after` is the id of the last job of the
+        previous page."""
         query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
         if status is not None:
             query = query.where(jobs.c.status == status.value)
         if after is not None:
@@ -301,10 +309,13 @@ class JobStore:
             row = conn.execute(select(files).where(files.c.id == file_id)).first()
         return _file(row) if row else None
 
-    def list_files(self) -> list[StoredFile]:
-        """Newest first."""
+    def list_files(self, owner: str | None = None) -> list[StoredFile]:
+        """Newest first, of one owner if given."""
+        query = select(files).order_by(files.c.created_at.desc())
+        if owner is not None:
+            query = query.where(files.c.owner == owner)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(files).order_by(files.c.created_at.desc()))
+            rows = conn.execute(query)
             return [_file(row) for row in rows]
 
     def delete_file(self, file_id: str) -> bool:

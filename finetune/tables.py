@@ -27,6 +27,7 @@ files = Table(
     Column("rows", Integer, nullable=False),
     Column("path", String(512), nullable=False),  # relative to LLMOPS_HOME
     Column("sha256", String(71), nullable=False),
+    Column("owner", String(32), nullable=True),  # API key id; None: made without keys
 )
 
 jobs = Table(
@@ -53,6 +54,7 @@ jobs = Table(
     Column("heartbeat_at", DateTime(timezone=True), nullable=True),
     Column("trained_tokens", Integer, nullable=True),
     Column("metrics", JSON, nullable=True),
+    Column("owner", String(32), nullable=True),  # API key id; None: made without keys
     Index("ix_fine_tuning_jobs_status", "status"),
 )
 

@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from finetune.api import fine_tuning_router
+from finetune.api import Caller, fine_tuning_router
 from finetune.jobs import JobStore
 from finetune.runner import JobRunner
 from finetune.settings import FinetuneSettings
@@ -142,13 +142,14 @@ def create_app(gateway: Gateway) -> FastAPI:
     def require_admin(request: Request) -> None:
         authorize(gateway.keys, request, admin=True)
 
-    def require_key(request: Request) -> None:
-        authorize(gateway.keys, request)
+    def caller(request: Request) -> Caller:
+        key = authorize(gateway.keys, request)
+        if key is None:
+            return Caller(None, sees_all=True)
+        return Caller(key.id, sees_all=key.admin, may_use=key.allows)
 
     app.include_router(registry_router, dependencies=[Depends(require_admin)])
-    app.include_router(
-        fine_tuning_router(gateway.jobs, gateway.registry), dependencies=[Depends(require_key)]
-    )
+    app.include_router(fine_tuning_router(gateway.jobs, gateway.registry, caller))
 
     @app.get("/health")
     async def health() -> dict[str, str]:

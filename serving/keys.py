@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, select
 
+from registry.names import FINE_TUNED_PREFIX
 from registry.sql_store import as_utc
 from serving.tables import api_keys
 
@@ -34,8 +35,9 @@ class ApiKey:
     revoked_at: datetime | None
 
     def allows(self, model: str) -> bool:
-        """Whether this key may use `model` (`demo` also covers `demo@alias` and `demo:N`)."""
-        name = model.split("@", 1)[0].split(":", 1)[0]
+        """Whether this key may use `model` (`demo` also covers `demo@alias`, `demo:N` and
+        the fine-tuned `ft:demo:...`)."""
+        name = model.removeprefix(FINE_TUNED_PREFIX).split("@", 1)[0].split(":", 1)[0]
         return ALL_MODELS in self.models or model in self.models or name in self.models
 
     def to_dict(self) -> dict[str, Any]:

@@ -107,3 +107,46 @@ def test_bad_job_requests_get_openai_errors(client: openai.OpenAI, skills_dir: P
     assert caught.value.body["param"] == "hyperparameters.n_epochs"
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.retrieve("ftjob-missing")
+
+
+def test_keys_see_only_their_own_files_and_jobs(
+    tmp_path: Path, base_model_dir: Path, skills_dir: Path
+) -> None:
+    with running_gateway(tmp_path / "home", base_model_dir) as running:
+        keys = running.gateway.keys
+        secrets = {
+            name: keys.create(name, models=models, admin=admin)[1]
+            for name, models, admin in [
+                ("alice", ("demo",), False),
+                ("bob", ("*",), False),
+                ("ops", ("*",), True),
+            ]
+        }
+        alice, bob, ops = (
+            openai.OpenAI(base_url=f"{running.base_url}/v1", api_key=secrets[n], max_retries=0)
+            for n in ("alice", "bob", "ops")
+        )
+        with (skills_dir / "upper" / "train.jsonl").open("rb") as data:
+            training = alice.files.create(file=data, purpose="fine-tune")
+        job = alice.fine_tuning.jobs.create(model="demo", training_file=training.id)
+        alice.fine_tuning.jobs.cancel(job.id)
+
+        with pytest.raises(openai.NotFoundError):
+            bob.files.retrieve(training.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.fine_tuning.jobs.retrieve(job.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.fine_tuning.jobs.create(model="demo", training_file=training.id)
+        assert bob.fine_tuning.jobs.list().data == []
+        assert [j.id for j in ops.fine_tuning.jobs.list().data] == [job.id]
+        assert ops.files.retrieve(training.id).id == training.id
+
+        with pytest.raises(openai.PermissionDeniedError):
+            alice.fine_tuning.jobs.create(model="other", training_file=training.id)
+        # A key allowed a base may use the models fine-tuned from it.
+        assert keys.authenticate(secrets["alice"]).allows(f"ft:demo::{job.id}")
+        assert not keys.authenticate(secrets["alice"]).allows(f"ft:other::{job.id}")
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(
+                base_url=f"{running.base_url}/v1", api_key="sk-wrong", max_retries=0
+            ).files.list()

@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("rows", sa.Integer, nullable=False),
         sa.Column("path", sa.String(512), nullable=False),
         sa.Column("sha256", sa.String(71), nullable=False),
+        sa.Column("owner", sa.String(32), nullable=True),
     )
     op.create_table(
         "fine_tuning_jobs",
@@ -48,6 +49,7 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("trained_tokens", sa.Integer, nullable=True),
         sa.Column("metrics", sa.JSON, nullable=True),
+        sa.Column("owner", sa.String(32), nullable=True),
     )
     op.create_index("ix_fine_tuning_jobs_status", "fine_tuning_jobs", ["status"])
     op.create_table(
