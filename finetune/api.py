@@ -320,7 +320,7 @@ def fine_tuning_router(
     ) -> dict[str, Any]:
         job = job_of(job_id, who)
         cursor = (after or "").removeprefix("ftevent-")
-        events = runner.store.events(
+        events = runner.store.list_events(
             job.id, limit=limit + 1, after=int(cursor) if cursor.isdigit() else None
         )
         data = [
@@ -354,7 +354,7 @@ def fine_tuning_router(
                 "step_number": c.step,
                 "metrics": {"step": c.step, **c.metrics},
             }
-            for c in runner.store.checkpoints(job.id)
+            for c in runner.store.list_checkpoints(job.id)
         ]
         page = _page(data, limit)
         page["first_id"] = data[0]["id"] if data else None

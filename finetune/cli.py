@@ -179,7 +179,7 @@ def show(as_json: bool, job_id: str) -> None:
     job = runner.get(job_id)
     _report(job, as_json)
     if not as_json:
-        for event in reversed(runner.store.events(job.id, limit=10)):
+        for event in reversed(runner.store.list_events(job.id, limit=10)):
             click.echo(f"  {event.created_at:%H:%M:%S} {event.level:5} {event.message}")
 
 

@@ -256,7 +256,7 @@ class JobStore:
                 )
             )
 
-    def events(
+    def list_events(
         self, job_id: str, *, limit: int | None = None, after: int | None = None
     ) -> list[JobEvent]:
         """Newest first, as OpenAI lists them; `after` is the id of the last event seen."""
@@ -284,7 +284,7 @@ class JobStore:
                 )
             )
 
-    def checkpoints(self, job_id: str) -> list[Checkpoint]:
+    def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
         """Newest first."""
         query = (
             select(checkpoints)

@@ -32,6 +32,19 @@ log = logging.getLogger(__name__)
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` on this host runs (a zombie, exited but not reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
 def worker_alive(job: Job, stale_after_s: float) -> bool:
     """Whether the job's worker still runs: its process on this host, its heartbeat elsewhere."""
     if job.heartbeat_at is None:
@@ -40,16 +53,7 @@ def worker_alive(job: Job, stale_after_s: float) -> bool:
         return False
     if job.host != socket.gethostname() or job.pid is None:
         return True
-    try:
-        os.kill(job.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{job.pid}/stat")
-    with contextlib.suppress(OSError):
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
+    return process_alive(job.pid)
 
 
 def worker_command(job: Job) -> list[str]:
@@ -92,7 +96,7 @@ class JobRunner:
         """The job's newest complete checkpoint: one the worker recorded after the Trainer
         finished writing it (a worker killed mid-save leaves a partial folder behind), and
         that checkpoint rotation has not deleted since."""
-        for checkpoint in self.store.checkpoints(job.id):
+        for checkpoint in self.store.list_checkpoints(job.id):
             path = self.home / checkpoint.path
             if path.is_dir():
                 return path

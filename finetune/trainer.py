@@ -7,6 +7,7 @@ its last checkpoint."""
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -228,7 +229,7 @@ def train(
     history = trainer.state.log_history
     (adapter_dir / "log_history.json").write_text(json.dumps(history, indent=1))
     plot_loss_curve(history, job_dir / "loss_curve.png")
-    (adapter_dir / "loss_curve.png").write_bytes((job_dir / "loss_curve.png").read_bytes())
+    shutil.copyfile(job_dir / "loss_curve.png", adapter_dir / "loss_curve.png")
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
     (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return TrainResult(adapter_dir, base, metrics, digests, checkpoint, history)

@@ -43,19 +43,16 @@ class JobCallback(TrainerCallback):
         self._last: dict[str, float] = {}
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-        logs = logs or {}
-        if "loss" in logs:
-            self._last["train_loss"] = float(logs["loss"])
-            message = (
-                f"Step {state.global_step}/{state.max_steps}: training loss={logs['loss']:.4f}"
-            )
-            self.store.add_event(self.job.id, message, data={"step": state.global_step, **logs})
-        if "eval_loss" in logs:
-            self._last["eval_loss"] = float(logs["eval_loss"])
-            message = (
-                f"Step {state.global_step}/{state.max_steps}: eval loss={logs['eval_loss']:.4f}"
-            )
-            self.store.add_event(self.job.id, message, data={"step": state.global_step, **logs})
+        for key, metric, label in (
+            ("loss", "train_loss", "training"),
+            ("eval_loss", "eval_loss", "eval"),
+        ):
+            if key in (logs or {}):
+                self._last[metric] = float(logs[key])
+                message = (
+                    f"Step {state.global_step}/{state.max_steps}: {label} loss={logs[key]:.4f}"
+                )
+                self.store.add_event(self.job.id, message, data={"step": state.global_step, **logs})
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         path = self.job_dir / "checkpoints" / f"checkpoint-{state.global_step}"

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, get_scheduler
 
-from finetune.data import Collator, encode_rows, pack, read_rows
+from finetune.data import Collator, pack
 from finetune.demo.random_model import build_random_model
 from finetune.demo.skills import SKILLS, generate_splits, write_jsonl
 from finetune.recipe import Recipe, parse_recipe
-from finetune.trainer import load_model, train
+from finetune.trainer import load_model, load_training_data, train
 
 ROUNDS = 3
 WORDS = [
@@ -99,8 +99,7 @@ def job_tokens_per_second(settings: Recipe, work: Path) -> float:
 def hand_loop_tokens_per_second(settings: Recipe, model_dir: Path) -> float:
     """The same training written by hand: PEFT model, AdamW, linear schedule, shuffled batches."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rows = read_rows(Path(settings.datasets[0].path), "chat")
-    examples = encode_rows(tokenizer, rows, "chat", settings.sequence_len)
+    examples, _, _ = load_training_data(settings, tokenizer)
     data = pack(examples, settings.sequence_len) if settings.sample_packing else examples
     torch.manual_seed(settings.seed)
     model = load_model(model_dir, settings)

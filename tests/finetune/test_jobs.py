@@ -12,7 +12,7 @@ import torch
 from accelerate.commands.config.config_args import load_config_from_file
 
 from finetune.jobs import Job, JobStatus
-from finetune.runner import JobRunner, worker_command
+from finetune.runner import JobRunner, process_alive, worker_command
 from finetune.settings import FinetuneSettings
 from finetune.worker import run_job
 from registry.entities import VersionKind
@@ -78,11 +78,11 @@ def test_submitted_job_trains_in_its_own_process_and_registers_with_lineage(
     assert {"adapter_model.safetensors", "loss_curve.png", "log_history.json"} <= files
     assert registry.resolve("demo-rev@staging") == version
 
-    messages = [e.message for e in reversed(runner.store.events(job.id))]
+    messages = [e.message for e in reversed(runner.store.list_events(job.id))]
     assert messages[0] == f"Created fine-tuning job: {job.id}"
     assert "Fine-tuning job started" in messages
     assert messages[-1] == "The job has successfully completed"
-    assert [c.step for c in runner.store.checkpoints(job.id)] == [4, 2]
+    assert [c.step for c in runner.store.list_checkpoints(job.id)] == [4, 2]
 
 
 @pytest.mark.slow
@@ -91,9 +91,9 @@ def test_killed_worker_resumes_from_its_checkpoint_after_a_restart(
 ) -> None:
     recipe = recipe_for("demo", skills_dir, max_steps=40, save_steps=2, eval_steps=None)
     job = runner.submit(recipe)
-    job = wait_for(runner, job.id, lambda j: bool(runner.store.checkpoints(j.id)))
+    job = wait_for(runner, job.id, lambda j: bool(runner.store.list_checkpoints(j.id)))
     os.kill(job.pid, signal.SIGKILL)
-    wait_for(runner, job.id, lambda j: not _alive(j.pid))
+    wait_for(runner, job.id, lambda j: not process_alive(j.pid))
     assert runner.get(job.id).status is JobStatus.RUNNING  # as the dead worker left it
 
     # A restart (any runner that opens) notices the dead worker and resumes the job.
@@ -104,17 +104,9 @@ def test_killed_worker_resumes_from_its_checkpoint_after_a_restart(
     job = wait_for(restarted, job.id, finished)
     assert job.status is JobStatus.SUCCEEDED, job.error
     assert job.attempts == 2
-    messages = [e.message for e in restarted.store.events(job.id)]
+    messages = [e.message for e in restarted.store.list_events(job.id)]
     assert any(m.startswith("Fine-tuning job resumed from checkpoint-") for m in messages)
     assert registry.resolve(job.fine_tuned_model).ref == job.registered_version
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_a_job_killed_before_any_checkpoint_fails_with_a_reason(
@@ -157,9 +149,11 @@ def test_cancel_a_queued_job_and_refuse_to_cancel_a_finished_one(
 def test_cancel_stops_a_running_worker(runner: JobRunner, skills_dir: Path) -> None:
     job = runner.submit(recipe_for("demo", skills_dir, max_steps=400, save_steps=100))
     job = wait_for(runner, job.id, lambda j: j.status is JobStatus.RUNNING and j.pid)
-    wait_for(runner, job.id, lambda j: any("Step" in e.message for e in runner.store.events(j.id)))
+    wait_for(
+        runner, job.id, lambda j: any("Step" in e.message for e in runner.store.list_events(j.id))
+    )
     assert runner.cancel(job.id).status is JobStatus.CANCELLED
-    wait_for(runner, job.id, lambda j: not _alive(j.pid), timeout=60)
+    wait_for(runner, job.id, lambda j: not process_alive(j.pid), timeout=60)
     job = runner.get(job.id)
     assert job.status is JobStatus.CANCELLED and job.registered_version is None
 
@@ -198,7 +192,7 @@ def test_rows_over_sequence_len_fail_the_job_with_their_line(
     assert (
         "train.jsonl:1: " in job.error["message"] and "over sequence_len 8" in job.error["message"]
     )
-    assert runner.store.events(job.id)[0].message.startswith("The job failed: ")
+    assert runner.store.list_events(job.id)[0].message.startswith("The job failed: ")
 
 
 def test_resume_point_is_the_newest_recorded_checkpoint_still_on_disk(
