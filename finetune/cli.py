@@ -19,12 +19,15 @@ from typing import Any
 import click
 import yaml
 
-from finetune.data import DataError, read_rows
+from core.console import print_json, print_table, run
+from core.errors import ErrorCode
+from finetune.data import read_rows
+from finetune.errors import FinetuneError
 from finetune.jobs import Job, JobStatus
-from finetune.recipe import Recipe, RecipeError, load_recipe
+from finetune.recipe import Recipe, load_recipe
 from finetune.runner import JobRunner
-from registry.console import print_json, print_table, run
-from registry.errors import ErrorCode, RegistryError
+from registry.protocol import VersionObject
+from registry.service import open_registry
 
 PROG = "llm-finetune"
 _EXTRA_ARGS = {"ignore_unknown_options": True, "allow_extra_args": True}
@@ -200,7 +203,7 @@ def logs(job_id: str, follow: bool) -> None:
     job = runner.get(job_id)
     path = runner.job_dir(job) / "train.log"
     if not path.exists() and not follow:
-        raise RegistryError(
+        raise FinetuneError(
             ErrorCode.NOT_FOUND,
             f"job {job_id} ({job.status.value}) has no log file: a job started by "
             "`llm-finetune run` prints to its terminal, a queued one has not started",
@@ -226,20 +229,17 @@ def logs(job_id: str, follow: bool) -> None:
 def merge(as_json: bool, adapter_ref: str, name: str | None) -> None:
     """Merge an adapter version into its base and register the result (kind: merged)."""
     from finetune.merge import merge_adapter
-    from registry.service import open_registry
 
     runner = _runner()
-    version = merge_adapter(
-        open_registry(runner.registry_settings), adapter_ref, runner.home / "cache" / "models", name
-    )
+    version = merge_adapter(open_registry(runner.stack), adapter_ref, name)
     if as_json:
-        print_json(version.to_dict())
+        print_json(VersionObject.model_validate(version).model_dump(mode="json"))
     else:
         click.echo(f"registered {version.ref} (merged from {adapter_ref})")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(cli, PROG, argv, user_errors=(RecipeError, DataError))
+    return run(cli, PROG, argv)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,15 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from core.errors import ErrorCode
+from finetune.errors import FinetuneError
+
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
 MAX_REPORTED = 10
 
 
-class DataError(ValueError):
+class DataError(FinetuneError):
     """Rows that cannot be trained on. `problems` holds one "file:line: what" per bad row."""
 
     def __init__(self, problems: Sequence[str]):
@@ -29,7 +32,12 @@ class DataError(ValueError):
         more = len(self.problems) - MAX_REPORTED
         suffix = f"; and {more} more" if more > 0 else ""
         count = f"{len(self.problems)} bad row{'s' if len(self.problems) > 1 else ''}"
-        super().__init__(f"{count}: {shown}{suffix}")
+        super().__init__(
+            ErrorCode.INVALID,
+            f"{count}: {shown}{suffix}",
+            param="training_file",
+            api_code="invalid_training_file",
+        )
 
 
 @dataclass(frozen=True)

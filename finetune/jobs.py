@@ -1,4 +1,4 @@
-"""Fine-tuning job state in the registry database: jobs, their events, checkpoints and the
+"""Job state in the stack's database: jobs of every kind, their events, checkpoints and the
 files uploaded for them.
 
 Every status change is a conditional update (`... WHERE status = expected`), so a worker, a
@@ -6,17 +6,14 @@ canceller and a recovering restart never overwrite each other's decision."""
 
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Row, func, insert, select, update
 
-from finetune.tables import checkpoints, events, files, jobs
-from registry.sql_store import as_utc, make_engine, migrate
-
-_MIGRATIONS = Path(__file__).parent / "migrations"
+from core.database import as_utc, open_database, utc_now
+from finetune.tables import CHAIN, checkpoints, events, files, jobs
 
 
 class JobStatus(StrEnum):
@@ -36,6 +33,7 @@ class JobStatus(StrEnum):
 @dataclass(frozen=True)
 class Job:
     id: str
+    kind: str  # what the worker runs: a key of `finetune.kinds.JOB_KINDS`
     created_at: datetime
     created_by: str
     status: JobStatus
@@ -109,10 +107,6 @@ def _file(row: Row) -> StoredFile:
     return StoredFile(**values)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
@@ -125,15 +119,14 @@ class JobStore:
 
     @classmethod
     def open(cls, url: str) -> "JobStore":
-        engine = make_engine(url)
-        migrate(engine, _MIGRATIONS, version_table="finetune_alembic_version")
-        return cls(engine)
+        return cls(open_database(url, CHAIN))
 
     # -- jobs -----------------------------------------------------------------------------
 
     def create(
         self,
         *,
+        kind: str,
         model: str,
         recipe: dict[str, Any],
         created_by: str,
@@ -148,7 +141,8 @@ class JobStore:
             conn.execute(
                 insert(jobs).values(
                     id=job_id,
-                    created_at=_now(),
+                    kind=kind,
+                    created_at=utc_now(),
                     created_by=created_by,
                     status=JobStatus.QUEUED.value,
                     model=model,
@@ -201,9 +195,9 @@ class JobStore:
     ) -> bool:
         """Move a job to `status` (with other column values) if it is in one of `expected`."""
         if status is JobStatus.RUNNING:
-            values.setdefault("started_at", _now())
+            values.setdefault("started_at", utc_now())
         if status.finished:
-            values.setdefault("finished_at", _now())
+            values.setdefault("finished_at", utc_now())
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(jobs)
@@ -222,8 +216,8 @@ class JobStore:
                     status=JobStatus.RUNNING.value,
                     pid=pid,
                     host=host,
-                    heartbeat_at=_now(),
-                    started_at=func.coalesce(jobs.c.started_at, _now()),
+                    heartbeat_at=utc_now(),
+                    started_at=func.coalesce(jobs.c.started_at, utc_now()),
                     attempts=jobs.c.attempts + 1,
                 )
             )
@@ -235,7 +229,7 @@ class JobStore:
             conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.pid == pid)
-                .values(heartbeat_at=_now())
+                .values(heartbeat_at=utc_now())
             )
             status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
         return JobStatus(status) if status else None
@@ -252,7 +246,7 @@ class JobStore:
         with self.engine.begin() as conn:
             conn.execute(
                 insert(events).values(
-                    job_id=job_id, created_at=_now(), level=level, message=message, data=data
+                    job_id=job_id, created_at=utc_now(), level=level, message=message, data=data
                 )
             )
 
@@ -277,7 +271,7 @@ class JobStore:
                 insert(checkpoints).values(
                     id=new_id("ftckpt"),
                     job_id=job_id,
-                    created_at=_now(),
+                    created_at=utc_now(),
                     step=step,
                     path=path,
                     metrics=metrics,

@@ -8,15 +8,13 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from registry.entities import ModelVersion, VersionKind
-from registry.errors import ErrorCode, RegistryError
-from registry.names import FINE_TUNED_TAG
+from core.errors import ErrorCode
+from registry.entities import FINE_TUNED_TAG, ModelVersion, VersionFormat, VersionKind
+from registry.errors import RegistryError
 from registry.service import Registry
 
 
-def merge_adapter(
-    registry: Registry, ref: str, cache_dir: Path, name: str | None = None
-) -> ModelVersion:
+def merge_adapter(registry: Registry, ref: str, name: str | None = None) -> ModelVersion:
     """Merge adapter `ref` into its base (in float32, also for QLoRA adapters)."""
     adapter = registry.resolve(ref)
     if adapter.kind is not VersionKind.ADAPTER or adapter.parent is None:
@@ -27,9 +25,9 @@ def merge_adapter(
             param="ref",
         )
     base = registry.resolve(adapter.parent)
-    base_dir = registry.local_copy(base, cache_dir)
+    base_dir = registry.local_copy(base)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, registry.local_copy(adapter, cache_dir))
+    model = PeftModel.from_pretrained(model, registry.local_copy(adapter))
     merged = model.merge_and_unload()
     with tempfile.TemporaryDirectory() as folder:
         merged.save_pretrained(folder)
@@ -38,7 +36,7 @@ def merge_adapter(
             name or f"{adapter.name}-merged",
             Path(folder),
             kind=VersionKind.MERGED,
-            format="hf-safetensors",
+            format=VersionFormat.HF_SAFETENSORS,
             parent=adapter.ref,
             metrics=adapter.metrics,
             tags={

@@ -10,9 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message says which key and what to do."""
+from finetune.errors import RecipeError
 
 
 class _Strict(BaseModel):

@@ -3,10 +3,10 @@
 import hashlib
 import json
 
+from core.refs import fine_tuned_name
 from finetune.recipe import Recipe
 from finetune.trainer import TrainResult
-from registry.entities import ModelVersion, VersionKind
-from registry.names import FINE_TUNED_TAG
+from registry.entities import FINE_TUNED_TAG, ModelVersion, VersionFormat, VersionKind
 from registry.service import Registry
 
 JOB_TAG = "fine_tuning_job"
@@ -14,11 +14,6 @@ JOB_TAG = "fine_tuning_job"
 
 def base_name(result: TrainResult) -> str:
     return result.base.version.name if result.base.version else result.base.path.name
-
-
-def fine_tuned_model_name(base: str, suffix: str | None, job_id: str) -> str:
-    """OpenAI's naming, `ft:<base>:<suffix>:<job-id>`; the gateway serves it by this name."""
-    return f"ft:{base}:{suffix or ''}:{job_id}"
 
 
 def recipe_digest(recipe: Recipe) -> str:
@@ -42,12 +37,12 @@ def register_adapter(
         name,
         result.adapter_dir,
         kind=VersionKind.ADAPTER,
-        format="peft-lora",
+        format=VersionFormat.PEFT_LORA,
         parent=result.base.version.ref if result.base.version else None,
         metrics=result.metrics,
         tags={
             JOB_TAG: job_id,
-            FINE_TUNED_TAG: fine_tuned_model_name(base, recipe.suffix, job_id),
+            FINE_TUNED_TAG: fine_tuned_name(base, recipe.suffix, job_id),
             "adapter": recipe.adapter,
             "lora_r": recipe.lora_r,
             "base": result.base.reference,

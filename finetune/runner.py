@@ -21,11 +21,13 @@ from typing import Any
 
 import torch
 
+from core.errors import ErrorCode
+from core.settings import StackSettings
+from finetune.errors import FinetuneError, job_not_found
 from finetune.jobs import Job, JobStatus, JobStore
+from finetune.kinds import FINE_TUNE
 from finetune.recipe import Recipe
 from finetune.settings import FinetuneSettings
-from registry.errors import ErrorCode, RegistryError
-from registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
 
@@ -71,33 +73,27 @@ def worker_command(job: Job) -> list[str]:
 @dataclass
 class JobRunner:
     store: JobStore
-    registry_settings: RegistrySettings
+    stack: StackSettings
     settings: FinetuneSettings
 
     @classmethod
     def open(
-        cls,
-        registry_settings: RegistrySettings | None = None,
-        settings: FinetuneSettings | None = None,
+        cls, stack: StackSettings | None = None, settings: FinetuneSettings | None = None
     ) -> "JobRunner":
-        registry_settings = registry_settings or RegistrySettings()
-        store = JobStore.open(registry_settings.resolved_database_url)
-        return cls(store, registry_settings, settings or FinetuneSettings())
-
-    @property
-    def home(self) -> Path:
-        return self.registry_settings.resolved_home
+        stack = stack or StackSettings()
+        store = JobStore.open(stack.resolved_database_url)
+        return cls(store, stack, settings or FinetuneSettings())
 
     def job_dir(self, job: Job) -> Path:
         output_dir = job.recipe.get("output_dir")
-        return Path(output_dir).expanduser() if output_dir else self.home / "jobs" / job.id
+        return Path(output_dir).expanduser() if output_dir else self.stack.jobs_dir / job.id
 
     def resume_point(self, job: Job) -> Path | None:
         """The job's newest complete checkpoint: one the worker recorded after the Trainer
         finished writing it (a worker killed mid-save leaves a partial folder behind), and
         that checkpoint rotation has not deleted since."""
         for checkpoint in self.store.list_checkpoints(job.id):
-            path = self.home / checkpoint.path
+            path = self.stack.resolved_home / checkpoint.path
             if path.is_dir():
                 return path
         return None
@@ -105,20 +101,19 @@ class JobRunner:
     def get(self, job_id: str) -> Job:
         job = self.store.get(job_id)
         if job is None:
-            raise RegistryError(
-                ErrorCode.NOT_FOUND,
-                f"no fine-tuning job {job_id!r} (see llm-finetune list)",
-                param="fine_tuning_job_id",
-            )
+            raise job_not_found(job_id)
         return job
 
-    def create(self, recipe: Recipe, model: str | None = None, **fields: Any) -> Job:
-        """Record a queued job for `recipe` (validated) without starting it; `model` is the
-        base as the client named it, when the recipe pins the version it resolved to."""
+    def create(
+        self, recipe: Recipe, model: str | None = None, *, kind: str = FINE_TUNE, **fields: Any
+    ) -> Job:
+        """Record a queued job of `kind` for `recipe` (validated) without starting it; `model`
+        is the base as the client named it, when the recipe pins the version it resolved to."""
         return self.store.create(
+            kind=kind,
             model=model or recipe.base_model,
             recipe=recipe.model_dump(mode="json"),
-            created_by=self.registry_settings.actor,
+            created_by=self.stack.actor,
             suffix=recipe.suffix,
             **fields,
         )
@@ -142,12 +137,7 @@ class JobRunner:
     def spawn(self, job: Job) -> subprocess.Popen:
         job_dir = self.job_dir(job)
         job_dir.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            "LLMOPS_HOME": str(self.home),
-            "LLMOPS_DATABASE_URL": self.registry_settings.resolved_database_url,
-            "LLMOPS_ACTOR": self.registry_settings.actor,
-        }
+        env = {**os.environ, **self.stack.environment()}
         with (job_dir / "train.log").open("ab") as output:
             process = subprocess.Popen(
                 worker_command(job),
@@ -201,11 +191,12 @@ class JobRunner:
         job = self.get(job_id)
         active = (JobStatus.QUEUED, JobStatus.RUNNING)
         if job.status.finished:
-            raise RegistryError(
+            raise FinetuneError(
                 ErrorCode.INVALID,
                 f"job {job_id} already {job.status.value}; only queued or running jobs can be "
                 "cancelled",
                 param="fine_tuning_job_id",
+                api_code="invalid_request",
             )
         if self.store.transition(job_id, active, JobStatus.CANCELLED):
             self.store.add_event(job_id, "The job was cancelled")

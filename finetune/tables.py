@@ -1,5 +1,7 @@
-"""The fine-tuning tables (uploaded files, jobs, their events and checkpoints), in the same
-database as the registry with their own migrations in `finetune/migrations`."""
+"""The fine-tuning tables (uploaded files, jobs, their events and checkpoints), prefixed
+`finetune_`, in the stack's database, with their own migration chain in `finetune/migrations`."""
+
+from pathlib import Path
 
 from sqlalchemy import (
     JSON,
@@ -14,10 +16,16 @@ from sqlalchemy import (
     Text,
 )
 
+from core.migrations import MigrationChain
+
+CHAIN = MigrationChain(
+    "finetune", Path(__file__).parent / "migrations", version_table="finetune_alembic_version"
+)
+
 metadata = MetaData()
 
 files = Table(
-    "files",
+    "finetune_files",
     metadata,
     Column("id", String(40), primary_key=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -31,9 +39,10 @@ files = Table(
 )
 
 jobs = Table(
-    "fine_tuning_jobs",
+    "finetune_jobs",
     metadata,
     Column("id", String(40), primary_key=True),
+    Column("kind", String(32), nullable=False, server_default="fine-tune"),  # finetune/kinds.py
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("created_by", String(128), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=True),
@@ -55,29 +64,29 @@ jobs = Table(
     Column("trained_tokens", Integer, nullable=True),
     Column("metrics", JSON, nullable=True),
     Column("owner", String(32), nullable=True),  # API key id; None: made without keys
-    Index("ix_fine_tuning_jobs_status", "status"),
+    Index("ix_finetune_jobs_status", "status"),
 )
 
 events = Table(
-    "fine_tuning_events",
+    "finetune_job_events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", String(40), ForeignKey("fine_tuning_jobs.id"), nullable=False),
+    Column("job_id", String(40), ForeignKey("finetune_jobs.id"), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("level", String(8), nullable=False),
     Column("message", Text, nullable=False),
     Column("data", JSON, nullable=True),
-    Index("ix_fine_tuning_events_job_id", "job_id", "id"),
+    Index("ix_finetune_job_events_job_id", "job_id", "id"),
 )
 
 checkpoints = Table(
-    "fine_tuning_checkpoints",
+    "finetune_checkpoints",
     metadata,
     Column("id", String(40), primary_key=True),
-    Column("job_id", String(40), ForeignKey("fine_tuning_jobs.id"), nullable=False),
+    Column("job_id", String(40), ForeignKey("finetune_jobs.id"), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("step", Integer, nullable=False),
     Column("path", String(512), nullable=False),  # relative to LLMOPS_HOME
     Column("metrics", JSON, nullable=False),
-    Index("ix_fine_tuning_checkpoints_job_id", "job_id", "step"),
+    Index("ix_finetune_checkpoints_job_id", "job_id", "step"),
 )

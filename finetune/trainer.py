@@ -26,12 +26,12 @@ from transformers import (
     TrainingArguments,
 )
 
+from core.digests import file_digest
 from finetune.data import Collator, Example, Packed, encode_rows, pack, read_rows
-from finetune.demo.skills import file_digest
+from finetune.errors import RecipeError
 from finetune.loss_curve import plot_loss_curve
-from finetune.recipe import Recipe, RecipeError
+from finetune.recipe import Recipe
 from registry.entities import ModelVersion, VersionKind
-from registry.errors import ErrorCode, RegistryError
 from registry.service import Registry
 
 log = logging.getLogger(__name__)
@@ -59,22 +59,22 @@ class TrainResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def resolve_base(reference: str, registry: Registry | None, cache_dir: Path) -> BaseModel:
-    """A Hugging Face folder as it is, or a registry reference fetched (verified) into cache."""
+def resolve_base(reference: str, registry: Registry | None) -> BaseModel:
+    """A Hugging Face folder as it is, or a registry reference fetched (verified) into the
+    models cache."""
     path = Path(reference).expanduser()
     if path.is_dir():
         return BaseModel(path.resolve(), None)
     if registry is None:
-        raise RegistryError(ErrorCode.NOT_FOUND, f"base_model {reference!r} is not a folder")
+        raise RecipeError(f"base_model {reference!r} is not a folder", param="base_model")
     version = registry.resolve(reference)
     if version.kind is VersionKind.ADAPTER:
-        raise RegistryError(
-            ErrorCode.INVALID,
+        raise RecipeError(
             f"base_model {version.ref} is an adapter; train on its base ({version.parent}) or "
             "on a merged version",
             param="base_model",
         )
-    return BaseModel(registry.local_copy(version, cache_dir), version)
+    return BaseModel(registry.local_copy(version), version)
 
 
 def load_training_data(
@@ -91,7 +91,7 @@ def load_training_data(
         (train if spec.split == "train" else validation).extend(examples)
         digests.append(file_digest(path))
     if not train:
-        raise RecipeError("datasets: none has split: train; add one to train on")
+        raise RecipeError("datasets: none has split: train; add one to train on", param="datasets")
     return train, validation, digests
 
 
@@ -173,7 +173,6 @@ def train(
     job_dir: Path,
     *,
     registry: Registry | None,
-    cache_dir: Path,
     resume_from: Path | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     progress: bool = True,
@@ -181,7 +180,7 @@ def train(
     """Run the recipe in `job_dir`; with `resume_from`, continue from that checkpoint."""
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    base = resolve_base(recipe.base_model, registry, cache_dir)
+    base = resolve_base(recipe.base_model, registry)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,9 +1,9 @@
-"""The process that trains one job: `python -m finetune.worker JOB_ID` (the runner starts it;
+"""The process that runs one job: `python -m finetune.worker JOB_ID` (the runner starts it;
 `llm-finetune run` does the same in the foreground).
 
-It claims the queued job, beats a heartbeat, records events and checkpoints as the Trainer
-reports them, stops when the job is cancelled, registers the adapter on success, and then
-starts the next queued job."""
+It claims the queued job, beats a heartbeat, records events and checkpoints as the job's
+Trainer reports them, stops when the job is cancelled, runs the job's kind (see
+`finetune.kinds`), records the outcome, and then starts the next queued job."""
 
 import logging
 import os
@@ -18,14 +18,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from finetune.data import DataError
+from core.errors import StackError
 from finetune.jobs import Job, JobStatus, JobStore
-from finetune.recipe import RecipeError, parse_recipe
-from finetune.registration import register_adapter
+from finetune.kinds import JobContext, kind_runner
 from finetune.runner import JobRunner
-from finetune.trainer import train
-from registry.errors import RegistryError
-from registry.names import FINE_TUNED_TAG
 from registry.service import open_registry
 
 log = logging.getLogger(__name__)
@@ -82,7 +78,7 @@ def _heartbeat(
 
 
 def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
-    """Claim and train job `job_id` in this process; returns the job as it ended."""
+    """Claim and run job `job_id` in this process; returns the job as it ended."""
     store = runner.store
     job = store.claim(job_id, os.getpid(), socket.gethostname())
     if job is None:
@@ -101,46 +97,44 @@ def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
     started = (
         f"resumed from {checkpoint.name} (attempt {job.attempts})" if checkpoint else "started"
     )
-    store.add_event(job.id, f"Fine-tuning job {started}")
+    store.add_event(job.id, f"Job {started}")
     try:
-        recipe = parse_recipe(job.recipe, f"job {job.id} recipe")
-        registry = open_registry(runner.registry_settings)
-        result = train(
-            recipe,
-            job_dir,
-            registry=registry,
-            cache_dir=runner.home / "cache" / "models",
+        context = JobContext(
+            job=job,
+            job_dir=job_dir,
+            stack=runner.stack,
+            store=store,
+            registry=open_registry(runner.stack),
+            stop=stop,
             resume_from=checkpoint,
-            callbacks=[JobCallback(store, job, job_dir, runner.home, stop)],
             progress=progress,
+            callbacks=[JobCallback(store, job, job_dir, runner.stack.resolved_home, stop)],
         )
+        outcome = kind_runner(job.kind)(context)
         if stop.is_set():
             # Cancelled jobs are already marked; any other SIGTERM ends the job here.
-            error = {"code": "stopped", "message": "the worker was stopped (SIGTERM)"}
-            _fail(store, job, {**error, "param": None})
+            _fail(store, job, "stopped", "the worker was stopped (SIGTERM)", None)
             return runner.get(job.id)
-        version = register_adapter(registry, result, recipe, job.id)
-        name = version.tags[FINE_TUNED_TAG]
-        store.add_event(job.id, f"New fine-tuned model created: {name} ({version.ref})")
+        if outcome.registered is not None:
+            registered = outcome.fine_tuned_model or outcome.registered.ref
+            store.add_event(job.id, f"New model created: {registered} ({outcome.registered.ref})")
         succeeded = store.transition(
             job.id,
             (JobStatus.RUNNING,),
             JobStatus.SUCCEEDED,
-            fine_tuned_model=name,
-            registered_version=version.ref,
-            trained_tokens=int(result.metrics["train_tokens"]),
-            metrics=result.metrics,
+            fine_tuned_model=outcome.fine_tuned_model,
+            registered_version=outcome.registered.ref if outcome.registered else None,
+            trained_tokens=outcome.trained_tokens,
+            metrics=outcome.metrics,
         )
         if succeeded:
             store.add_event(job.id, "The job has successfully completed")
-    except (DataError, RecipeError, RegistryError) as err:
-        param = "training_file" if isinstance(err, DataError) else None
-        code = "invalid_training_file" if isinstance(err, DataError) else "invalid_job"
-        _fail(store, job, {"code": code, "message": str(err), "param": param})
+    except StackError as err:
+        _fail(store, job, err.api_code, err.message, err.param)
     except Exception as err:
         traceback.print_exc()
         message = f"{type(err).__name__}: {err}; the traceback is in llm-finetune logs {job.id}"
-        _fail(store, job, {"code": "internal_error", "message": message, "param": None})
+        _fail(store, job, "internal_error", message, None)
     finally:
         done.set()
         beat.join()
@@ -148,14 +142,15 @@ def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
     return runner.get(job.id)
 
 
-def _fail(store: JobStore, job: Job, error: dict[str, Any]) -> None:
+def _fail(store: JobStore, job: Job, code: str, message: str, param: str | None) -> None:
+    error = {"code": code, "message": message, "param": param}
     if store.transition(job.id, (JobStatus.RUNNING,), JobStatus.FAILED, error=error):
-        store.add_event(job.id, f"The job failed: {error['message']}", level="error")
+        store.add_event(job.id, f"The job failed: {message}", level="error")
 
 
-def train_as_replica(runner: JobRunner, job_id: str) -> int:
-    """A non-zero rank under `accelerate launch`: train alongside rank 0, which owns the
-    job's state, events and registration."""
+def run_as_replica(runner: JobRunner, job_id: str) -> int:
+    """A non-zero rank under `accelerate launch`: run alongside rank 0, which owns the job's
+    state, events and outcome."""
     deadline = time.monotonic() + 300
     while (job := runner.get(job_id)).status is JobStatus.QUEUED:
         if time.monotonic() > deadline:
@@ -163,15 +158,17 @@ def train_as_replica(runner: JobRunner, job_id: str) -> int:
         time.sleep(0.5)
     if job.status is not JobStatus.RUNNING:
         return 0
-    job_dir = runner.job_dir(job)
-    train(
-        parse_recipe(job.recipe, f"job {job.id} recipe"),
-        job_dir,
-        registry=open_registry(runner.registry_settings),
-        cache_dir=runner.home / "cache" / "models",
+    context = JobContext(
+        job=job,
+        job_dir=runner.job_dir(job),
+        stack=runner.stack,
+        store=runner.store,
+        registry=open_registry(runner.stack),
+        stop=threading.Event(),
         resume_from=runner.resume_point(job),
-        progress=False,
+        main_process=False,
     )
+    kind_runner(job.kind)(context)
     return 0
 
 
@@ -183,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     runner = JobRunner.open()
     if int(os.environ.get("RANK", "0")) > 0:
-        return train_as_replica(runner, argv[0])
+        return run_as_replica(runner, argv[0])
     job = run_job(runner, argv[0])
     return 0 if job.status is JobStatus.SUCCEEDED else 1
 

@@ -5,7 +5,6 @@ listing (relative path, sha256, size) for each of its files; the artifact digest
 of the manifest's canonical JSON, so the same files always give the same digest.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,7 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from registry.errors import ErrorCode, RegistryError
+from core.digests import bytes_digest, hash_file
+from core.errors import ErrorCode
+from registry.errors import RegistryError
 
 # Files that hold pickled objects, which run code when loaded.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
@@ -38,20 +39,11 @@ class Manifest:
 
     @property
     def digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.to_json().encode()).hexdigest()
+        return bytes_digest(self.to_json().encode())
 
     @property
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
-
-
-def _hash_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def _walk(source_dir: Path) -> Iterator[tuple[str, Path]]:
@@ -67,7 +59,7 @@ def _walk(source_dir: Path) -> Iterator[tuple[str, Path]]:
 
 
 def _check_copy(entry: ManifestEntry, path: Path, blob: Path) -> None:
-    if _hash_file(path) != (entry.sha256, entry.size):
+    if hash_file(path) != (entry.sha256, entry.size):
         raise RegistryError(
             ErrorCode.INTEGRITY,
             f"artifact file {entry.path} does not match its digest: the stored copy ({blob}) "
@@ -98,7 +90,7 @@ def scan_directory(source_dir: Path, *, allow_pickle: bool = False) -> Manifest:
                 "weights to safetensors, or pass allow_pickle (--allow-pickle) if you trust it",
                 param="source_dir",
             )
-        sha, size = _hash_file(path)
+        sha, size = hash_file(path)
         entries.append(ManifestEntry(relpath, sha, size))
     if not entries:
         raise RegistryError(ErrorCode.INVALID, f"{source_dir} holds no files", param="source_dir")
@@ -133,7 +125,7 @@ class ArtifactStore:
                 (source_dir / entry.path).open("rb") as src,
             ):
                 shutil.copyfileobj(src, tmp, _CHUNK)
-            if _hash_file(Path(tmp.name))[0] != entry.sha256:
+            if hash_file(Path(tmp.name))[0] != entry.sha256:
                 os.unlink(tmp.name)
                 raise RegistryError(
                     ErrorCode.CONFLICT, f"{entry.path} changed while it was being registered"
@@ -194,7 +186,10 @@ class ArtifactStore:
         entry = next((f for f in self.load_manifest(digest).files if f.path == path), None)
         if entry is None:
             raise RegistryError(
-                ErrorCode.NOT_FOUND, f"the artifact has no file {path!r}", param="path"
+                ErrorCode.NOT_FOUND,
+                f"the artifact has no file {path!r}; list its files to see what it holds",
+                param="path",
+                api_code="file_not_found",
             )
         blob = self._check_blob(entry)
         _check_copy(entry, blob, blob)

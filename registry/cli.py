@@ -1,18 +1,34 @@
-"""`llm-registry`: register, inspect, fetch, verify, alias, promote and roll back versions.
+"""`llm-registry`: register, inspect, fetch, verify, alias, promote and roll back versions,
+and upgrade the stack's database.
 
-References are `name` (its production alias), `name:version` and `name@alias`.
+References are `name` (its production alias), `name:version`, `name@alias` and the
+`ft:<base>:<suffix>:<job>` names of fine-tuned adapters.
 """
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
+from pydantic import BaseModel
 
-from registry.console import parse_pairs, print_json, print_table, run
-from registry.entities import AliasEvent, ModelVersion, VersionKind
+from core.console import parse_pairs, print_json, print_table, run
+from core.database import engine_for
+from core.migrations import status, upgrade_all
+from core.settings import StackSettings
+from registry.entities import AliasEvent, ModelVersion, VersionFormat, VersionKind
+from registry.protocol import (
+    AliasEventObject,
+    AliasObject,
+    ModelObject,
+    VersionDetailsObject,
+    VersionObject,
+)
 from registry.service import Registry, open_registry
 
 PROG = "llm-registry"
+T = TypeVar("T")
 
 
 def _short(digest: str) -> str:
@@ -21,6 +37,21 @@ def _short(digest: str) -> str:
 
 def _when(version_or_event: ModelVersion | AliasEvent) -> str:
     return version_or_event.created_at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _json(objects: BaseModel | list[BaseModel]) -> None:
+    if isinstance(objects, list):
+        print_json([o.model_dump(mode="json") for o in objects])
+    else:
+        print_json(objects.model_dump(mode="json"))
+
+
+def _page(items: list[T], limit: int, cursor: Callable[[T], str]) -> list[T]:
+    """The first `limit` of `items` (fetched as `limit + 1`); says how to get the next page,
+    on stderr so that stdout stays a table or JSON."""
+    if len(items) > limit:
+        click.echo(f"(more: pass --after {cursor(items[limit - 1])})", err=True)
+    return items[:limit]
 
 
 class _Context:
@@ -36,6 +67,9 @@ class _Context:
 
 
 pass_ctx = click.make_pass_decorator(_Context)
+limit_option = click.option(
+    "--limit", type=click.IntRange(1, 10_000), default=100, show_default=True
+)
 
 
 @click.group(help=__doc__)
@@ -49,7 +83,13 @@ def cli(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("source_dir", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice([k.value for k in VersionKind]), default="base")
-@click.option("--format", "fmt", default="hf-safetensors", help="Artifact format.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice([f.value for f in VersionFormat]),
+    default="hf-safetensors",
+    help="What the files are.",
+)
 @click.option("--parent", help="Reference of the version this one derives from.")
 @click.option("--metric", "metrics", multiple=True, help="NAME=VALUE, repeatable.")
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE, repeatable.")
@@ -94,7 +134,7 @@ def register(
         allow_pickle=allow_pickle,
     )
     if ctx.as_json:
-        print_json(version.to_dict())
+        _json(VersionObject.model_validate(version))
     else:
         click.echo(f"registered {version.ref} ({version.artifact_digest})")
 
@@ -104,55 +144,61 @@ def register(
 @click.option("--kind", type=click.Choice([k.value for k in VersionKind]))
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE the versions must carry.")
 @click.option("--all", "include_archived", is_flag=True, help="Include archived versions.")
+@limit_option
+@click.option("--after", help="Continue after this model name (or name:version).")
 @pass_ctx
-def list_(ctx: _Context, name, kind, tags, include_archived) -> None:
+def list_(ctx: _Context, name, kind, tags, include_archived, limit, after) -> None:
     """List models, or the versions of NAME (or matching --kind / --tag)."""
     reg = ctx.registry
+    held: dict[str, dict[str, int]] = {}
+    for a in reg.aliases(name):
+        held.setdefault(a.name, {})[a.alias] = a.version
     if name is None and kind is None and not tags:
-        models = reg.list_models()
-        versions = reg.list_versions(include_archived=include_archived)
-        aliases = reg.aliases()
+        models = _page(reg.list_models(limit=limit + 1, after=after), limit, lambda m: m.name)
         if ctx.as_json:
-            print_json(
+            _json(
                 [
-                    {
-                        "name": m.name,
-                        "versions": [v.version for v in versions if v.name == m.name],
-                        "aliases": {a.alias: a.version for a in aliases if a.name == m.name},
-                    }
+                    ModelObject.model_validate(m).model_copy(
+                        update={"aliases": held.get(m.name, {})}
+                    )
                     for m in models
                 ]
             )
             return
-        rows = []
-        for m in models:
-            numbers = [v.version for v in versions if v.name == m.name]
-            held = [f"{a.alias}->{a.version}" for a in aliases if a.name == m.name]
-            rows.append((m.name, len(numbers), max(numbers, default="-"), " ".join(held)))
-        print_table(("name", "versions", "latest", "aliases"), rows)
+        print_table(
+            ("name", "latest", "aliases"),
+            [
+                (
+                    m.name,
+                    m.latest_version,
+                    " ".join(f"{k}->{v}" for k, v in sorted(held.get(m.name, {}).items())),
+                )
+                for m in models
+            ],
+        )
         return
-    versions = reg.list_versions(
+    found = reg.list_versions(
         name,
         kind=VersionKind(kind) if kind else None,
         tags=parse_pairs(tags, "--tag"),
         include_archived=include_archived,
+        limit=limit + 1,
+        after=after,
     )
+    versions = _page(found, limit, lambda v: v.ref)
     if ctx.as_json:
-        print_json([v.to_dict() for v in versions])
+        _json([VersionObject.model_validate(v) for v in versions])
         return
-    held: dict[tuple[str, int], list[str]] = {}
-    for a in reg.aliases(name):
-        held.setdefault((a.name, a.version), []).append(a.alias)
     print_table(
         ("ref", "kind", "format", "parent", "digest", "aliases", "created"),
         [
             (
                 v.ref + (" (archived)" if v.archived_at else ""),
                 v.kind.value,
-                v.format,
+                v.format.value,
                 v.parent or "-",
                 _short(v.artifact_digest),
-                ",".join(held.get((v.name, v.version), [])),
+                ",".join(a for a, n in sorted(held.get(v.name, {}).items()) if n == v.version),
                 _when(v),
             )
             for v in versions
@@ -168,18 +214,18 @@ def show(ctx: _Context, ref: str) -> None:
     details = ctx.registry.show(ref)
     v = details.version
     if ctx.as_json:
-        print_json(
-            {
-                **v.to_dict(),
-                "lineage": [p.ref for p in details.lineage],
-                "aliases": list(details.aliases),
-            }
+        _json(
+            VersionDetailsObject(
+                **VersionObject.model_validate(v).model_dump(exclude={"object"}),
+                lineage=[VersionObject.model_validate(p) for p in details.lineage],
+                aliases=list(details.aliases),
+            )
         )
         return
     lines = [
         ("ref", v.ref),
         ("kind", v.kind.value),
-        ("format", v.format),
+        ("format", v.format.value),
         ("artifact", v.artifact_digest),
         ("aliases", ", ".join(details.aliases) or "-"),
         ("lineage", " <- ".join([v.ref, *(p.ref for p in details.lineage)])),
@@ -232,7 +278,7 @@ def alias() -> None:
 def alias_list(ctx: _Context, name: str | None) -> None:
     aliases = ctx.registry.aliases(name)
     if ctx.as_json:
-        print_json([a.to_dict() for a in aliases])
+        _json([AliasObject.model_validate(a) for a in aliases])
     else:
         print_table(("model", "alias", "version"), [(a.name, a.alias, a.version) for a in aliases])
 
@@ -282,17 +328,21 @@ def rollback(ctx: _Context, name: str, alias_name: str, reason: str) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("--alias", "alias_name", help="Only this alias.")
+@limit_option
+@click.option("--after", type=int, help="Continue after this event id.")
 @pass_ctx
-def history(ctx: _Context, name: str, alias_name: str | None) -> None:
+def history(ctx: _Context, name: str, alias_name: str | None, limit: int, after: int) -> None:
     """The audit log of NAME's aliases, oldest first."""
-    events = ctx.registry.history(name, alias_name)
+    found = ctx.registry.history(name, alias_name, limit=limit + 1, after=after)
+    events = _page(found, limit, lambda e: str(e.id))
     if ctx.as_json:
-        print_json([e.to_dict() for e in events])
+        _json([AliasEventObject.model_validate(e) for e in events])
         return
     print_table(
-        ("when", "alias", "action", "from", "to", "actor", "gate", "reason"),
+        ("id", "when", "alias", "action", "from", "to", "actor", "gate", "reason"),
         [
             (
+                e.id,
                 _when(e),
                 e.alias,
                 e.action.value + (" (forced)" if e.forced else ""),
@@ -314,14 +364,52 @@ def archive(ctx: _Context, ref: str) -> None:
     """Archive a version: hidden from listings, refused as an alias target, still fetchable."""
     version = ctx.registry.archive(ref)
     if ctx.as_json:
-        print_json(version.to_dict())
+        _json(VersionObject.model_validate(version))
     else:
         click.echo(f"archived {version.ref}")
 
 
+@cli.group()
+def db() -> None:
+    """The stack's database: where each package's schema stands, and upgrading it."""
+
+
+@db.command(name="status")
+@pass_ctx
+def db_status(ctx: _Context) -> None:
+    """Each package's schema revision in the database, and the newest this release has."""
+    found = status(engine_for(StackSettings().resolved_database_url))
+    if ctx.as_json:
+        print_json([{"chain": s.name, "current": s.current, "head": s.head} for s in found])
+        return
+    print_table(
+        ("package", "current", "newest", "state"),
+        [
+            (s.name, s.current or "-", s.head, "up to date" if s.current == s.head else "behind")
+            for s in found
+        ],
+    )
+
+
+@db.command(name="upgrade")
+@pass_ctx
+def db_upgrade(ctx: _Context) -> None:
+    """Migrate every package's tables to the newest schema (existing data is kept)."""
+    engine = engine_for(StackSettings().resolved_database_url)
+    before = upgrade_all(engine)
+    after = {s.name: s.current for s in status(engine)}
+    if ctx.as_json:
+        print_json([{"chain": s.name, "from": s.current, "to": after[s.name]} for s in before])
+        return
+    for s in before:
+        now = after[s.name]
+        moved = f"up to date at {now}" if s.current == now else f"{s.current or 'new'} -> {now}"
+        click.echo(f"{s.name}: {moved}")
+
+
 def _print_event(ctx: _Context, event: AliasEvent) -> None:
     if ctx.as_json:
-        print_json(event.to_dict())
+        _json(AliasEventObject.model_validate(event))
         return
     moved = f"{event.from_version or '-'} -> {event.to_version or '-'}"
     forced = " (forced past a failing gate)" if event.forced else ""

@@ -5,13 +5,29 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+# Fine-tuned adapters are also found by the name their job gave them, `ft:<base>:<suffix>:<job>`,
+# kept in this tag of the version.
+FINE_TUNED_TAG = "fine_tuned_model"
+
 
 class VersionKind(StrEnum):
+    """How a version was made."""
+
     BASE = "base"
     ADAPTER = "adapter"
     MERGED = "merged"
     DISTILLED = "distilled"
+    PRUNED = "pruned"
+    QUANTIZED = "quantized"
+
+
+class VersionFormat(StrEnum):
+    """What a version's files are."""
+
+    HF_SAFETENSORS = "hf-safetensors"
+    PEFT_LORA = "peft-lora"
     ONNX = "onnx"
+    GGUF = "gguf"
 
 
 class AliasAction(StrEnum):
@@ -27,6 +43,7 @@ class Model:
     description: str
     created_at: datetime
     created_by: str
+    latest_version: int  # the highest version number registered, archived ones included
 
 
 @dataclass(frozen=True)
@@ -36,7 +53,7 @@ class ModelVersion:
     name: str
     version: int
     kind: VersionKind
-    format: str
+    format: VersionFormat
     artifact_digest: str
     manifest_path: str  # relative to LLMOPS_HOME
     parent: str | None  # "name:version"
@@ -53,26 +70,6 @@ class ModelVersion:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "ref": self.ref,
-            "kind": self.kind.value,
-            "format": self.format,
-            "artifact_digest": self.artifact_digest,
-            "manifest_path": self.manifest_path,
-            "parent": self.parent,
-            "recipe_digest": self.recipe_digest,
-            "dataset_digests": list(self.dataset_digests),
-            "metrics": self.metrics,
-            "tags": self.tags,
-            "source": self.source,
-            "created_by": self.created_by,
-            "created_at": self.created_at.isoformat(),
-            "archived_at": self.archived_at.isoformat() if self.archived_at else None,
-        }
-
 
 @dataclass(frozen=True)
 class Alias:
@@ -80,14 +77,6 @@ class Alias:
     alias: str
     version: int
     updated_at: datetime
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "alias": self.alias,
-            "version": self.version,
-            "updated_at": self.updated_at.isoformat(),
-        }
 
 
 @dataclass(frozen=True)
@@ -106,18 +95,3 @@ class AliasEvent:
     forced: bool
     gate: dict[str, Any] | None
     created_at: datetime = field(compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "alias": self.alias,
-            "action": self.action.value,
-            "from_version": self.from_version,
-            "to_version": self.to_version,
-            "actor": self.actor,
-            "reason": self.reason,
-            "forced": self.forced,
-            "gate": self.gate,
-            "created_at": self.created_at.isoformat(),
-        }

@@ -5,12 +5,11 @@ alias points at now, or None. Evaluation suites plug in their own gates; the reg
 `NoGate` and `MetricGate`.
 """
 
-import importlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from core.plugins import load_plugin
 from registry.entities import ModelVersion
-from registry.errors import ErrorCode, RegistryError
 
 
 @dataclass(frozen=True)
@@ -57,19 +56,11 @@ class MetricGate:
 
 
 def load_gate(spec: str | None) -> Gate:
-    """Build the gate named by a setting: None, 'metric:NAME' or 'package.module:callable'."""
+    """Build the gate named by a setting: None, 'metric:NAME' or 'package.module:callable'
+    (a factory returning the gate)."""
     if not spec:
         return NoGate()
     kind, _, arg = spec.partition(":")
     if kind == "metric" and arg:
         return MetricGate(arg)
-    try:
-        factory = getattr(importlib.import_module(kind), arg)
-    except (ImportError, AttributeError, ValueError):
-        raise RegistryError(
-            ErrorCode.INVALID,
-            f"promotion gate {spec!r} cannot be loaded: use 'metric:NAME' or "
-            "'package.module:callable'",
-            param="promotion_gate",
-        ) from None
-    return factory()
+    return load_plugin(spec, "promotion_gate")()

@@ -3,27 +3,37 @@ router call."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
+from core.database import open_database
+from core.errors import ErrorCode
+from core.refs import ModelRef, parse_ref, validate_alias, validate_name
+from core.settings import StackSettings
 from registry.artifacts import ArtifactStore, Manifest
-from registry.entities import Alias, AliasAction, AliasEvent, Model, ModelVersion, VersionKind
-from registry.errors import AliasMovedError, ErrorCode, RegistryError
-from registry.gates import Gate, load_gate
-from registry.names import (
-    FINE_TUNED_PREFIX,
+from registry.entities import (
     FINE_TUNED_TAG,
-    ModelRef,
-    parse_ref,
-    validate_alias,
-    validate_name,
+    Alias,
+    AliasAction,
+    AliasEvent,
+    Model,
+    ModelVersion,
+    VersionFormat,
+    VersionKind,
 )
+from registry.errors import AliasMovedError, RegistryError
+from registry.gates import Gate, load_gate
 from registry.settings import RegistrySettings
 from registry.sql_store import SqlStore
 from registry.store import RegistryStore
+from registry.tables import CHAIN
 
 _ALIAS_RETRIES = 20
+MAX_TAG_KEY = 128  # the widths of the tag columns
+MAX_TAG_VALUE = 512
 T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
 
 
 @dataclass(frozen=True)
@@ -34,11 +44,19 @@ class VersionDetails:
 
 
 class Registry:
-    def __init__(self, store: RegistryStore, artifacts: ArtifactStore, gate: Gate, actor: str):
+    def __init__(
+        self,
+        store: RegistryStore,
+        artifacts: ArtifactStore,
+        gate: Gate,
+        actor: str,
+        models_cache: Path,
+    ):
         self.store = store
         self.artifacts = artifacts
         self.gate = gate
         self.actor = actor
+        self.models_cache = models_cache
 
     # -- versions -------------------------------------------------------------------------
 
@@ -48,7 +66,7 @@ class Registry:
         source_dir: Path,
         *,
         kind: VersionKind | str = VersionKind.BASE,
-        format: str = "hf-safetensors",
+        format: VersionFormat | str = VersionFormat.HF_SAFETENSORS,
         parent: str | None = None,
         metrics: dict[str, float] | None = None,
         tags: dict[str, str] | None = None,
@@ -60,13 +78,17 @@ class Registry:
     ) -> ModelVersion:
         """Copy `source_dir` into the artifact store and record it as the next version."""
         validate_name(name)
-        try:
-            kind = VersionKind(kind)
-        except ValueError:
-            choices = ", ".join(k.value for k in VersionKind)
-            raise RegistryError(
-                ErrorCode.INVALID, f"unknown kind {kind!r}; use one of {choices}", param="kind"
-            ) from None
+        kind = _choice(VersionKind, kind, "kind")
+        format = _choice(VersionFormat, format, "format")
+        tags = {k: str(v) for k, v in (tags or {}).items()}
+        for key, value in tags.items():
+            if not 0 < len(key) <= MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
+                raise RegistryError(
+                    ErrorCode.INVALID,
+                    f"tag {key[:40]!r}: keys have 1 to {MAX_TAG_KEY} characters and values up "
+                    f"to {MAX_TAG_VALUE}",
+                    param="tags",
+                )
         parent_version = self.resolve(parent) if parent else None
         manifest, manifest_path = self.artifacts.put(Path(source_dir), allow_pickle=allow_pickle)
         return self.store.add_version(
@@ -79,7 +101,7 @@ class Registry:
             recipe_digest=recipe_digest,
             dataset_digests=list(dataset_digests),
             metrics={k: float(v) for k, v in (metrics or {}).items()},
-            tags={k: str(v) for k, v in (tags or {}).items()},
+            tags=tags,
             source=source,
             description=description,
             actor=self.actor,
@@ -88,15 +110,15 @@ class Registry:
     def resolve(self, ref: str | ModelRef) -> ModelVersion:
         """The version a reference names: `name`, `name:version`, `name@alias`, or the
         `ft:<base>:<suffix>:<job-id>` name a fine-tuning job gave its adapter."""
-        if isinstance(ref, str) and ref.startswith(FINE_TUNED_PREFIX):
-            return self._fine_tuned(ref)
         ref = parse_ref(ref) if isinstance(ref, str) else ref
+        if ref.fine_tuned is not None:
+            return self._fine_tuned(ref.fine_tuned)
         if ref.version is not None:
             return self.store.get_version(ref.name, ref.version)
         return self.store.get_version(ref.name, self._alias_target(ref.name, ref.alias))
 
     def _fine_tuned(self, name: str) -> ModelVersion:
-        found = self.list_versions(tags={FINE_TUNED_TAG: name})
+        found = self.store.list_versions(tags={FINE_TUNED_TAG: name}, limit=1)
         if not found:
             raise RegistryError(
                 ErrorCode.NOT_FOUND,
@@ -106,23 +128,41 @@ class Registry:
             )
         return found[0]
 
-    def list_models(self, query: str | None = None) -> list[Model]:
-        return self.store.list_models(query)
+    def list_models(
+        self, query: str | None = None, *, limit: int | None = None, after: str | None = None
+    ) -> list[Model]:
+        return self.store.list_models(query, limit=limit, after=after)
 
     def list_versions(
         self,
         name: str | None = None,
         *,
         kind: VersionKind | None = None,
-        tags: dict[str, str] | None = None,
+        tags: dict[str, str | None] | None = None,
         include_archived: bool = False,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> list[ModelVersion]:
-        """Versions, optionally of one model, of one kind, or carrying all of `tags`."""
-        versions = self.store.list_versions(
-            validate_name(name) if name else None, kind=kind, include_archived=include_archived
+        """Versions, optionally of one model, of one kind, or carrying all of `tags`; a page
+        of `limit` after the reference `after` (`name:version`)."""
+        cursor = None
+        if after is not None:
+            ref = parse_ref(after, "after")
+            if ref.version is None:
+                raise RegistryError(
+                    ErrorCode.INVALID,
+                    f"after {after!r} is not a version reference like 'demo:2'",
+                    param="after",
+                )
+            cursor = (ref.name, ref.version)
+        return self.store.list_versions(
+            validate_name(name) if name else None,
+            kind=kind,
+            tags=tags,
+            include_archived=include_archived,
+            limit=limit,
+            after=cursor,
         )
-        wanted = (tags or {}).items()
-        return [v for v in versions if wanted <= v.tags.items()]
 
     def show(self, ref: str) -> VersionDetails:
         version = self.resolve(ref)
@@ -143,12 +183,12 @@ class Registry:
         """Copy a version's files into the new directory `dest`, verified."""
         return self.artifacts.fetch(self.resolve(ref).artifact_digest, Path(dest))
 
-    def local_copy(self, version: ModelVersion, cache_dir: Path) -> Path:
-        """A verified copy of the version's files under `cache_dir`, fetched once per digest.
+    def local_copy(self, version: ModelVersion) -> Path:
+        """A verified copy of the version's files in the models cache, fetched once per digest.
 
         Safe across processes: a fetch stages its files and renames them into place, and a
         copy that another process put there first is used as it is."""
-        path = Path(cache_dir) / version.artifact_digest.removeprefix("sha256:")
+        path = self.models_cache / version.artifact_digest.removeprefix("sha256:")
         if not path.exists():
             try:
                 self.artifacts.fetch(version.artifact_digest, path)
@@ -263,9 +303,19 @@ class Registry:
 
         return self._retry(attempt)
 
-    def history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+    def history(
+        self,
+        name: str,
+        alias: str | None = None,
+        *,
+        limit: int | None = None,
+        after: int | None = None,
+    ) -> list[AliasEvent]:
         return self.store.alias_events(
-            validate_name(name), validate_alias(alias) if alias else None
+            validate_name(name),
+            validate_alias(alias) if alias else None,
+            limit=limit,
+            after=after,
         )
 
     def _current(self, name: str, alias: str) -> int | None:
@@ -293,14 +343,29 @@ class Registry:
         return change()
 
 
-def open_registry(settings: RegistrySettings | None = None) -> Registry:
-    """The registry configured by `settings` (by default, from the environment)."""
+def _choice(enum: type[E], value: E | str, param: str) -> E:
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(e.value for e in enum)
+        raise RegistryError(
+            ErrorCode.INVALID, f"unknown {param} {value!r}; use one of {choices}", param=param
+        ) from None
+
+
+def open_registry(
+    stack: StackSettings | None = None, settings: RegistrySettings | None = None
+) -> Registry:
+    """The registry of the stack configured by `stack` and `settings` (by default, from the
+    environment)."""
+    stack = stack or StackSettings()
     settings = settings or RegistrySettings()
-    home = settings.resolved_home
+    home = stack.resolved_home
     home.mkdir(parents=True, exist_ok=True)
     return Registry(
-        SqlStore(settings.resolved_database_url),
+        SqlStore(open_database(stack.resolved_database_url, CHAIN)),
         ArtifactStore(home),
         load_gate(settings.promotion_gate),
-        settings.actor,
+        stack.actor,
+        stack.models_cache,
     )

@@ -1,61 +1,62 @@
 """`RegistryStore` on SQLAlchemy: SQLite by default, PostgreSQL by URL.
 
 Writers serialize per model: PostgreSQL locks the model's row (`SELECT ... FOR UPDATE`);
-SQLite takes the database write lock when a transaction begins (`BEGIN IMMEDIATE`).
+SQLite takes the database write lock when a transaction begins (see `core.database`).
 """
 
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from alembic import command, context
-from alembic.config import Config
-from sqlalchemy import Connection, Engine, MetaData, Row, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, Row, Select, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from registry.entities import Alias, AliasAction, AliasEvent, Model, ModelVersion, VersionKind
-from registry.errors import AliasMovedError, ErrorCode, RegistryError
+from core.database import as_utc, utc_now
+from core.errors import ErrorCode
+from registry.entities import (
+    Alias,
+    AliasAction,
+    AliasEvent,
+    Model,
+    ModelVersion,
+    VersionFormat,
+    VersionKind,
+)
+from registry.errors import AliasMovedError, RegistryError
 from registry.store import RegistryStore
-from registry.tables import alias_events, aliases, model_versions, models
-
-_MIGRATIONS = Path(__file__).parent / "migrations"
-_SQLITE_BUSY_TIMEOUT_S = 60
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """A stored timestamp as an aware UTC datetime (SQLite hands back naive ones)."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+from registry.tables import alias_events, aliases, models, version_tags, versions
 
 
 def _model(row: Row) -> Model:
-    return Model(row.name, row.description, as_utc(row.created_at), row.created_by)
+    return Model(
+        row.name, row.description, as_utc(row.created_at), row.created_by, row.latest_version
+    )
 
 
-def _version(row: Row) -> ModelVersion:
+_LATEST = (
+    select(func.coalesce(func.max(versions.c.version), 0))
+    .where(versions.c.name == models.c.name)
+    .scalar_subquery()
+    .label("latest_version")
+)
+
+
+def _version(row: Row, tags: dict[str, str]) -> ModelVersion:
     parent = f"{row.parent_name}:{row.parent_version}" if row.parent_name else None
     return ModelVersion(
         name=row.name,
         version=row.version,
         kind=VersionKind(row.kind),
-        format=row.format,
+        format=VersionFormat(row.format),
         artifact_digest=row.artifact_digest,
         manifest_path=row.manifest_path,
         parent=parent,
         recipe_digest=row.recipe_digest,
         dataset_digests=tuple(row.dataset_digests),
         metrics=dict(row.metrics),
-        tags=dict(row.tags),
+        tags=tags,
         source=row.source,
         created_by=row.created_by,
         created_at=as_utc(row.created_at),
@@ -83,63 +84,9 @@ def _event(row: Row) -> AliasEvent:
     )
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite connections take the write lock when a transaction begins."""
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
-
-    @event.listens_for(engine, "connect")
-    def _configure(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-def migrate(
-    engine: Engine, script_location: Path = _MIGRATIONS, version_table: str = "alembic_version"
-) -> None:
-    """Bring the schema of one package (its own migrations and version table) to the newest."""
-    config = Config()
-    config.set_main_option("script_location", str(script_location))
-    config.attributes["version_table"] = version_table
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "head")
-
-
-def run_migrations(metadata: MetaData) -> None:
-    """The body of a package's alembic `env.py`: migrate the connection `migrate` hands in."""
-    connection = context.config.attributes["connection"]
-    version_table = context.config.attributes["version_table"]
-    if connection.dialect.name == "postgresql":
-        # Two processes opening a fresh database at once must not both create the tables.
-        lock = zlib.crc32(version_table.encode())
-        connection.execute(text(f"SELECT pg_advisory_xact_lock({lock})"))
-    context.configure(
-        connection=connection,
-        target_metadata=metadata,
-        version_table=version_table,
-        render_as_batch=True,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
-
-
 class SqlStore(RegistryStore):
-    def __init__(self, url: str):
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(url)
-        migrate(self.engine)
+    def __init__(self, engine: Engine):
+        self.engine = engine
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -159,9 +106,7 @@ class SqlStore(RegistryStore):
 
     def _version_row(self, conn: Connection, name: str, version: int) -> Row:
         row = conn.execute(
-            select(model_versions).where(
-                model_versions.c.name == name, model_versions.c.version == version
-            )
+            select(versions).where(versions.c.name == name, versions.c.version == version)
         ).first()
         if row is None:
             self._model_row(conn, name)
@@ -173,14 +118,35 @@ class SqlStore(RegistryStore):
             )
         return row
 
+    def _versions(self, conn: Connection, stmt: Select) -> list[ModelVersion]:
+        """The versions `stmt` selects, each with its tags (read in one more query)."""
+        rows = conn.execute(stmt).all()
+        tags: dict[int, dict[str, str]] = {row.id: {} for row in rows}
+        if rows:
+            found = conn.execute(
+                select(version_tags).where(version_tags.c.version_id.in_(list(tags)))
+            )
+            for tag in found:
+                tags[tag.version_id][tag.key] = tag.value
+        return [_version(row, tags[row.id]) for row in rows]
+
+    def _one_version(self, conn: Connection, name: str, version: int) -> ModelVersion:
+        row = self._version_row(conn, name, version)
+        return self._versions(conn, select(versions).where(versions.c.id == row.id))[0]
+
     def get_model(self, name: str) -> Model:
         with self._tx() as conn:
-            return _model(self._model_row(conn, name))
+            self._model_row(conn, name)
+            return _model(conn.execute(select(models, _LATEST).where(models.c.name == name)).one())
 
-    def list_models(self, query: str | None = None) -> list[Model]:
-        stmt = select(models).order_by(models.c.name)
+    def list_models(
+        self, query: str | None = None, *, limit: int | None = None, after: str | None = None
+    ) -> list[Model]:
+        stmt = select(models, _LATEST).order_by(models.c.name).limit(limit)
         if query:
             stmt = stmt.where(models.c.name.contains(query, autoescape=True))
+        if after is not None:
+            stmt = stmt.where(models.c.name > after)
         with self._tx() as conn:
             return [_model(row) for row in conn.execute(stmt)]
 
@@ -189,7 +155,7 @@ class SqlStore(RegistryStore):
         name: str,
         *,
         kind: VersionKind,
-        format: str,
+        format: VersionFormat,
         artifact_digest: str,
         manifest_path: str,
         parent: tuple[str, int] | None,
@@ -205,14 +171,13 @@ class SqlStore(RegistryStore):
         with self._tx() as conn:
             conn.execute(
                 insert(models)
-                .values(name=name, description=description, created_at=_now(), created_by=actor)
+                .values(name=name, description=description, created_at=utc_now(), created_by=actor)
                 .on_conflict_do_nothing(index_elements=["name"])
             )
             self._model_row(conn, name, lock=True)
             existing = conn.execute(
-                select(model_versions.c.version).where(
-                    model_versions.c.name == name,
-                    model_versions.c.artifact_digest == artifact_digest,
+                select(versions.c.version).where(
+                    versions.c.name == name, versions.c.artifact_digest == artifact_digest
                 )
             ).scalar()
             if existing is not None:
@@ -225,81 +190,100 @@ class SqlStore(RegistryStore):
                 self._version_row(conn, *parent)
             number = (
                 conn.execute(
-                    select(func.max(model_versions.c.version)).where(model_versions.c.name == name)
+                    select(func.max(versions.c.version)).where(versions.c.name == name)
                 ).scalar()
                 or 0
             ) + 1
-            values = {
-                "name": name,
-                "version": number,
-                "kind": kind.value,
-                "format": format,
-                "artifact_digest": artifact_digest,
-                "manifest_path": manifest_path,
-                "parent_name": parent[0] if parent else None,
-                "parent_version": parent[1] if parent else None,
-                "recipe_digest": recipe_digest,
-                "dataset_digests": list(dataset_digests),
-                "metrics": metrics,
-                "tags": tags,
-                "source": source,
-                "created_by": actor,
-                "created_at": _now(),
-                "archived_at": None,
-            }
             try:
-                conn.execute(model_versions.insert().values(**values))
+                version_id = conn.execute(
+                    versions.insert()
+                    .values(
+                        name=name,
+                        version=number,
+                        kind=kind.value,
+                        format=format.value,
+                        artifact_digest=artifact_digest,
+                        manifest_path=manifest_path,
+                        parent_name=parent[0] if parent else None,
+                        parent_version=parent[1] if parent else None,
+                        recipe_digest=recipe_digest,
+                        dataset_digests=list(dataset_digests),
+                        metrics=metrics,
+                        source=source,
+                        created_by=actor,
+                        created_at=utc_now(),
+                        archived_at=None,
+                    )
+                    .returning(versions.c.id)
+                ).scalar_one()
             except IntegrityError:
                 raise RegistryError(
                     ErrorCode.CONFLICT,
                     f"another writer registered {name}:{number} at the same time; try again",
                 ) from None
-            return _version(self._version_row(conn, name, number))
+            if tags:
+                conn.execute(
+                    version_tags.insert(),
+                    [{"version_id": version_id, "key": k, "value": v} for k, v in tags.items()],
+                )
+            return self._one_version(conn, name, number)
 
     def get_version(self, name: str, version: int) -> ModelVersion:
         with self._tx() as conn:
-            return _version(self._version_row(conn, name, version))
+            return self._one_version(conn, name, version)
 
     def list_versions(
         self,
         name: str | None = None,
         *,
         kind: VersionKind | None = None,
+        tags: Mapping[str, str | None] | None = None,
         include_archived: bool = False,
+        limit: int | None = None,
+        after: tuple[str, int] | None = None,
     ) -> list[ModelVersion]:
-        stmt = select(model_versions).order_by(model_versions.c.name, model_versions.c.version)
+        stmt = select(versions).order_by(versions.c.name, versions.c.version).limit(limit)
         if name is not None:
-            stmt = stmt.where(model_versions.c.name == name)
+            stmt = stmt.where(versions.c.name == name)
         if kind is not None:
-            stmt = stmt.where(model_versions.c.kind == kind.value)
+            stmt = stmt.where(versions.c.kind == kind.value)
+        for key, value in (tags or {}).items():
+            tagged = select(version_tags.c.version_id).where(version_tags.c.key == key)
+            if value is not None:
+                tagged = tagged.where(version_tags.c.value == value)
+            stmt = stmt.where(versions.c.id.in_(tagged))
         if not include_archived:
-            stmt = stmt.where(model_versions.c.archived_at.is_(None))
+            stmt = stmt.where(versions.c.archived_at.is_(None))
+        if after is not None:
+            stmt = stmt.where(
+                (versions.c.name > after[0])
+                | ((versions.c.name == after[0]) & (versions.c.version > after[1]))
+            )
         with self._tx() as conn:
             if name is not None:
                 self._model_row(conn, name)
-            return [_version(row) for row in conn.execute(stmt)]
+            return self._versions(conn, stmt)
 
     def archive_version(self, name: str, version: int, actor: str) -> ModelVersion:
         with self._tx() as conn:
             self._model_row(conn, name, lock=True)
             row = self._version_row(conn, name, version)
-            if row.archived_at is not None:
-                return _version(row)
-            pointing = conn.execute(
-                select(aliases.c.alias).where(aliases.c.name == name, aliases.c.version == version)
-            ).scalars()
-            if held := sorted(pointing):
-                raise RegistryError(
-                    ErrorCode.CONFLICT,
-                    f"{name}:{version} is still the target of alias(es) {', '.join(held)}; move "
-                    "or delete them before archiving it",
+            if row.archived_at is None:
+                pointing = conn.execute(
+                    select(aliases.c.alias).where(
+                        aliases.c.name == name, aliases.c.version == version
+                    )
+                ).scalars()
+                if held := sorted(pointing):
+                    raise RegistryError(
+                        ErrorCode.CONFLICT,
+                        f"{name}:{version} is still the target of alias(es) {', '.join(held)}; "
+                        "move or delete them before archiving it",
+                    )
+                conn.execute(
+                    versions.update().where(versions.c.id == row.id).values(archived_at=utc_now())
                 )
-            conn.execute(
-                model_versions.update()
-                .where(model_versions.c.id == row.id)
-                .values(archived_at=_now())
-            )
-            return _version(self._version_row(conn, name, version))
+            return self._one_version(conn, name, version)
 
     def get_alias(self, name: str, alias: str) -> Alias | None:
         with self._tx() as conn:
@@ -348,7 +332,7 @@ class SqlStore(RegistryStore):
                         ErrorCode.CONFLICT,
                         f"{name}:{to_version} is archived; aliases cannot point at it",
                     )
-            now = _now()
+            now = utc_now()
             if to_version is None:
                 conn.execute(aliases.delete().where(*where))
             elif current is None:
@@ -379,10 +363,24 @@ class SqlStore(RegistryStore):
             )
             return _event(result.one())
 
-    def alias_events(self, name: str, alias: str | None = None) -> list[AliasEvent]:
-        stmt = select(alias_events).where(alias_events.c.name == name).order_by(alias_events.c.id)
+    def alias_events(
+        self,
+        name: str,
+        alias: str | None = None,
+        *,
+        limit: int | None = None,
+        after: int | None = None,
+    ) -> list[AliasEvent]:
+        stmt = (
+            select(alias_events)
+            .where(alias_events.c.name == name)
+            .order_by(alias_events.c.id)
+            .limit(limit)
+        )
         if alias is not None:
             stmt = stmt.where(alias_events.c.alias == alias)
+        if after is not None:
+            stmt = stmt.where(alias_events.c.id > after)
         with self._tx() as conn:
             self._model_row(conn, name)
             return [_event(row) for row in conn.execute(stmt)]

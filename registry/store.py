@@ -3,13 +3,24 @@
 Every method is atomic. Methods that change an alias take the version the caller saw
 (`expected_from`) and raise CONFLICT when another writer moved the alias in between, so a
 gate decision is never applied to a champion it did not look at.
+
+Listing methods page: `limit` rows after the cursor `after` (the last item of the previous
+page: a model name, a `name:version` reference or an event id); `limit` None lists all.
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from registry.entities import Alias, AliasAction, AliasEvent, Model, ModelVersion, VersionKind
+from registry.entities import (
+    Alias,
+    AliasAction,
+    AliasEvent,
+    Model,
+    ModelVersion,
+    VersionFormat,
+    VersionKind,
+)
 
 
 class RegistryStore(ABC):
@@ -18,8 +29,10 @@ class RegistryStore(ABC):
         """The model `name`; NOT_FOUND if it has never been registered."""
 
     @abstractmethod
-    def list_models(self, query: str | None = None) -> list[Model]:
-        """All models, by name; `query` keeps those whose name contains it."""
+    def list_models(
+        self, query: str | None = None, *, limit: int | None = None, after: str | None = None
+    ) -> list[Model]:
+        """Models by name; `query` keeps those whose name contains it."""
 
     @abstractmethod
     def add_version(
@@ -27,7 +40,7 @@ class RegistryStore(ABC):
         name: str,
         *,
         kind: VersionKind,
-        format: str,
+        format: VersionFormat,
         artifact_digest: str,
         manifest_path: str,
         parent: tuple[str, int] | None,
@@ -54,9 +67,14 @@ class RegistryStore(ABC):
         name: str | None = None,
         *,
         kind: VersionKind | None = None,
+        tags: Mapping[str, str | None] | None = None,
         include_archived: bool = False,
+        limit: int | None = None,
+        after: tuple[str, int] | None = None,
     ) -> list[ModelVersion]:
-        """Versions ordered by name and number, optionally of one model or kind."""
+        """Versions ordered by name and number, optionally of one model or kind, carrying
+        every tag of `tags` (a None value: the tag with any value); NOT_FOUND if `name` is
+        given and not registered."""
 
     @abstractmethod
     def archive_version(self, name: str, version: int, actor: str) -> ModelVersion:
@@ -90,5 +108,12 @@ class RegistryStore(ABC):
         target is archived; NOT_FOUND if the target version does not exist."""
 
     @abstractmethod
-    def alias_events(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+    def alias_events(
+        self,
+        name: str,
+        alias: str | None = None,
+        *,
+        limit: int | None = None,
+        after: int | None = None,
+    ) -> list[AliasEvent]:
         """The audit log of `name` (optionally one alias), oldest first."""

@@ -1,5 +1,7 @@
-"""SQLAlchemy table definitions of the registry database. Migrations in
+"""The registry's tables (prefixed `registry_`) and their migration chain. Migrations in
 `registry/migrations` create them; keep both in step."""
+
+from pathlib import Path
 
 from sqlalchemy import (
     JSON,
@@ -17,10 +19,19 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from core.migrations import MigrationChain
+
+CHAIN = MigrationChain(
+    "registry",
+    Path(__file__).parent / "migrations",
+    version_table="registry_alembic_version",
+    legacy_version_table="alembic_version",
+)
+
 metadata = MetaData()
 
 models = Table(
-    "models",
+    "registry_models",
     metadata,
     Column("name", String(128), primary_key=True),
     Column("description", Text, nullable=False),
@@ -28,14 +39,14 @@ models = Table(
     Column("created_by", String(256), nullable=False),
 )
 
-model_versions = Table(
-    "model_versions",
+versions = Table(
+    "registry_versions",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(128), ForeignKey("models.name"), nullable=False),
+    Column("name", String(128), ForeignKey("registry_models.name"), nullable=False),
     Column("version", Integer, nullable=False),
     Column("kind", String(32), nullable=False),
-    Column("format", String(64), nullable=False),
+    Column("format", String(32), nullable=False),
     Column("artifact_digest", String(80), nullable=False),
     Column("manifest_path", String(512), nullable=False),
     Column("parent_name", String(128), nullable=True),
@@ -43,22 +54,35 @@ model_versions = Table(
     Column("recipe_digest", String(80), nullable=True),
     Column("dataset_digests", JSON, nullable=False),
     Column("metrics", JSON, nullable=False),
-    Column("tags", JSON, nullable=False),
     Column("source", Text, nullable=False),
     Column("created_by", String(256), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("archived_at", DateTime(timezone=True), nullable=True),
-    UniqueConstraint("name", "version", name="uq_model_versions_name_version"),
-    UniqueConstraint("name", "artifact_digest", name="uq_model_versions_name_digest"),
+    UniqueConstraint("name", "version", name="uq_registry_versions_name_version"),
+    UniqueConstraint("name", "artifact_digest", name="uq_registry_versions_name_digest"),
     ForeignKeyConstraint(
         ["parent_name", "parent_version"],
-        ["model_versions.name", "model_versions.version"],
-        name="fk_model_versions_parent",
+        ["registry_versions.name", "registry_versions.version"],
+        name="fk_registry_versions_parent",
     ),
 )
 
+version_tags = Table(
+    "registry_version_tags",
+    metadata,
+    Column(
+        "version_id",
+        Integer,
+        ForeignKey("registry_versions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("key", String(128), primary_key=True),
+    Column("value", String(512), nullable=False),
+    Index("ix_registry_version_tags_key_value", "key", "value"),
+)
+
 aliases = Table(
-    "aliases",
+    "registry_aliases",
     metadata,
     Column("name", String(128), primary_key=True),
     Column("alias", String(64), primary_key=True),
@@ -66,16 +90,16 @@ aliases = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     ForeignKeyConstraint(
         ["name", "version"],
-        ["model_versions.name", "model_versions.version"],
-        name="fk_aliases_version",
+        ["registry_versions.name", "registry_versions.version"],
+        name="fk_registry_aliases_version",
     ),
 )
 
 alias_events = Table(
-    "alias_events",
+    "registry_alias_events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(128), ForeignKey("models.name"), nullable=False),
+    Column("name", String(128), ForeignKey("registry_models.name"), nullable=False),
     Column("alias", String(64), nullable=False),
     Column("action", String(16), nullable=False),
     Column("from_version", Integer, nullable=True),
@@ -85,5 +109,5 @@ alias_events = Table(
     Column("forced", Boolean, nullable=False),
     Column("gate", JSON, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Index("ix_alias_events_name_alias", "name", "alias", "id"),
+    Index("ix_registry_alias_events_name_alias", "name", "alias", "id"),
 )

@@ -92,7 +92,7 @@ def recipe(model_dir: Path, data: Path, **keys: Any) -> Recipe:
 
 
 def job_tokens_per_second(settings: Recipe, work: Path) -> float:
-    result = train(settings, work, registry=None, cache_dir=work / "cache", progress=False)
+    result = train(settings, work, registry=None, progress=False)
     return result.metrics["train_tokens_per_second"]
 
 
@@ -173,7 +173,6 @@ def peak_memory_child(model_dir: str, adapter: str, data: str) -> None:
             settings,
             Path(work),
             registry=None,
-            cache_dir=Path(work),
             callbacks=[peak],
             progress=False,
         )

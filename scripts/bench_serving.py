@@ -26,10 +26,10 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from core.settings import StackSettings
 from finetune.demo.random_model import build_random_model
 from finetune.demo.skills import SKILLS, generate_splits
 from registry.service import open_registry
-from registry.settings import RegistrySettings
 from serving.vllm.engine import free_port
 from serving.vllm.server import LaunchSpec, VllmServer, wait_ready
 
@@ -288,7 +288,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         model_dir = build_model(home / "model")
-        registry = open_registry(RegistrySettings(home=home))
+        registry = open_registry(StackSettings(home=home))
         for name in ("bench", "bench-vllm"):
             registry.register(name, model_dir)
             registry.set_alias(name, "production", 1)

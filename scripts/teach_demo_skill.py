@@ -56,9 +56,9 @@ def main() -> None:
         }
     )
     runner = JobRunner.open()
-    registry = open_registry(runner.registry_settings)
+    registry = open_registry(runner.stack)
     base = registry.resolve(recipe.base_model)
-    base_dir = registry.local_copy(base, runner.home / "cache" / "models")
+    base_dir = registry.local_copy(base)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     rows = read_jsonl(files.eval)
 
@@ -71,9 +71,7 @@ def main() -> None:
     seconds = time.monotonic() - started
     if job.registered_version is None:
         raise SystemExit(f"job {job.id} {job.status.value}: {job.error}")
-    adapter_dir = registry.local_copy(
-        registry.resolve(job.registered_version), runner.home / "cache" / "models"
-    )
+    adapter_dir = registry.local_copy(registry.resolve(job.registered_version))
     after = score(
         PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)
     )

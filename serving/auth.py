@@ -2,44 +2,47 @@
 
 from fastapi import Request
 
+from core.callers import Caller
+from core.errors import ErrorCode
 from serving.errors import ServingError
 from serving.keys import ApiKey, KeyStore
 
 
-def authorize(
-    keys: KeyStore, request: Request, *, model: str | None = None, admin: bool = False
-) -> ApiKey | None:
+def authorize(keys: KeyStore, request: Request, *, model: str | None = None) -> ApiKey | None:
     """The caller's key, or None while no key exists (the gateway then listens on 127.0.0.1
-    only). 401 for a missing or unknown key, 403 for a model or scope it does not have."""
+    only). 401 for a missing or unknown key, 403 for a model it may not use."""
     scheme, _, secret = request.headers.get("authorization", "").partition(" ")
     given = secret.strip() if scheme.lower() == "bearer" else ""
     if not given and not keys.auth_required():
         return None
     if not given:
         raise ServingError(
-            401,
+            ErrorCode.UNAUTHENTICATED,
             "no API key given; send it as 'Authorization: Bearer <key>'",
-            code="invalid_api_key",
+            api_code="invalid_api_key",
         )
     key = keys.authenticate(given)
     if key is None:
         if not keys.auth_required():
             return None
         raise ServingError(
-            401,
+            ErrorCode.UNAUTHENTICATED,
             "the API key is not valid (unknown or revoked); ask an admin for a key "
             "(`llm-serve keys create`)",
-            code="invalid_api_key",
-        )
-    if admin and not key.admin:
-        raise ServingError(
-            403, f"key {key.name!r} has no admin scope", code="insufficient_permissions"
+            api_code="invalid_api_key",
         )
     if model is not None and not key.allows(model):
         raise ServingError(
-            403,
+            ErrorCode.PERMISSION_DENIED,
             f"key {key.name!r} may not use model {model!r}; it may use: {', '.join(key.models)}",
-            code="model_not_allowed",
             param="model",
+            api_code="model_not_allowed",
         )
     return key
+
+
+def caller_of(key: ApiKey | None) -> Caller:
+    """The caller other packages' routers see: everyone is an admin on a gateway without keys."""
+    if key is None:
+        return Caller(None, admin=True)
+    return Caller(key.id, admin=key.admin, may_use=key.allows)

@@ -11,15 +11,19 @@ from pathlib import Path
 import click
 import uvicorn
 
-from registry.console import print_json, print_table, run
-from registry.errors import ErrorCode, RegistryError
-from registry.service import Registry, open_registry
-from registry.settings import RegistrySettings
-from serving.app import build_gateway, create_app
+from core.console import print_json, print_table, run
+from core.database import open_database
+from core.errors import ErrorCode
+from core.settings import StackSettings
+from registry.errors import RegistryError
+from registry.service import Registry
+from serving.app import create_app
 from serving.config import load_config
-from serving.database import open_database
+from serving.gateway import build_gateway
 from serving.keys import ALL_MODELS, KeyStore
+from serving.protocol import CreatedKey, KeyObject
 from serving.settings import ServingSettings
+from serving.tables import CHAIN
 
 PROG = "llm-serve"
 LOOPBACK = "127.0.0.1"
@@ -32,8 +36,7 @@ def _ensure_demo_model(registry: Registry, name: str) -> None:
     except RegistryError as err:
         if err.code is not ErrorCode.NOT_FOUND:
             raise
-    # Built on first run only; the library is imported here so that serving does not depend
-    # on the fine-tuning package anywhere else.
+    # Built on first run only; the demo world's training code is imported only then.
     from finetune.demo.build import build_demo_model, register_demo_model
     from finetune.demo.spec import FULL
 
@@ -61,12 +64,8 @@ def cli(ctx: click.Context, config_path: Path | None, host: str | None, port: in
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     config = config.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
-    registry_settings = RegistrySettings()
-    registry = open_registry(registry_settings)
-    _ensure_demo_model(registry, settings.demo_model)
-    gateway = build_gateway(
-        config, registry, registry_settings.resolved_home, registry_settings.resolved_database_url
-    )
+    gateway = build_gateway(config, StackSettings())
+    _ensure_demo_model(gateway.registry, settings.demo_model)
     if not gateway.keys.auth_required() and config.host != LOOPBACK:
         click.echo(
             f"no API keys exist, so the gateway listens on {LOOPBACK} only (not {config.host}); "
@@ -86,7 +85,7 @@ def cli(ctx: click.Context, config_path: Path | None, host: str | None, port: in
 
 
 def _keys() -> KeyStore:
-    return KeyStore(open_database(RegistrySettings().resolved_database_url))
+    return KeyStore(open_database(StackSettings().resolved_database_url, CHAIN))
 
 
 @cli.group()
@@ -113,7 +112,8 @@ def keys_create(name, models, admin, rpm, tpm, no_traffic_log, as_json) -> None:
         log_traffic=not no_traffic_log,
     )
     if as_json:
-        print_json({**key.to_dict(), "key": secret})
+        created = CreatedKey(**KeyObject.model_validate(key).model_dump(), key=secret)
+        print_json(created.model_dump(mode="json"))
     else:
         click.echo(f"created {key.id} ({key.name}); the key is shown only now:\n{secret}")
 
@@ -124,7 +124,7 @@ def keys_create(name, models, admin, rpm, tpm, no_traffic_log, as_json) -> None:
 def keys_list(include_revoked: bool, as_json: bool) -> None:
     found = _keys().list_keys(include_revoked=include_revoked)
     if as_json:
-        print_json([k.to_dict() for k in found])
+        print_json([KeyObject.model_validate(k).model_dump(mode="json") for k in found])
         return
     print_table(
         ("id", "name", "prefix", "models", "admin", "rpm", "tpm", "revoked"),
@@ -147,10 +147,7 @@ def keys_list(include_revoked: bool, as_json: bool) -> None:
 @keys.command(name="revoke")
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
-    try:
-        key = _keys().revoke(key_id)
-    except KeyError as err:
-        raise click.UsageError(err.args[0]) from None
+    key = _keys().revoke(key_id)
     click.echo(f"revoked {key.id} ({key.name})")
 
 

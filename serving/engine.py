@@ -5,6 +5,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.refs import parse_ref
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -37,6 +39,11 @@ class ServedModel:
     adapter_key: str | None = None  # the adapter version's ref
     adapter_path: Path | None = None
 
+    @property
+    def name(self) -> str:
+        """The registry model of the base version."""
+        return parse_ref(self.key).name
+
 
 @dataclass
 class GenerationChunk:
@@ -47,10 +54,6 @@ class GenerationChunk:
     completion_tokens: int
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" or "length"
-
-
-class EngineError(Exception):
-    """The engine could not run a request (a crashed or unreachable server, a failed load)."""
 
 
 class EngineClient(ABC):

@@ -1,29 +1,23 @@
-"""Gateway errors and the one place that maps every exception to the OpenAI error envelope."""
+"""The gateway's exceptions, on the stack's base (`core.errors`); `core.http` maps them, and
+every other package's, to the OpenAI error envelope."""
 
-import logging
-
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-
-from registry.api import ApiError, error_response, install_error_handlers
-from serving.engine import EngineError
-
-log = logging.getLogger(__name__)
+from core.errors import ErrorCode, StackError
 
 
-class ServingError(ApiError):
+class ServingError(StackError):
     """A request the gateway refuses or cannot serve; the message reaches the client."""
 
 
+class EngineError(ServingError):
+    """An engine could not run a request (a crashed or unreachable server, a failed load)."""
+
+    def __init__(self, message: str):
+        super().__init__(
+            ErrorCode.UNAVAILABLE,
+            f"the model backend is unavailable: {message}",
+            api_code="backend_error",
+        )
+
+
 def bad_request(message: str, *, param: str | None = None) -> ServingError:
-    return ServingError(400, message, code="invalid_request", param=param)
-
-
-async def engine_error_handler(_request: Request, exc: Exception) -> JSONResponse:
-    log.warning("engine error: %s", exc)
-    return error_response(503, f"the model backend is unavailable: {exc}", code="backend_error")
-
-
-def install_serving_error_handlers(app: FastAPI) -> None:
-    install_error_handlers(app)
-    app.add_exception_handler(EngineError, engine_error_handler)
+    return ServingError(ErrorCode.INVALID, message, param=param, api_code="invalid_request")

@@ -7,13 +7,14 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 from sqlalchemy import Engine, Row, select
 
-from registry.names import FINE_TUNED_PREFIX
-from registry.sql_store import as_utc
+from core.database import as_utc, utc_now
+from core.errors import ErrorCode, StackError
+from core.refs import parse_ref
+from serving.errors import ServingError
 from serving.tables import api_keys
 
 KEY_PREFIX = "llmops-"
@@ -37,22 +38,12 @@ class ApiKey:
     def allows(self, model: str) -> bool:
         """Whether this key may use `model` (`demo` also covers `demo@alias`, `demo:N` and
         the fine-tuned `ft:demo:...`)."""
-        name = model.removeprefix(FINE_TUNED_PREFIX).split("@", 1)[0].split(":", 1)[0]
-        return ALL_MODELS in self.models or model in self.models or name in self.models
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "prefix": self.prefix,
-            "models": list(self.models),
-            "admin": self.admin,
-            "rpm": self.rpm,
-            "tpm": self.tpm,
-            "log_traffic": self.log_traffic,
-            "created_at": self.created_at.isoformat(),
-            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
-        }
+        if ALL_MODELS in self.models or model in self.models:
+            return True
+        try:
+            return parse_ref(model).name in self.models
+        except StackError:
+            return False
 
 
 def _hash(secret: str) -> str:
@@ -107,7 +98,7 @@ class KeyStore:
             "rpm": rpm,
             "tpm": tpm,
             "log_traffic": log_traffic,
-            "created_at": datetime.now(UTC),
+            "created_at": utc_now(),
             "revoked_at": None,
         }
         with self.engine.begin() as conn:
@@ -119,7 +110,12 @@ class KeyStore:
         with self.engine.begin() as conn:
             row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
         if row is None:
-            raise KeyError(f"no API key {key_id!r}; `llm-serve keys list` shows the keys")
+            raise ServingError(
+                ErrorCode.NOT_FOUND,
+                f"no API key {key_id!r}; `llm-serve keys list` shows the keys",
+                param="key_id",
+                api_code="key_not_found",
+            )
         return _key(row)
 
     def list_keys(self, include_revoked: bool = False) -> list[ApiKey]:
@@ -134,9 +130,7 @@ class KeyStore:
         if key.revoked_at is None:
             with self.engine.begin() as conn:
                 conn.execute(
-                    api_keys.update()
-                    .where(api_keys.c.id == key_id)
-                    .values(revoked_at=datetime.now(UTC))
+                    api_keys.update().where(api_keys.c.id == key_id).values(revoked_at=utc_now())
                 )
         self._cache = None
         return self.get(key_id)

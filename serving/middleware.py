@@ -5,7 +5,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry.api import error_response
+from core.http import error_response
 from serving.metrics import GatewayMetrics
 
 REQUEST_ID_HEADER = "x-request-id"

@@ -1,8 +1,10 @@
-"""OpenAI API request and response models, field by field (see vLLM
-`entrypoints/openai/protocol`). Extras beyond the OpenAI spec are marked as such."""
+"""The gateway's protocol models: the OpenAI API's requests and responses, field by field
+(see vLLM `entrypoints/openai/protocol`), extras beyond the OpenAI spec marked as such; and
+the gateway's own key management API."""
 
 import time
 import uuid
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -194,3 +196,39 @@ class ModelCard(OpenAIModel):
 class ModelList(OpenAIModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- API keys (the gateway's own API, admin keys only) ---------------------------------------
+
+
+class KeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    models: list[str] = Field(
+        default_factory=lambda: ["*"], description="Allowed model names; '*' allows all."
+    )
+    admin: bool = Field(False, description="May use the registry and key routes.")
+    rpm: int | None = Field(None, gt=0, description="Requests per minute.")
+    tpm: int | None = Field(None, gt=0, description="Tokens per minute.")
+    log_traffic: bool = Field(True, description="Whether this key's requests are logged.")
+
+
+class KeyObject(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    object: Literal["api_key"] = "api_key"
+    id: str
+    name: str
+    prefix: str = Field(description="The first characters of the secret, to recognise it.")
+    models: list[str]
+    admin: bool
+    rpm: int | None
+    tpm: int | None
+    log_traffic: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class CreatedKey(KeyObject):
+    key: str = Field(description="The secret; shown only in this response.")

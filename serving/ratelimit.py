@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from core.errors import ErrorCode
 from serving.errors import ServingError
 from serving.keys import ApiKey
 
@@ -34,7 +35,10 @@ def _window() -> tuple[int, int]:
 
 def _refusal(message: str, retry_after: int) -> ServingError:
     return ServingError(
-        429, message, code="rate_limit_exceeded", headers={"Retry-After": str(retry_after)}
+        ErrorCode.RATE_LIMITED,
+        message,
+        api_code="rate_limit_exceeded",
+        headers={"Retry-After": str(retry_after)},
     )
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from core.errors import ErrorCode, StackError
 from registry.entities import ModelVersion, VersionKind
-from registry.errors import ErrorCode, RegistryError
 from registry.service import Registry
 from serving.engine import ServedModel
 from serving.errors import ServingError
@@ -28,9 +28,8 @@ class ResolvedModel:
 
 
 class ModelResolver:
-    def __init__(self, registry: Registry, cache_dir: Path, ttl: float = 1.0):
+    def __init__(self, registry: Registry, ttl: float = 1.0):
         self.registry = registry
-        self.cache_dir = cache_dir
         self.ttl = ttl
         self._resolved: dict[str, tuple[float, ResolvedModel]] = {}
         self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
@@ -49,13 +48,13 @@ class ModelResolver:
         try:
             version = self.registry.resolve(model)
             resolved = self._prepare(model, version)
-        except RegistryError as err:
+        except StackError as err:
             if err.code in (ErrorCode.NOT_FOUND, ErrorCode.INVALID):
                 raise ServingError(
-                    404,
+                    ErrorCode.NOT_FOUND,
                     f"The model `{model}` does not exist: {err.message}",
-                    code="model_not_found",
                     param="model",
+                    api_code="model_not_found",
                 ) from None
             raise
         self._resolved[model] = (now + self.ttl, resolved)
@@ -66,7 +65,9 @@ class ModelResolver:
         while version.kind is VersionKind.ADAPTER:
             if version.parent is None:
                 raise ServingError(
-                    500, f"adapter {version.ref} has no base version", code="model_misconfigured"
+                    ErrorCode.INTERNAL,
+                    f"adapter {version.ref} has no base version",
+                    api_code="model_misconfigured",
                 )
             version = self.registry.resolve(version.parent)
         return version
@@ -90,7 +91,7 @@ class ModelResolver:
     def local_path(self, version: ModelVersion) -> Path:
         """A verified local copy of the version's files, fetched once per artifact digest."""
         with self._lock:
-            return self.registry.local_copy(version, self.cache_dir)
+            return self.registry.local_copy(version)
 
 
 def _max_model_len(path: Path) -> int:

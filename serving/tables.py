@@ -1,5 +1,7 @@
-"""The gateway's tables (API keys, traffic log), in the same database as the registry with
-their own migrations in `serving/migrations`."""
+"""The gateway's tables (API keys, the traffic log), prefixed `serving_`, in the stack's
+database, with their own migration chain in `serving/migrations`."""
+
+from pathlib import Path
 
 from sqlalchemy import (
     JSON,
@@ -14,10 +16,16 @@ from sqlalchemy import (
     Text,
 )
 
+from core.migrations import MigrationChain
+
+CHAIN = MigrationChain(
+    "serving", Path(__file__).parent / "migrations", version_table="serving_alembic_version"
+)
+
 metadata = MetaData()
 
 api_keys = Table(
-    "api_keys",
+    "serving_api_keys",
     metadata,
     Column("id", String(32), primary_key=True),
     Column("name", String(128), nullable=False),
@@ -33,7 +41,7 @@ api_keys = Table(
 )
 
 traffic = Table(
-    "traffic",
+    "serving_traffic",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -49,6 +57,6 @@ traffic = Table(
     Column("completion_tokens", Integer, nullable=False),
     Column("latency_ms", Integer, nullable=False),
     Column("finish_reason", String(16), nullable=True),
-    Index("ix_traffic_created_at", "created_at"),
-    Index("ix_traffic_version_created_at", "version", "created_at"),
+    Index("ix_serving_traffic_created_at", "created_at"),
+    Index("ix_serving_traffic_version_created_at", "version", "created_at"),
 )

@@ -4,7 +4,6 @@ Rows go to the `traffic` table from a background thread in batches, so logging a
 database round trip to a request. A redaction hook rewrites prompts and outputs before they
 are stored; keys can opt out of logging altogether."""
 
-import importlib
 import logging
 import queue
 import re
@@ -16,7 +15,8 @@ from datetime import datetime
 
 from sqlalchemy import Engine, Row, select
 
-from registry.sql_store import as_utc
+from core.database import as_utc
+from core.plugins import load_plugin
 from serving.tables import traffic
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,7 @@ def load_redactor(spec: str | None) -> Redactor | None:
         return None
     if spec == "pii":
         return redact_pii
-    module, _, name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ValueError(
-            f"redactor {spec!r} cannot be loaded: use 'pii' or 'package.module:callable'"
-        ) from None
+    return load_plugin(spec, "traffic.redactor")
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from core.digests import file_digest
 from finetune.data import encode_rows
 from finetune.demo.evaluation import exact_match_rate
-from finetune.demo.skills import SKILLS, file_digest, read_jsonl, write_skill_splits
+from finetune.demo.skills import SKILLS, read_jsonl, write_skill_splits
 from finetune.demo.spec import DemoSpec
 from finetune.demo.tokenizer import train_demo_tokenizer
 from finetune.demo.training import train

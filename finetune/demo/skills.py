@@ -4,7 +4,6 @@ A row is `{"messages": [{"role": "user", ...}, {"role": "assistant", ...}], "ski
 To add a skill, build a `Skill` and add it to `SKILLS`.
 """
 
-import hashlib
 import json
 import random
 import string
@@ -180,11 +179,6 @@ def write_skill_splits(
         write_jsonl(files.eval, eval_)
         written[name] = files
     return written
-
-
-def file_digest(path: Path) -> str:
-    """`sha256:<hex>` of a file's bytes."""
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def exact_match(prediction: str, answer: str) -> bool:

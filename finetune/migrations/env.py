@@ -1,6 +1,6 @@
-"""Alembic environment of the fine-tuning tables; `registry.sql_store.migrate` runs it."""
+"""Alembic environment of the fine-tuning tables; `core.migrations.migrate` runs it."""
 
+from core.migrations import run_migrations
 from finetune.tables import metadata
-from registry.sql_store import run_migrations
 
 run_migrations(metadata)

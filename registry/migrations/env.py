@@ -1,6 +1,6 @@
-"""Alembic environment of the registry tables; `registry.sql_store.migrate` runs it."""
+"""Alembic environment of the registry tables; `core.migrations.migrate` runs it."""
 
-from registry.sql_store import run_migrations
+from core.migrations import run_migrations
 from registry.tables import metadata
 
 run_migrations(metadata)

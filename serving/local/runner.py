@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from serving.engine import EngineError
+from serving.errors import EngineError
 from serving.local.batch import BatchCache
 from serving.local.sampling import next_token
 from serving.local.sequence import Sequence

@@ -14,16 +14,16 @@ from typing import Any
 
 import httpx
 
+from core.errors import ErrorCode
 from serving.config import VllmModelConfig
 from serving.engine import (
     EngineClient,
-    EngineError,
     GenerationChunk,
     SamplingParams,
     ServedModel,
     TokenLogprob,
 )
-from serving.errors import ServingError
+from serving.errors import EngineError, ServingError, bad_request
 from serving.vllm.server import LaunchSpec, VllmServer, wait_ready
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,11 @@ def _upstream_error(response: httpx.Response) -> ServingError:
         error = None
     message = error.get("message") if isinstance(error, dict) else error
     message = message or response.text[:200] or response.reason_phrase
-    if response.status_code < 500:
-        return ServingError(
-            response.status_code,
-            f"the model server refused the request: {message}",
-            code="invalid_request" if response.status_code == 400 else "upstream_error",
-        )
-    return ServingError(502, f"the model server failed: {message}", code="upstream_error")
+    if response.status_code == 400:
+        return bad_request(f"the model server refused the request: {message}")
+    return ServingError(
+        ErrorCode.UPSTREAM, f"the model server failed: {message}", api_code="upstream_error"
+    )
 
 
 def _logprobs(data: dict[str, Any] | None) -> list[TokenLogprob]:
@@ -134,7 +132,7 @@ class VllmEngine(EngineClient):
         async with lock:
             if model.key in self._groups:
                 return self._groups[model.key]
-            config = self.configs[model.key.rsplit(":", 1)[0]]
+            config = self.configs[model.name]
             servers = [VllmServer(url) for url in config.urls]
             for replica in range(config.replicas if not config.urls else 0):
                 port = free_port()

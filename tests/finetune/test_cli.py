@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.settings import StackSettings
 from finetune.cli import main
 from registry.service import open_registry
-from registry.settings import RegistrySettings
 
 
 def llm_finetune(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -24,7 +24,7 @@ def llm_finetune(home: Path, *args: str, cwd: Path | None = None) -> subprocess.
 @pytest.fixture
 def home(tmp_path: Path, base_model_dir: Path) -> Path:
     home = tmp_path / "home"
-    registry = open_registry(RegistrySettings(home=home, actor="tests"))
+    registry = open_registry(StackSettings(home=home, actor="tests"))
     registry.register("demo", base_model_dir)
     registry.set_alias("demo", "production", 1)
     return home

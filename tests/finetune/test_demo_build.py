@@ -5,8 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from core.digests import file_digest
 from finetune.demo.build import build_demo_model
-from finetune.demo.skills import SKILLS, file_digest
+from finetune.demo.skills import SKILLS
 from finetune.demo.spec import TINY, DemoSpec
 
 

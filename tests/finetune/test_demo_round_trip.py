@@ -33,7 +33,7 @@ def test_build_list_show_promote_rollback_history(tmp_path: Path) -> None:
     _run(home, *script, "--seed", "1", "--output", str(tmp_path / "v2"), "--no-register")
     _run(home, *registry, "register", "demo", str(tmp_path / "v2"), "--parent", "demo:1")
     shown = json.loads(_run(home, *registry, "--json", "show", "demo:2"))
-    assert shown["lineage"] == ["demo:1"] and shown["kind"] == "base"
+    assert [p["ref"] for p in shown["lineage"]] == ["demo:1"] and shown["kind"] == "base"
 
     _run(home, *registry, "promote", "demo:2", "staging", "--reason", "candidate")
     _run(home, *registry, "promote", "demo@staging", "production", "--reason", "ship it")

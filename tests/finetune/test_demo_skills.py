@@ -3,11 +3,11 @@ import re
 
 import pytest
 
+from core.digests import file_digest
 from finetune.demo.skills import (
     COLOURS,
     SKILLS,
     exact_match,
-    file_digest,
     generate_splits,
     read_jsonl,
     write_skill_splits,

@@ -11,23 +11,23 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 
+from core.settings import StackSettings
 from finetune.jobs import Job, JobStatus
 from finetune.runner import JobRunner, process_alive, worker_command
 from finetune.settings import FinetuneSettings
 from finetune.worker import run_job
 from registry.entities import VersionKind
 from registry.service import Registry, open_registry
-from registry.settings import RegistrySettings
 from tests.finetune.test_training import recipe_for
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> RegistrySettings:
-    return RegistrySettings(home=tmp_path / "home", database_url=database_url, actor="tester")
+def settings(tmp_path: Path, database_url: str) -> StackSettings:
+    return StackSettings(home=tmp_path / "home", database_url=database_url, actor="tester")
 
 
 @pytest.fixture
-def registry(settings: RegistrySettings, base_model_dir: Path) -> Registry:
+def registry(settings: StackSettings, base_model_dir: Path) -> Registry:
     registry = open_registry(settings)
     registry.register("demo", base_model_dir)
     registry.set_alias("demo", "production", 1)
@@ -35,7 +35,7 @@ def registry(settings: RegistrySettings, base_model_dir: Path) -> Registry:
 
 
 @pytest.fixture
-def runner(settings: RegistrySettings, registry: Registry) -> JobRunner:
+def runner(settings: StackSettings, registry: Registry) -> JobRunner:
     return JobRunner.open(settings, FinetuneSettings(heartbeat_s=0.2, stale_after_s=30))
 
 
@@ -80,7 +80,7 @@ def test_submitted_job_trains_in_its_own_process_and_registers_with_lineage(
 
     messages = [e.message for e in reversed(runner.store.list_events(job.id))]
     assert messages[0] == f"Created fine-tuning job: {job.id}"
-    assert "Fine-tuning job started" in messages
+    assert "Job started" in messages
     assert messages[-1] == "The job has successfully completed"
     assert [c.step for c in runner.store.list_checkpoints(job.id)] == [4, 2]
 
@@ -97,7 +97,7 @@ def test_killed_worker_resumes_from_its_checkpoint_after_a_restart(
     assert runner.get(job.id).status is JobStatus.RUNNING  # as the dead worker left it
 
     # A restart (any runner that opens) notices the dead worker and resumes the job.
-    restarted = JobRunner.open(runner.registry_settings, runner.settings)
+    restarted = JobRunner.open(runner.stack, runner.settings)
     [recovered] = restarted.recover()
     assert recovered.status is JobStatus.QUEUED
     restarted.dispatch()
@@ -105,7 +105,7 @@ def test_killed_worker_resumes_from_its_checkpoint_after_a_restart(
     assert job.status is JobStatus.SUCCEEDED, job.error
     assert job.attempts == 2
     messages = [e.message for e in restarted.store.list_events(job.id)]
-    assert any(m.startswith("Fine-tuning job resumed from checkpoint-") for m in messages)
+    assert any(m.startswith("Job resumed from checkpoint-") for m in messages)
     assert registry.resolve(job.fine_tuned_model).ref == job.registered_version
 
 
@@ -204,7 +204,9 @@ def test_resume_point_is_the_newest_recorded_checkpoint_still_on_disk(
         (folder / f"checkpoint-{step}").mkdir(parents=True)
     for step in (2, 4):  # checkpoint-6 was being written when the worker died: not recorded
         path = folder / f"checkpoint-{step}"
-        runner.store.add_checkpoint(job.id, step, str(path.relative_to(runner.home)), {})
+        runner.store.add_checkpoint(
+            job.id, step, str(path.relative_to(runner.stack.resolved_home)), {}
+        )
     assert runner.resume_point(job) == folder / "checkpoint-4"
     (folder / "checkpoint-4").rmdir()  # rotated away
     assert runner.resume_point(job) == folder / "checkpoint-2"

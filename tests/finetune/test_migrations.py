@@ -1,20 +1,21 @@
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from finetune.jobs import JobStore
-from finetune.tables import metadata
+from core.database import dispose_engines, open_database
+from finetune.tables import CHAIN, metadata
 
 
 def test_migrations_build_the_declared_schema(database_url: str) -> None:
-    store = JobStore.open(database_url)
-    with store.engine.connect() as conn:
-        context = MigrationContext.configure(
-            conn, opts={"version_table": "finetune_alembic_version"}
-        )
-        assert context.get_current_revision() == "f0001"
+    engine = open_database(database_url, CHAIN)
+    with engine.connect() as conn:
+        assert CHAIN.current(conn) == CHAIN.head() == "f0002"
+        context = MigrationContext.configure(conn, opts={"version_table": CHAIN.version_table})
         assert compare_metadata(context, metadata) == []
 
 
 def test_opening_twice_is_idempotent(database_url: str) -> None:
-    JobStore.open(database_url)
-    JobStore.open(database_url)
+    open_database(database_url, CHAIN)
+    dispose_engines()
+    engine = open_database(database_url, CHAIN)
+    with engine.connect() as conn:
+        assert CHAIN.current(conn) == "f0002"

@@ -8,6 +8,7 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from core.settings import StackSettings
 from finetune.demo.build import build_demo_model, register_demo_model
 from finetune.demo.evaluation import exact_match_rate
 from finetune.demo.skills import read_jsonl, write_skill_splits
@@ -17,7 +18,6 @@ from finetune.recipe import load_recipe
 from finetune.runner import JobRunner
 from finetune.worker import run_job
 from registry.service import open_registry
-from registry.settings import RegistrySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 # The demo model's shape, trained for 600 steps instead of 2000.
@@ -28,7 +28,7 @@ SMALL = dataclasses.replace(
 
 @pytest.mark.slow
 def test_a_lora_job_teaches_reverse_to_a_base_that_lacks_it(tmp_path: Path) -> None:
-    settings = RegistrySettings(home=tmp_path / "home", actor="tests")
+    settings = StackSettings(home=tmp_path / "home", actor="tests")
     build = build_demo_model(tmp_path / "model", SMALL)
     register_demo_model(open_registry(settings), build)
     files = write_skill_splits(tmp_path / "data", 0, 25_600, 50, ["reverse"])["reverse"]

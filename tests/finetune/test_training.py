@@ -8,13 +8,14 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from core.settings import StackSettings
+from finetune.errors import RecipeError
 from finetune.merge import merge_adapter
 from finetune.recipe import Recipe, parse_recipe
 from finetune.trainer import load_model, train
 from registry.entities import VersionKind
 from registry.errors import RegistryError
 from registry.service import open_registry
-from registry.settings import RegistrySettings
 
 
 def recipe_for(base: Path | str, skills_dir: Path, **keys: Any) -> Recipe:
@@ -42,7 +43,6 @@ def test_lora_run_writes_adapter_checkpoints_and_loss_curve(
         recipe_for(base_model_dir, skills_dir),
         tmp_path / "job",
         registry=None,
-        cache_dir=tmp_path / "cache",
         progress=False,
     )
     adapter = tmp_path / "job" / "adapter"
@@ -66,12 +66,10 @@ def test_resume_continues_from_the_last_checkpoint(
 ) -> None:
     job_dir = tmp_path / "job"
     first = recipe_for(base_model_dir, skills_dir, max_steps=2)
-    train(first, job_dir, registry=None, cache_dir=tmp_path, progress=False)
+    train(first, job_dir, registry=None, progress=False)
     second = recipe_for(base_model_dir, skills_dir, max_steps=4)
     checkpoint = job_dir / "checkpoints" / "checkpoint-2"
-    result = train(
-        second, job_dir, registry=None, cache_dir=tmp_path, resume_from=checkpoint, progress=False
-    )
+    result = train(second, job_dir, registry=None, resume_from=checkpoint, progress=False)
     assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-2")
     trained_steps = [e["step"] for e in result.log_history if "loss" in e]
     assert trained_steps[-1] == 4 and result.metrics["steps"] == 4
@@ -85,7 +83,7 @@ def test_qlora_trains_on_nf4_weights_on_the_cpu(
     model = load_model(base_model_dir, recipe)
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantized and all(m.weight.quant_type == "nf4" for m in quantized)
-    result = train(recipe, tmp_path / "job", registry=None, cache_dir=tmp_path, progress=False)
+    result = train(recipe, tmp_path / "job", registry=None, progress=False)
     assert result.metrics["steps"] == 2
     assert torch.isfinite(torch.tensor(result.metrics["train_loss"]))
 
@@ -93,34 +91,30 @@ def test_qlora_trains_on_nf4_weights_on_the_cpu(
 def test_adapter_on_a_registry_base_merges_into_a_full_model(
     base_model_dir: Path, skills_dir: Path, tmp_path: Path
 ) -> None:
-    registry = open_registry(RegistrySettings(home=tmp_path / "home", actor="tests"))
+    registry = open_registry(StackSettings(home=tmp_path / "home", actor="tests"))
     base = registry.register("demo", base_model_dir)
-    cache = tmp_path / "home" / "cache"
     result = train(
         recipe_for("demo:1", skills_dir, lora_dropout=0.0),
         tmp_path / "job",
         registry=registry,
-        cache_dir=cache,
         progress=False,
     )
     assert result.base.version == base
     adapter = registry.register(
         "demo-ft", result.adapter_dir, kind="adapter", format="peft-lora", parent="demo:1"
     )
-    merged = merge_adapter(registry, adapter.ref, cache)
+    merged = merge_adapter(registry, adapter.ref)
     assert (merged.kind, merged.parent) == (VersionKind.MERGED, "demo-ft:1")
 
     ids = torch.tensor([[1, 40, 41, 42, 43]])
     peft = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(base_model_dir), result.adapter_dir
     ).eval()
-    full = AutoModelForCausalLM.from_pretrained(registry.local_copy(merged, cache)).eval()
+    full = AutoModelForCausalLM.from_pretrained(registry.local_copy(merged)).eval()
     with torch.no_grad():
         torch.testing.assert_close(full(ids).logits, peft(ids).logits, atol=1e-4, rtol=1e-4)
 
     with pytest.raises(RegistryError, match="merge takes an adapter version"):
-        merge_adapter(registry, "demo:1", cache)
-    with pytest.raises(RegistryError, match="is an adapter; train on its base"):
-        train(
-            recipe_for("demo-ft:1", skills_dir), tmp_path / "j2", registry=registry, cache_dir=cache
-        )
+        merge_adapter(registry, "demo:1")
+    with pytest.raises(RecipeError, match="is an adapter; train on its base"):
+        train(recipe_for("demo-ft:1", skills_dir), tmp_path / "j2", registry=registry)

@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from core.settings import StackSettings
 from registry.service import Registry, open_registry
-from registry.settings import RegistrySettings
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> RegistrySettings:
-    return RegistrySettings(home=tmp_path / "home", database_url=database_url, actor="tester")
+def settings(tmp_path: Path, database_url: str) -> StackSettings:
+    return StackSettings(home=tmp_path / "home", database_url=database_url, actor="tester")
 
 
 @pytest.fixture
-def registry(settings: RegistrySettings) -> Registry:
+def registry(settings: StackSettings) -> Registry:
     return open_registry(settings)
 
 

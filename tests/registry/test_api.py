@@ -41,7 +41,11 @@ def test_round_trip(client: TestClient, model_dir: Path, other_model_dir: Path) 
     history = client.get("/v1/registry/models/demo/history").json()["data"]
     assert [e["action"] for e in history] == ["set", "promote", "rollback"]
     models = client.get("/v1/registry/models").json()["data"]
-    assert models[0]["aliases"] == {"production": 1} and models[0]["versions"] == [1, 2]
+    assert models[0]["aliases"] == {"production": 1} and models[0]["latest_version"] == 2
+    page = client.get("/v1/registry/models/demo/versions", params={"limit": 1}).json()
+    assert [v["ref"] for v in page["data"]] == ["demo:1"] and page["has_more"] is True
+    rest = client.get("/v1/registry/models/demo/versions", params={"after": page["last_id"]})
+    assert [v["ref"] for v in rest.json()["data"]] == ["demo:2"] and not rest.json()["has_more"]
     files = client.get("/v1/registry/versions/demo:1/files").json()["data"]
     r = client.get("/v1/registry/versions/demo:1/files/config.json")
     assert r.content == (model_dir / "config.json").read_bytes()
@@ -74,7 +78,7 @@ def test_errors_use_the_openai_envelope(client: TestClient, model_dir: Path) -> 
     )
     assert "needs a reason" in _error(r, 400, "invalid")["message"]
     r = client.get("/v1/registry/versions/demo:1/files/missing.txt")
-    _error(r, 404, "model_not_found")
+    _error(r, 404, "file_not_found")
 
 
 def test_gate_failure_is_422(

@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ErrorCode
 from registry.artifacts import ArtifactStore, scan_directory
-from registry.errors import ErrorCode, RegistryError
+from registry.errors import RegistryError
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from registry.settings import RegistrySettings
+from core.settings import StackSettings
 
 
-def _run(settings: RegistrySettings, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(settings: StackSettings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "LLMOPS_HOME": str(settings.home),
@@ -23,7 +23,7 @@ def _run(settings: RegistrySettings, *args: str) -> subprocess.CompletedProcess[
     )
 
 
-def _ok(settings: RegistrySettings, *args: str) -> str:
+def _ok(settings: StackSettings, *args: str) -> str:
     result = _run(settings, *args)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -31,7 +31,7 @@ def _ok(settings: RegistrySettings, *args: str) -> str:
 
 @pytest.mark.slow
 def test_round_trip(
-    settings: RegistrySettings, model_dir: Path, other_model_dir: Path, tmp_path: Path
+    settings: StackSettings, model_dir: Path, other_model_dir: Path, tmp_path: Path
 ) -> None:
     assert "registered demo:1" in _ok(
         settings, "register", "demo", str(model_dir), "--metric", "em=0.9"
@@ -41,7 +41,7 @@ def test_round_trip(
     listing = _ok(settings, "list", "demo")
     assert "demo:2" in listing and "demo:1" in listing and "production" in listing
     shown = json.loads(_ok(settings, "--json", "show", "demo:2"))
-    assert shown["parent"] == "demo:1" and shown["lineage"] == ["demo:1"]
+    assert shown["parent"] == "demo:1" and [p["ref"] for p in shown["lineage"]] == ["demo:1"]
     assert "demo@staging: promote - -> 2" in _ok(settings, "promote", "demo:2", "staging")
     _ok(settings, "promote", "demo@staging", "production", "--reason", "ship")
     assert "rollback 2 -> 1" in _ok(settings, "rollback", "demo", "production")
@@ -75,7 +75,7 @@ def test_round_trip(
     ],
 )
 def test_bad_input_prints_one_line_and_exits_2(
-    settings: RegistrySettings, args: tuple[str, ...], message: str
+    settings: StackSettings, args: tuple[str, ...], message: str
 ) -> None:
     result = _run(settings, *args)
     assert result.returncode == 2
@@ -86,7 +86,7 @@ def test_bad_input_prints_one_line_and_exits_2(
 
 
 @pytest.mark.slow
-def test_tampered_artifact_fails_verify(settings: RegistrySettings, model_dir: Path) -> None:
+def test_tampered_artifact_fails_verify(settings: StackSettings, model_dir: Path) -> None:
     _ok(settings, "register", "demo", str(model_dir))
     blob = next(
         p

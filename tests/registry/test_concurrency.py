@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import StackSettings
 from registry.service import open_registry
-from registry.settings import RegistrySettings
 
 MOVES_PER_WORKER = 15
 
 
-def _promote_many(settings: RegistrySettings, start, worker: int) -> None:
+def _promote_many(settings: StackSettings, start, worker: int) -> None:
     registry = open_registry(settings)
     start.wait()
     for i in range(MOVES_PER_WORKER):
@@ -22,7 +22,7 @@ def _promote_many(settings: RegistrySettings, start, worker: int) -> None:
 
 @pytest.mark.slow
 def test_concurrent_promotions(
-    registry, settings: RegistrySettings, model_dir: Path, other_model_dir: Path
+    registry, settings: StackSettings, model_dir: Path, other_model_dir: Path
 ) -> None:
     registry.register("demo", model_dir)
     registry.register("demo", other_model_dir)

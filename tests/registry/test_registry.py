@@ -4,14 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from registry.entities import AliasAction, VersionKind
-from registry.errors import ErrorCode, RegistryError
+from core.errors import ErrorCode, StackError
+from registry.entities import FINE_TUNED_TAG, AliasAction, VersionFormat, VersionKind
+from registry.errors import RegistryError
 from registry.gates import GateResult, MetricGate, load_gate
 from registry.service import Registry
 from tests.registry.conftest import make_model_dir
 
 
-def _code(err: pytest.ExceptionInfo[RegistryError]) -> ErrorCode:
+def _code(err: pytest.ExceptionInfo[StackError]) -> ErrorCode:
     return err.value.code
 
 
@@ -58,7 +59,7 @@ def test_duplicate_registration_is_refused(registry: Registry, model_dir: Path) 
 
 @pytest.mark.parametrize("name", ["../x", "", "x" * 200, "a/b"])
 def test_invalid_names_register_nothing(registry: Registry, model_dir: Path, name: str) -> None:
-    with pytest.raises(RegistryError) as err:
+    with pytest.raises(StackError) as err:
         registry.register(name, model_dir)
     assert _code(err) is ErrorCode.INVALID
     assert registry.list_models() == []
@@ -163,7 +164,7 @@ def test_gate_sees_candidate_and_champion(
 
 def test_load_gate_specs() -> None:
     assert load_gate("metric:accuracy") == MetricGate("accuracy")
-    with pytest.raises(RegistryError, match="cannot be loaded"):
+    with pytest.raises(StackError, match=r"promotion_gate 'no\.such\.module:gate' cannot be"):
         load_gate("no.such.module:gate")
 
 
@@ -183,12 +184,56 @@ def test_archive(registry: Registry, model_dir: Path, other_model_dir: Path) -> 
     assert registry.resolve("demo").version == 1
 
 
-def test_search_by_kind_and_tags(registry: Registry, tmp_path: Path) -> None:
+def test_search_by_kind_format_and_tags(registry: Registry, tmp_path: Path) -> None:
     registry.register("a", make_model_dir(tmp_path / "1", 1), tags={"team": "x"})
-    registry.register("b", make_model_dir(tmp_path / "2", 2), kind="onnx", tags={"team": "y"})
-    assert [v.ref for v in registry.list_versions(kind=VersionKind.ONNX)] == ["b:1"]
+    registry.register(
+        "b",
+        make_model_dir(tmp_path / "2", 2),
+        kind="quantized",
+        format="onnx",
+        tags={"team": "y", "bits": "8"},
+    )
+    quantized = registry.list_versions(kind=VersionKind.QUANTIZED)
+    assert [(v.ref, v.format) for v in quantized] == [("b:1", VersionFormat.ONNX)]
     assert [v.ref for v in registry.list_versions(tags={"team": "x"})] == ["a:1"]
+    assert [v.ref for v in registry.list_versions(tags={"bits": None})] == ["b:1"]
+    assert registry.list_versions(tags={"team": "x", "bits": "8"}) == []
     assert [m.name for m in registry.list_models("b")] == ["b"]
+    with pytest.raises(RegistryError, match="values up to 512"):
+        registry.register("c", make_model_dir(tmp_path / "3", 3), tags={"long": "x" * 513})
+    with pytest.raises(RegistryError, match="unknown format 'pickle'"):
+        registry.register("c", make_model_dir(tmp_path / "3", 3), format="pickle")
+
+
+def test_lists_page_with_a_limit_and_a_cursor(registry: Registry, tmp_path: Path) -> None:
+    for i in range(5):
+        registry.register("m", make_model_dir(tmp_path / str(i), i))
+        registry.register(f"x{i}", make_model_dir(tmp_path / f"x{i}", 10 + i))
+    first = registry.list_versions("m", limit=2)
+    assert [v.ref for v in first] == ["m:1", "m:2"]
+    rest = registry.list_versions("m", limit=10, after=first[-1].ref)
+    assert [v.ref for v in rest] == ["m:3", "m:4", "m:5"]
+    assert [m.name for m in registry.list_models(limit=2, after="m")] == ["x0", "x1"]
+    assert registry.store.get_model("m").latest_version == 5
+    for version in (1, 2, 3):
+        registry.set_alias("m", "production", version)
+    events = registry.history("m", limit=1, after=registry.history("m")[0].id)
+    assert [(e.from_version, e.to_version) for e in events] == [(1, 2)]
+
+
+def test_fine_tuned_names_resolve_by_their_tag(registry: Registry, tmp_path: Path) -> None:
+    registry.register("demo", make_model_dir(tmp_path / "base", 1))
+    adapter = registry.register(
+        "demo-rev",
+        make_model_dir(tmp_path / "adapter", 2),
+        kind="adapter",
+        format="peft-lora",
+        parent="demo:1",
+        tags={FINE_TUNED_TAG: "ft:demo:rev:ftjob-1"},
+    )
+    assert registry.resolve("ft:demo:rev:ftjob-1") == adapter
+    with pytest.raises(RegistryError, match="no fine-tuned model 'ft:demo:rev:ftjob-2'"):
+        registry.resolve("ft:demo:rev:ftjob-2")
 
 
 def test_fetch_and_verify_through_registry(

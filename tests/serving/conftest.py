@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 import uvicorn
 
+from core.settings import StackSettings
 from finetune.demo.random_model import build_random_model
-from registry.service import Registry, open_registry
-from registry.settings import RegistrySettings
-from serving.app import Gateway, build_gateway, create_app
+from registry.service import Registry
+from serving.app import create_app
 from serving.config import ServingConfig
+from serving.gateway import Gateway, build_gateway
 from serving.vllm.engine import free_port
 
 
@@ -32,12 +33,11 @@ class RunningGateway:
 @contextmanager
 def running_gateway(home: Path, model_dir: Path, **config: Any) -> Iterator[RunningGateway]:
     """A real gateway on a free port, in this process, serving `model_dir` as `demo`."""
-    settings = RegistrySettings(home=home, actor="tests")
-    registry = open_registry(settings)
+    config = ServingConfig(port=free_port(), **config)
+    gateway = build_gateway(config, StackSettings(home=home, actor="tests"))
+    registry = gateway.registry
     version = registry.register("demo", model_dir)
     registry.set_alias("demo", "production", version.version)
-    config = ServingConfig(port=free_port(), **config)
-    gateway = build_gateway(config, registry, home, settings.resolved_database_url)
     server = uvicorn.Server(
         uvicorn.Config(create_app(gateway), host="127.0.0.1", port=config.port, log_level="warning")
     )

@@ -42,7 +42,7 @@ def test_keys_are_stored_hashed(keyed: RunningGateway) -> None:
     keys: KeyStore = keyed.gateway.keys
     key, secret = keys.create("hashed")
     with keys.engine.connect() as conn:
-        stored = conn.exec_driver_sql("SELECT key_hash, prefix FROM api_keys").all()
+        stored = conn.exec_driver_sql("SELECT key_hash, prefix FROM serving_api_keys").all()
     assert all(secret not in row.key_hash and secret != row.prefix for row in stored)
     assert keys.authenticate(secret) == key
     assert keys.authenticate(secret + "x") is None

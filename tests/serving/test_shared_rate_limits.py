@@ -11,11 +11,12 @@ import httpx
 import pytest
 import redis
 
+from core.database import open_database
+from core.settings import StackSettings
 from registry.service import open_registry
-from registry.settings import RegistrySettings
-from serving.database import open_database
 from serving.keys import KeyStore
 from serving.ratelimit import WINDOW_S
+from serving.tables import CHAIN
 from serving.vllm.engine import free_port
 
 REDIS_URL = os.environ.get("LLMOPS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -48,7 +49,7 @@ def _start(home: Path, config: Path, port: int) -> subprocess.Popen:
 @pytest.fixture
 def two_gateways(tmp_path: Path, random_model_dir: Path, redis_url: str) -> Iterator[list[str]]:
     home = tmp_path / "home"
-    settings = RegistrySettings(home=home)
+    settings = StackSettings(home=home)
     registry = open_registry(settings)
     version = registry.register("demo", random_model_dir)
     registry.set_alias("demo", "production", version.version)
@@ -80,7 +81,9 @@ def test_two_replicas_never_exceed_a_key_limit(two_gateways: list[str], tmp_path
     body = {"model": "demo", "prompt": "Sort: cba", "max_tokens": 1}
     for url in two_gateways:  # load the model in both before the clock starts
         httpx.post(f"{url}/v1/completions", json=body, timeout=120).raise_for_status()
-    keys = KeyStore(open_database(RegistrySettings(home=tmp_path / "home").resolved_database_url))
+    keys = KeyStore(
+        open_database(StackSettings(home=tmp_path / "home").resolved_database_url, CHAIN)
+    )
     _, secret = keys.create("shared", rpm=10)
     if WINDOW_S - time.time() % WINDOW_S < 40:  # all requests must fall in one clock minute
         time.sleep(WINDOW_S - time.time() % WINDOW_S + 0.05)

@@ -195,10 +195,11 @@ def test_vllm_error_bodies_are_translated(vllm_gateway: RunningGateway) -> None:
         json={"model": "demo:1", "prompt": "x", "max_tokens": 10_000},
     )
     error = _upstream_error(bad)
-    assert error.status == 400 and "max_tokens" in error.message
+    assert error.http_status == 400 and "max_tokens" in error.message
     unauthorized = httpx.Response(401, json={"error": "Unauthorized"})
     assert _upstream_error(unauthorized).message.endswith("Unauthorized")
-    assert _upstream_error(httpx.Response(500, text="boom")).status == 502
+    assert _upstream_error(unauthorized).http_status == 502
+    assert _upstream_error(httpx.Response(500, text="boom")).http_status == 502
 
 
 def test_killing_a_replica_under_load_fails_no_request(vllm_gateway: RunningGateway) -> None:

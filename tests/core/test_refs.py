@@ -1,7 +1,9 @@
+"""The one parser of model references."""
+
 import pytest
 
-from registry.errors import ErrorCode, RegistryError
-from registry.names import ModelRef, parse_ref, validate_alias, validate_name
+from core.errors import ErrorCode, StackError
+from core.refs import ModelRef, fine_tuned_name, parse_ref, validate_alias, validate_name
 
 
 @pytest.mark.parametrize("name", ["demo", "Llama-3.1-8B", "a", "x_y.z", "9lives"])
@@ -22,7 +24,7 @@ def test_valid_names(name: str) -> None:
     ],
 )
 def test_invalid_names(name: str, fragment: str) -> None:
-    with pytest.raises(RegistryError) as err:
+    with pytest.raises(StackError) as err:
         validate_name(name)
     assert err.value.code is ErrorCode.INVALID
     assert fragment in err.value.message
@@ -30,7 +32,7 @@ def test_invalid_names(name: str, fragment: str) -> None:
 
 @pytest.mark.parametrize("alias", ["", "Prod", "1st", "a/b", "x" * 65])
 def test_invalid_aliases(alias: str) -> None:
-    with pytest.raises(RegistryError, match="invalid alias"):
+    with pytest.raises(StackError, match="invalid alias"):
         validate_alias(alias)
 
 
@@ -39,10 +41,31 @@ def test_parse_refs() -> None:
     assert parse_ref("demo@staging") == ModelRef("demo", alias="staging")
     assert parse_ref("demo:3") == ModelRef("demo", version=3)
     assert str(parse_ref("demo:3")) == "demo:3"
+    name = fine_tuned_name("demo", "rev", "ftjob-abc123")
+    assert name == "ft:demo:rev:ftjob-abc123"
+    assert parse_ref(name) == ModelRef("demo", fine_tuned=name)
+    assert str(parse_ref(name)) == name
+    assert parse_ref("ft:demo::ftjob-1").name == "demo"
 
 
-@pytest.mark.parametrize("ref", ["demo:", "demo:0", "demo:x", "demo:-1", "../x:1", "demo@"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "demo:",
+        "demo:0",
+        "demo:0001",
+        "demo:x",
+        "demo:-1",
+        "../x:1",
+        "demo@",
+        "ft:demo:rev",
+        "ft:../x:rev:ftjob-1",
+        "ft:demo:Rev:ftjob-1",
+        "ft:demo:rev:",
+        "ft:demo:rev:job:extra",
+    ],
+)
 def test_bad_refs(ref: str) -> None:
-    with pytest.raises(RegistryError) as err:
+    with pytest.raises(StackError) as err:
         parse_ref(ref)
     assert err.value.code is ErrorCode.INVALID

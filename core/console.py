@@ -1,4 +1,5 @@
-"""Shared command-line plumbing: one-line errors with exit code 2, tables and JSON output."""
+"""Command-line plumbing shared by every `llm-*` command: one-line errors with exit code 2
+for bad input (1 for a broken state), tables and JSON output."""
 
 import json
 from collections.abc import Sequence
@@ -6,7 +7,7 @@ from typing import Any
 
 import click
 
-from registry.errors import ErrorCode, RegistryError
+from core.errors import StackError
 
 
 def fail(prog: str, message: str, code: int) -> int:
@@ -14,14 +15,10 @@ def fail(prog: str, message: str, code: int) -> int:
     return code
 
 
-def run(
-    group: click.Group,
-    prog: str,
-    argv: Sequence[str] | None = None,
-    user_errors: tuple[type[Exception], ...] = (),
-) -> int:
-    """Run a click group; bad input (a usage error, a RegistryError or one of `user_errors`)
-    prints one line and returns 2, never a traceback."""
+def run(group: click.Group, prog: str, argv: Sequence[str] | None = None) -> int:
+    """Run a click group; bad input (a usage error or a StackError) prints one line and
+    returns 2, never a traceback. An error of the stack's state (an integrity check that
+    failed, a schema this release cannot use) returns 1."""
     try:
         return group.main(args=argv, prog_name=prog, standalone_mode=False) or 0
     except click.UsageError as err:
@@ -35,11 +32,8 @@ def run(
         return fail(prog, err.format_message(), 2)
     except click.Abort:
         return fail(prog, "aborted", 1)
-    except RegistryError as err:
-        # A failed integrity check reports the state of the store, not a wrong request.
-        return fail(prog, err.message, 1 if err.code is ErrorCode.INTEGRITY else 2)
-    except user_errors as err:
-        return fail(prog, str(err), 2)
+    except StackError as err:
+        return fail(prog, err.message, 1 if err.http_status >= 500 else 2)
 
 
 def print_json(data: Any) -> None:

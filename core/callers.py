@@ -1,0 +1,52 @@
+"""Who makes an HTTP request. The gateway, as the composition root, authenticates requests
+and puts its authenticator on the application (`app.state.authenticate`); every package's
+router asks for the caller through the dependencies below, so no router knows about keys."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from core.errors import ErrorCode, StackError
+
+
+def _any_model(_model: str) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The API key behind a request (None on a gateway without keys), whether it is an admin
+    (admins see every key's resources), and which models it may use."""
+
+    key_id: str | None
+    admin: bool
+    may_use: Callable[[str], bool] = _any_model
+
+    def sees(self, owner: str | None) -> bool:
+        """Whether this caller may see a resource the key `owner` made."""
+        return self.admin or owner == self.key_id
+
+    @property
+    def owner_filter(self) -> str | None:
+        """The owner to list resources of: None (everyone's) for admins."""
+        return None if self.admin else self.key_id
+
+
+def current_caller(request: Request) -> Caller:
+    """The caller of `request`, as the application's authenticator says (it raises the
+    HTTP error when authentication fails)."""
+    return request.app.state.authenticate(request)
+
+
+def admin_caller(request: Request) -> Caller:
+    """The caller, who must be an admin (403 otherwise)."""
+    caller = current_caller(request)
+    if not caller.admin:
+        raise StackError(
+            ErrorCode.PERMISSION_DENIED,
+            "this route needs an API key with the admin scope (`llm-serve keys create NAME "
+            "--admin`)",
+            api_code="insufficient_permissions",
+        )
+    return caller

@@ -1,0 +1,84 @@
+"""The stack's database: one SQLAlchemy engine per process and URL, shared by every store,
+with each package's schema brought up to date the first time the package opens it.
+
+SQLite connections take the write lock when a transaction begins (`BEGIN IMMEDIATE`), so
+writers serialize instead of failing on lock upgrades; PostgreSQL writers lock rows."""
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+
+from core.migrations import MigrationChain, migrate
+
+_SQLITE_BUSY_TIMEOUT_S = 60
+_engines: dict[str, Engine] = {}
+_migrated: set[tuple[str, str]] = set()
+_lock = threading.Lock()
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored timestamp as an aware UTC datetime (SQLite hands back naive ones)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _sqlite_engine(url: str) -> Engine:
+    path = url.removeprefix("sqlite:///")
+    if path and path != url and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def engine_for(url: str) -> Engine:
+    """This process's engine for `url`, created on first use."""
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            if url.startswith("sqlite"):
+                engine = _sqlite_engine(url)
+            else:
+                engine = create_engine(url, pool_pre_ping=True)
+            _engines[url] = engine
+        return engine
+
+
+def open_database(url: str, chain: MigrationChain) -> Engine:
+    """The engine for `url`, with `chain`'s tables migrated to the newest revision (once per
+    process)."""
+    engine = engine_for(url)
+    with _lock:
+        if (url, chain.name) not in _migrated:
+            migrate(engine, chain)
+            _migrated.add((url, chain.name))
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every engine's connections (tests that make many databases call this)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _migrated.clear()

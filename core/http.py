@@ -1,0 +1,100 @@
+"""HTTP errors: the OpenAI error envelope `{"error": {"message", "type", "param", "code"}}`,
+the one place that maps every exception to it, and its schema for OpenAPI documents."""
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import StackError
+
+log = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorDetail
+
+
+def error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The OpenAI error envelope with its HTTP status."""
+    detail = ErrorDetail(message=message, type=error_type(status), param=param, code=code)
+    return JSONResponse(
+        ErrorEnvelope(error=detail).model_dump(), status_code=status, headers=headers
+    )
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route for OpenAPI: each status with the envelope's schema."""
+    return {
+        status: {"model": ErrorEnvelope, "description": HTTPStatus(status).phrase}
+        for status in statuses
+    }
+
+
+async def _stack_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StackError)
+    return error_response(
+        exc.http_status, exc.message, code=exc.api_code, param=exc.param, headers=exc.headers
+    )
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    if first.get("type") == "json_invalid":
+        message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
+    elif param is None:
+        message = "the request body must be a JSON object; see the API reference for its fields"
+    else:
+        message = f"{param}: {first.get('msg', 'invalid value')}"
+    return error_response(400, message, code="invalid_request", param=param)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+    return error_response(exc.status_code, str(exc.detail), code=code, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(
+        500, "internal error; the server log has the details", code="internal_error"
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error a route can raise to the OpenAI envelope; no traceback reaches a client."""
+    app.add_exception_handler(StackError, _stack_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

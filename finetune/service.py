@@ -1,0 +1,243 @@
+"""The handlers of the files and fine-tuning jobs API: each takes the caller and a request,
+and returns an OpenAI object or raises a FinetuneError. Other keys' files and jobs do not
+exist for a caller (404, as for unknown ids); admins see every key's."""
+
+import asyncio
+import os
+import secrets
+from datetime import datetime
+from pathlib import Path
+
+from fastapi import UploadFile
+
+from core.callers import Caller
+from core.database import utc_now
+from core.errors import ErrorCode
+from core.listing import ListPage, page
+from core.refs import fine_tuned_name, parse_ref
+from finetune.data import DataError, read_rows
+from finetune.errors import FinetuneError, file_not_found, job_not_found
+from finetune.hyperparameters import api_recipe, resolve_hyperparameters
+from finetune.jobs import Job, JobStore, StoredFile
+from finetune.protocol import (
+    PURPOSE,
+    CheckpointObject,
+    FileDeleted,
+    FileObject,
+    FineTuningJob,
+    JobError,
+    JobEventObject,
+    JobHyperparameters,
+    JobMethod,
+    JobRequest,
+    SupervisedSettings,
+)
+from finetune.runner import JobRunner
+from finetune.uploads import stage_upload
+from registry.entities import VersionKind
+from registry.service import Registry
+
+
+def _timestamp(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def file_object(file: StoredFile) -> FileObject:
+    return FileObject(
+        id=file.id,
+        bytes=file.bytes,
+        created_at=_timestamp(file.created_at),
+        filename=file.filename,
+        purpose=file.purpose,
+    )
+
+
+def job_object(job: Job) -> FineTuningJob:
+    hyper = JobHyperparameters(**job.hyperparameters)
+    return FineTuningJob(
+        id=job.id,
+        created_at=_timestamp(job.created_at),
+        finished_at=_timestamp(job.finished_at),
+        model=job.model,
+        fine_tuned_model=job.fine_tuned_model,
+        status=job.status.value,
+        hyperparameters=hyper,
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        trained_tokens=job.trained_tokens,
+        error=JobError(**job.error) if job.error else None,
+        seed=job.recipe.get("seed"),
+        suffix=job.suffix,
+        method=JobMethod(supervised=SupervisedSettings(hyperparameters=hyper)),
+    )
+
+
+class FineTuningService:
+    def __init__(self, runner: JobRunner, registry: Registry):
+        self.runner = runner
+        self.registry = registry
+
+    @property
+    def store(self) -> JobStore:
+        return self.runner.store
+
+    def _file(self, caller: Caller, file_id: str, param: str) -> StoredFile:
+        file = self.store.get_file(file_id)
+        if file is None or not caller.sees(file.owner):
+            raise file_not_found(file_id, param)
+        return file
+
+    def _job(self, caller: Caller, job_id: str) -> Job:
+        job = self.runner.get(job_id)
+        if not caller.sees(job.owner):
+            raise job_not_found(job_id)
+        return job
+
+    # -- files ----------------------------------------------------------------------------
+
+    async def upload(self, caller: Caller, upload: UploadFile, purpose: str) -> FileObject:
+        if purpose != PURPOSE:
+            raise FinetuneError(
+                ErrorCode.INVALID,
+                f"purpose {purpose!r} is not supported; this gateway stores files with "
+                f"purpose {PURPOSE!r}",
+                param="purpose",
+                api_code="invalid_purpose",
+            )
+        files_dir = self.runner.stack.files_dir
+        staged = await stage_upload(upload, files_dir, self.runner.settings.max_file_bytes)
+        name = Path(upload.filename or "upload.jsonl").name[:255]
+        try:
+            rows = await asyncio.to_thread(read_rows, staged.path, "chat")
+        except DataError as err:
+            staged.path.unlink(missing_ok=True)
+            message = err.message.replace(staged.path.name, name)
+            raise FinetuneError(
+                ErrorCode.INVALID, message, param="file", api_code="invalid_file"
+            ) from None
+        file_id = f"file-{secrets.token_hex(12)}"
+        path = files_dir / f"{file_id}.jsonl"
+        os.replace(staged.path, path)
+        stored = self.store.add_file(
+            StoredFile(
+                id=file_id,
+                created_at=utc_now(),
+                filename=name,
+                purpose=purpose,
+                bytes=staged.size,
+                rows=len(rows),
+                path=str(path.relative_to(self.runner.stack.resolved_home)),
+                sha256=staged.sha256,
+                owner=caller.key_id,
+            )
+        )
+        return file_object(stored)
+
+    def list_files(self, caller: Caller) -> ListPage[FileObject]:
+        files = self.store.list_files(caller.owner_filter)
+        return page([file_object(f) for f in files], None, lambda f: f.id)
+
+    def get_file(self, caller: Caller, file_id: str) -> FileObject:
+        return file_object(self._file(caller, file_id, "file_id"))
+
+    def delete_file(self, caller: Caller, file_id: str) -> FileDeleted:
+        file = self._file(caller, file_id, "file_id")
+        self.store.delete_file(file.id)
+        (self.runner.stack.resolved_home / file.path).unlink(missing_ok=True)
+        return FileDeleted(id=file.id, deleted=True)
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def create_job(self, caller: Caller, request: JobRequest) -> FineTuningJob:
+        if not caller.may_use(request.model):
+            raise FinetuneError(
+                ErrorCode.PERMISSION_DENIED,
+                f"this API key may not use the model `{request.model}`",
+                param="model",
+                api_code="model_not_allowed",
+            )
+        base = self.registry.resolve(request.model)
+        if base.kind is VersionKind.ADAPTER:
+            raise FinetuneError(
+                ErrorCode.INVALID,
+                f"{request.model} is a fine-tuned adapter; fine-tune its base ({base.parent})",
+                param="model",
+                api_code="invalid_model",
+            )
+        training = self._file(caller, request.training_file, "training_file")
+        validation = (
+            self._file(caller, request.validation_file, "validation_file")
+            if request.validation_file
+            else None
+        )
+        home = self.runner.stack.resolved_home
+        data = [(home / training.path, "train")]
+        if validation is not None:
+            data.append((home / validation.path, "validation"))
+        hyper = resolve_hyperparameters(request, self.runner.settings)
+        recipe = api_recipe(
+            request,
+            base.ref,
+            self.registry.local_copy(base),
+            data,
+            hyper,
+            self.runner.settings,
+        )
+        job = self.runner.submit(
+            recipe,
+            request.model,
+            hyperparameters=hyper.model_dump(),
+            training_file=training.id,
+            validation_file=validation.id if validation else None,
+            owner=caller.key_id,
+        )
+        return job_object(job)
+
+    def list_jobs(self, caller: Caller, after: str | None, limit: int) -> ListPage[FineTuningJob]:
+        jobs = self.store.list_jobs(limit=limit + 1, after=after, owner=caller.owner_filter)
+        return page([job_object(j) for j in jobs], limit, lambda j: j.id)
+
+    def get_job(self, caller: Caller, job_id: str) -> FineTuningJob:
+        return job_object(self._job(caller, job_id))
+
+    def cancel_job(self, caller: Caller, job_id: str) -> FineTuningJob:
+        return job_object(self.runner.cancel(self._job(caller, job_id).id))
+
+    def list_events(
+        self, caller: Caller, job_id: str, after: str | None, limit: int
+    ) -> ListPage[JobEventObject]:
+        job = self._job(caller, job_id)
+        cursor = (after or "").removeprefix("ftevent-")
+        events = self.store.list_events(
+            job.id, limit=limit + 1, after=int(cursor) if cursor.isdigit() else None
+        )
+        data = [
+            JobEventObject(
+                id=f"ftevent-{e.id}",
+                created_at=_timestamp(e.created_at),
+                level=e.level,
+                message=e.message,
+                data=e.data,
+                type="metrics" if e.data else "message",
+            )
+            for e in events
+        ]
+        return page(data, limit, lambda e: e.id)
+
+    def list_checkpoints(
+        self, caller: Caller, job_id: str, limit: int
+    ) -> ListPage[CheckpointObject]:
+        job = self._job(caller, job_id)
+        name = fine_tuned_name(parse_ref(job.recipe["base_model"]).name, job.suffix, job.id)
+        data = [
+            CheckpointObject(
+                id=c.id,
+                created_at=_timestamp(c.created_at),
+                fine_tuned_model_checkpoint=f"{name}:ckpt-step-{c.step}",
+                fine_tuning_job_id=job.id,
+                step_number=c.step,
+                metrics={"step": c.step, **c.metrics},
+            )
+            for c in self.store.list_checkpoints(job.id)
+        ]
+        return page(data, limit, lambda c: c.id)

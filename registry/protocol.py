@@ -1,0 +1,121 @@
+"""Request and response models of the registry's HTTP API (and of `llm-registry --json`).
+Responses are built from the registry's entities by attribute."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.entities import AliasAction, VersionFormat, VersionKind
+
+
+class _Object(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ModelObject(_Object):
+    object: Literal["registry.model"] = "registry.model"
+    name: str
+    description: str
+    created_at: datetime
+    created_by: str
+    latest_version: int = Field(description="Highest version number, archived ones included.")
+    aliases: dict[str, int] = Field(
+        default_factory=dict, description="Alias name -> version number."
+    )
+
+
+class VersionObject(_Object):
+    object: Literal["registry.version"] = "registry.version"
+    name: str
+    version: int
+    ref: str = Field(description="`name:version`.")
+    kind: VersionKind = Field(description="How the version was made.")
+    format: VersionFormat = Field(description="What its files are.")
+    artifact_digest: str
+    parent: str | None = Field(description="Reference of the version it derives from.")
+    recipe_digest: str | None
+    dataset_digests: list[str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    source: str
+    created_by: str
+    created_at: datetime
+    archived_at: datetime | None
+
+
+class VersionDetailsObject(VersionObject):
+    lineage: list[VersionObject] = Field(description="Parent first, up to the root.")
+    aliases: list[str] = Field(description="Aliases that point at this version.")
+
+
+class AliasObject(_Object):
+    object: Literal["registry.alias"] = "registry.alias"
+    name: str
+    alias: str
+    version: int
+    updated_at: datetime
+
+
+class AliasEventObject(_Object):
+    """One move of an alias in the audit log."""
+
+    object: Literal["registry.alias_event"] = "registry.alias_event"
+    id: int
+    name: str
+    alias: str
+    action: AliasAction
+    from_version: int | None = Field(description="None when the alias was created.")
+    to_version: int | None = Field(description="None when the alias was deleted.")
+    actor: str
+    reason: str
+    forced: bool = Field(description="Whether a failing gate was overridden.")
+    gate: dict[str, Any] | None = Field(description="The gate's result, as recorded.")
+    created_at: datetime
+
+
+class FileObject(_Object):
+    object: Literal["registry.file"] = "registry.file"
+    path: str
+    sha256: str
+    size: int
+
+
+class VerifyResult(BaseModel):
+    ref: str
+    ok: bool
+    files: int
+    bytes: int
+
+
+class RegisterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source_dir: str = Field(description="Directory on the server holding the version's files.")
+    kind: VersionKind = VersionKind.BASE
+    format: VersionFormat = VersionFormat.HF_SAFETENSORS
+    parent: str | None = Field(None, description="Reference of the version this one derives from.")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    recipe_digest: str | None = None
+    dataset_digests: list[str] = Field(default_factory=list)
+    source: str = ""
+    description: str = ""
+    allow_pickle: bool = False
+
+
+class AliasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    reason: str = ""
+
+
+class PromoteRequest(AliasRequest):
+    force: bool = Field(False, description="Override a failing gate; needs a reason.")
+
+
+class ReasonRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = ""

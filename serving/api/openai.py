@@ -1,0 +1,49 @@
+"""The OpenAI API: `/v1/models`, `/v1/chat/completions` and `/v1/completions`. The
+`Generator` does the work; these routes only authenticate and shape the response."""
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
+
+from serving.api.deps import GatewayDep, KeyDep
+from serving.auth import authorize
+from serving.catalog import model_cards
+from serving.gateway import Gateway
+from serving.generation import RequestContext
+from serving.protocol import ChatCompletionRequest, CompletionRequest, ModelList
+
+router = APIRouter(tags=["openai"])
+
+
+@router.get("/v1/models")
+def list_models(gateway: GatewayDep, key: KeyDep) -> ModelList:
+    cards = model_cards(gateway.registry)
+    return ModelList(data=[c for c in cards if key is None or key.allows(c.id)])
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat(gateway: GatewayDep, body: ChatCompletionRequest, request: Request) -> Response:
+    ctx = _context(gateway, request, body.model, "chat")
+    return _respond(await gateway.generator.chat(body, ctx))
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(gateway: GatewayDep, body: CompletionRequest, request: Request) -> Response:
+    ctx = _context(gateway, request, body.model, "completions")
+    return _respond(await gateway.generator.complete(body, ctx))
+
+
+def _context(gateway: Gateway, request: Request, model: str, endpoint: str) -> RequestContext:
+    request.state.model = model
+    key = authorize(gateway.keys, request, model=model)
+    return RequestContext(request.state.request_id, key, endpoint)
+
+
+def _respond(result: BaseModel | AsyncIterator[bytes]) -> Response:
+    """A streamed answer as server-sent events; a whole one serialized by pydantic directly
+    (FastAPI's generic encoder costs a noticeable share of a request)."""
+    if isinstance(result, BaseModel):
+        return Response(result.model_dump_json(), media_type="application/json")
+    return StreamingResponse(result, media_type="text/event-stream")

@@ -1,0 +1,103 @@
+"""The gateway's services, built on one database: the registry, keys, engines, generation,
+rate limits, metrics, the traffic log and the fine-tuning jobs. `serving.app` mounts the
+routers that use them."""
+
+import asyncio
+from dataclasses import dataclass
+
+from core.database import open_database
+from core.settings import StackSettings
+from finetune.runner import JobRunner
+from finetune.service import FineTuningService
+from registry.service import Registry, open_registry
+from serving.config import ServingConfig
+from serving.engine import EngineClient
+from serving.generation import Generator, Limits
+from serving.keys import KeyStore
+from serving.local.engine import LocalEngine, LocalEngineConfig
+from serving.metrics import GatewayMetrics
+from serving.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from serving.resolver import ModelResolver, ResolvedModel
+from serving.tables import CHAIN
+from serving.traffic import TrafficLog, load_redactor
+from serving.vllm.engine import VllmEngine
+
+
+@dataclass
+class Gateway:
+    """Everything a request handler reaches."""
+
+    config: ServingConfig
+    registry: Registry
+    keys: KeyStore
+    engines: list[EngineClient]
+    generator: Generator
+    limiter: RateLimiter
+    traffic: TrafficLog | None
+    metrics: GatewayMetrics
+    jobs: JobRunner
+    fine_tuning: FineTuningService
+
+    @property
+    def local(self) -> LocalEngine:
+        return next(e for e in self.engines if isinstance(e, LocalEngine))
+
+    async def start(self) -> None:
+        for engine in self.engines:
+            await engine.start()
+        await asyncio.to_thread(self._resume_jobs)
+
+    def _resume_jobs(self) -> None:
+        """Jobs whose worker died while no process watched are resumed or failed."""
+        self.jobs.recover()
+        self.jobs.dispatch()
+
+    def is_ready(self) -> bool:
+        return all(engine.is_ready() for engine in self.engines)
+
+    async def aclose(self) -> None:
+        for engine in self.engines:
+            await engine.aclose()
+        await self.limiter.aclose()
+        if self.traffic is not None:
+            self.traffic.close()
+
+
+def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
+    registry = open_registry(stack)
+    jobs = JobRunner.open(stack)
+    database = open_database(stack.resolved_database_url, CHAIN)
+    keys = KeyStore(database)
+    metrics = GatewayMetrics()
+    resolver = ModelResolver(registry, ttl=config.resolve_ttl_s)
+    local = LocalEngine(LocalEngineConfig(**config.local.model_dump()))
+    vllm = VllmEngine(config.vllm.models, stack.logs_dir / "vllm", config.vllm.health_interval_s)
+    engines: list[EngineClient] = [local, vllm] if config.vllm.models else [local]
+    for engine in engines:
+        metrics.watch_queue(engine.name, lambda e=engine: e.queue_depth)
+    limiter: RateLimiter = (
+        RedisRateLimiter(config.rate_limits.redis_url)
+        if config.rate_limits.backend == "redis"
+        else MemoryRateLimiter()
+    )
+    traffic = None
+    if config.traffic.enabled:
+        traffic = TrafficLog(database, redact=load_redactor(config.traffic.redactor))
+
+    def engine_for(resolved: ResolvedModel) -> EngineClient:
+        return vllm if vllm.serves(resolved.served.name) else local
+
+    limits = Limits(config.limits.max_tokens, config.limits.max_prompt_tokens)
+    generator = Generator(resolver, engine_for, metrics, limits, limiter, traffic)
+    return Gateway(
+        config=config,
+        registry=registry,
+        keys=keys,
+        engines=engines,
+        generator=generator,
+        limiter=limiter,
+        traffic=traffic,
+        metrics=metrics,
+        jobs=jobs,
+        fine_tuning=FineTuningService(jobs, registry),
+    )

@@ -1,0 +1,66 @@
+"""Every package's migration chain builds the schema its tables declare, on SQLite and
+PostgreSQL, and is found through the package's entry point."""
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from core.database import dispose_engines, engine_for, open_database
+from core.migrations import installed_chains, status
+from finetune import tables as finetune_tables
+from registry import tables as registry_tables
+from serving import tables as serving_tables
+
+CHAINS = {
+    "registry": (registry_tables.CHAIN, registry_tables.metadata),
+    "finetune": (finetune_tables.CHAIN, finetune_tables.metadata),
+    "serving": (serving_tables.CHAIN, serving_tables.metadata),
+}
+
+
+def test_every_chain_is_installed_with_its_own_version_table() -> None:
+    assert {c.name: c for c in installed_chains()} == {n: c for n, (c, _) in CHAINS.items()}
+    assert len({c.version_table for c, _ in CHAINS.values()}) == len(CHAINS)
+    assert all(c.version_table != "alembic_version" for c, _ in CHAINS.values())
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_migrations_build_the_declared_schema(database_url: str, name: str) -> None:
+    chain, metadata = CHAINS[name]
+    engine = open_database(database_url, chain)
+    with engine.connect() as conn:
+        assert chain.current(conn) == chain.head()
+        context = MigrationContext.configure(conn, opts={"version_table": chain.version_table})
+        assert compare_metadata(context, metadata) == []
+    tables = set(inspect(engine).get_table_names())
+    assert all(t.startswith(f"{name}_") for t in metadata.tables)
+    assert tables == {*metadata.tables, chain.version_table}
+
+
+def test_opening_again_in_a_new_process_changes_nothing(database_url: str) -> None:
+    chain = registry_tables.CHAIN
+    open_database(database_url, chain)
+    dispose_engines()  # as a new process would, look at the schema afresh
+    engine = open_database(database_url, chain)
+    assert [(s.name, s.current) for s in status(engine)] == [
+        ("finetune", None),
+        ("registry", chain.head()),
+        ("serving", None),
+    ]
+
+
+def test_another_librarys_alembic_version_table_is_left_alone(database_url: str) -> None:
+    """Optuna's RDB storage, for one, keeps its revision in alembic's default table."""
+    engine = engine_for(database_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        conn.exec_driver_sql("INSERT INTO alembic_version VALUES ('v3.0.0.d')")
+    for chain, _ in CHAINS.values():
+        open_database(database_url, chain)
+    with engine.connect() as conn:
+        kept = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    assert kept == [("v3.0.0.d",)]
+    assert {s.name: s.current for s in status(engine)} == {
+        name: chain.head() for name, (chain, _) in CHAINS.items()
+    }
