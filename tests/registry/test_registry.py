@@ -200,7 +200,7 @@ def test_search_by_kind_format_and_tags(registry: Registry, tmp_path: Path) -> N
     assert registry.list_versions(tags={"team": "x", "bits": "8"}) == []
     assert [m.name for m in registry.list_models("b")] == ["b"]
     with pytest.raises(RegistryError, match="values up to 512"):
-        registry.register("c", make_model_dir(tmp_path / "3", 3), tags={"long": "x" * 513})
+        registry.register("c", make_model_dir(tmp_path / "4", 4), tags={"long": "x" * 513})
     with pytest.raises(RegistryError, match="unknown format 'pickle'"):
         registry.register("c", make_model_dir(tmp_path / "3", 3), format="pickle")
 
