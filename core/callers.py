@@ -17,15 +17,26 @@ def _any_model(_model: str) -> bool:
 @dataclass(frozen=True)
 class Caller:
     """The API key behind a request (None on a gateway without keys), whether it is an admin
-    (admins see every key's resources), and which models it may use."""
+    (admins see every key's resources), its name, and which models it may use."""
 
     key_id: str | None
     admin: bool
+    name: str = "anonymous"
     may_use: Callable[[str], bool] = _any_model
+
+    @property
+    def actor(self) -> str:
+        """Who the audit log records for a change this caller makes."""
+        return f"key {self.key_id} ({self.name})" if self.key_id else self.name
 
     def sees(self, owner: str | None) -> bool:
         """Whether this caller may see a resource the key `owner` made."""
         return self.admin or owner == self.key_id
+
+    def sees_model(self, owner: str | None) -> bool:
+        """Whether this caller may see (list, use, fine-tune) a model version owned by
+        `owner`; a version no key owns is an operator's, which every caller may use."""
+        return owner is None or self.sees(owner)
 
     @property
     def owner_filter(self) -> str | None:
@@ -42,11 +53,18 @@ def current_caller(request: Request) -> Caller:
 def admin_caller(request: Request) -> Caller:
     """The caller, who must be an admin (403 otherwise)."""
     caller = current_caller(request)
-    if not caller.admin:
+    if caller.admin:
+        return caller
+    if caller.key_id is None:
         raise StackError(
             ErrorCode.PERMISSION_DENIED,
-            "this route needs an API key with the admin scope (`llm-serve keys create NAME "
-            "--admin`)",
+            "no API key exists, so admin routes are closed over HTTP: create an admin key "
+            "with `llm-serve keys create NAME --admin` and send it as a bearer token",
             api_code="insufficient_permissions",
         )
-    return caller
+    raise StackError(
+        ErrorCode.PERMISSION_DENIED,
+        f"key {caller.name!r} has no admin scope; this route needs an admin key "
+        "(`llm-serve keys create NAME --admin`)",
+        api_code="insufficient_permissions",
+    )

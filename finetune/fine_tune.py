@@ -20,7 +20,7 @@ def run_fine_tune(ctx: JobContext) -> JobOutcome:
     )
     if not ctx.main_process or ctx.stop.is_set():
         return JobOutcome(metrics=result.metrics)
-    version = register_adapter(ctx.registry, result, recipe, ctx.job.id)
+    version = register_adapter(ctx.registry, result, recipe, ctx.job.id, ctx.job.owner)
     return JobOutcome(
         registered=version,
         fine_tuned_model=version.tags[FINE_TUNED_TAG],

@@ -35,6 +35,7 @@ from finetune.protocol import (
 from finetune.runner import JobRunner
 from finetune.uploads import stage_upload
 from registry.entities import VersionKind
+from registry.errors import RegistryError
 from registry.service import Registry
 
 
@@ -157,6 +158,12 @@ class FineTuningService:
                 api_code="model_not_allowed",
             )
         base = self.registry.resolve(request.model)
+        if not caller.sees_model(base.owner):
+            raise RegistryError(
+                ErrorCode.NOT_FOUND,
+                f"model {request.model!r} does not exist; GET /v1/models lists yours",
+                param="model",
+            )
         if base.kind is VersionKind.ADAPTER:
             raise FinetuneError(
                 ErrorCode.INVALID,

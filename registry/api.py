@@ -27,11 +27,12 @@ from registry.protocol import (
 )
 from registry.service import Registry
 
-router = APIRouter(prefix="/v1/registry", tags=["registry"], dependencies=[Depends(admin_caller)])
+router = APIRouter(prefix="/v1/registry", tags=["registry"])
 
 
-def get_registry(request: Request) -> Registry:
-    return request.app.state.registry
+def get_registry(request: Request, caller: Annotated[Caller, Depends(admin_caller)]) -> Registry:
+    """The registry, recording the calling key in the audit log."""
+    return request.app.state.registry.acting_as(caller.actor)
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
@@ -168,7 +169,7 @@ def create_app(registry: Registry) -> FastAPI:
     for embedding; the gateway mounts `router` behind its API keys instead."""
     app = FastAPI(title="llmops registry")
     app.state.registry = registry
-    app.state.authenticate = lambda _request: Caller(None, admin=True)
+    app.state.authenticate = lambda _request: Caller(None, admin=True, name="local")
     install_error_handlers(app)
     app.include_router(router)
     return app

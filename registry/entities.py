@@ -44,6 +44,7 @@ class Model:
     created_at: datetime
     created_by: str
     latest_version: int  # the highest version number registered, archived ones included
+    owner: str | None = None  # the API key that made it; None: an operator's, visible to all
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class ModelVersion:
     created_by: str
     created_at: datetime
     archived_at: datetime | None = None
+    owner: str | None = None  # the API key that owns it; None: an operator's, visible to all
 
     @property
     def ref(self) -> str:

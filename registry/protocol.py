@@ -20,6 +20,7 @@ class ModelObject(_Object):
     created_at: datetime
     created_by: str
     latest_version: int = Field(description="Highest version number, archived ones included.")
+    owner: str | None = Field(description="The API key that owns it; null: an operator's.")
     aliases: dict[str, int] = Field(
         default_factory=dict, description="Alias name -> version number."
     )
@@ -42,6 +43,7 @@ class VersionObject(_Object):
     created_by: str
     created_at: datetime
     archived_at: datetime | None
+    owner: str | None = Field(description="The API key that owns it; null: an operator's.")
 
 
 class VersionDetailsObject(VersionObject):

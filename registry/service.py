@@ -1,6 +1,7 @@
 """The registry's operations, over a store and an artifact store: what the CLI and the HTTP
 router call."""
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -58,6 +59,12 @@ class Registry:
         self.actor = actor
         self.models_cache = models_cache
 
+    def acting_as(self, actor: str) -> "Registry":
+        """This registry, recording `actor` in the audit log (a caller over HTTP)."""
+        registry = copy.copy(self)
+        registry.actor = actor
+        return registry
+
     # -- versions -------------------------------------------------------------------------
 
     def register(
@@ -75,8 +82,10 @@ class Registry:
         source: str = "",
         description: str = "",
         allow_pickle: bool = False,
+        owner: str | None = None,
     ) -> ModelVersion:
-        """Copy `source_dir` into the artifact store and record it as the next version."""
+        """Copy `source_dir` into the artifact store and record it as the next version; an
+        `owner` (API key id) may add versions only to models it owns or creates."""
         validate_name(name)
         kind = _choice(VersionKind, kind, "kind")
         format = _choice(VersionFormat, format, "format")
@@ -105,6 +114,7 @@ class Registry:
             source=source,
             description=description,
             actor=self.actor,
+            owner=owner,
         )
 
     def resolve(self, ref: str | ModelRef) -> ModelVersion:

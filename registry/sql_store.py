@@ -31,7 +31,12 @@ from registry.tables import alias_events, aliases, models, version_tags, version
 
 def _model(row: Row) -> Model:
     return Model(
-        row.name, row.description, as_utc(row.created_at), row.created_by, row.latest_version
+        row.name,
+        row.description,
+        as_utc(row.created_at),
+        row.created_by,
+        row.latest_version,
+        row.owner,
     )
 
 
@@ -61,6 +66,7 @@ def _version(row: Row, tags: dict[str, str]) -> ModelVersion:
         created_by=row.created_by,
         created_at=as_utc(row.created_at),
         archived_at=as_utc(row.archived_at),
+        owner=row.owner,
     )
 
 
@@ -166,15 +172,28 @@ class SqlStore(RegistryStore):
         source: str,
         description: str,
         actor: str,
+        owner: str | None = None,
     ) -> ModelVersion:
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         with self._tx() as conn:
             conn.execute(
                 insert(models)
-                .values(name=name, description=description, created_at=utc_now(), created_by=actor)
+                .values(
+                    name=name,
+                    description=description,
+                    created_at=utc_now(),
+                    created_by=actor,
+                    owner=owner,
+                )
                 .on_conflict_do_nothing(index_elements=["name"])
             )
-            self._model_row(conn, name, lock=True)
+            model = self._model_row(conn, name, lock=True)
+            if owner is not None and model.owner != owner:
+                raise RegistryError(
+                    ErrorCode.PERMISSION_DENIED,
+                    f"model {name!r} belongs to someone else; register under another name",
+                    param="name",
+                )
             existing = conn.execute(
                 select(versions.c.version).where(
                     versions.c.name == name, versions.c.artifact_digest == artifact_digest
@@ -213,6 +232,7 @@ class SqlStore(RegistryStore):
                         created_by=actor,
                         created_at=utc_now(),
                         archived_at=None,
+                        owner=model.owner,
                     )
                     .returning(versions.c.id)
                 ).scalar_one()

@@ -51,8 +51,11 @@ class RegistryStore(ABC):
         source: str,
         description: str,
         actor: str,
+        owner: str | None = None,
     ) -> ModelVersion:
-        """Register the next version of `name`, creating the model on its first version.
+        """Register the next version of `name`, creating the model on its first version
+        (owned by `owner`, an API key id, or by no one). The version belongs to the model's
+        owner; PERMISSION_DENIED if `owner` is set and the model is someone else's.
 
         ALREADY_EXISTS if `name` already has a version with this artifact digest; NOT_FOUND if
         `parent` is not registered."""

@@ -37,6 +37,7 @@ models = Table(
     Column("description", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("created_by", String(256), nullable=False),
+    Column("owner", String(32), nullable=True),  # API key id; None: an operator's, public
 )
 
 versions = Table(
@@ -58,6 +59,7 @@ versions = Table(
     Column("created_by", String(256), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("archived_at", DateTime(timezone=True), nullable=True),
+    Column("owner", String(32), nullable=True),  # the model's owner when it was registered
     UniqueConstraint("name", "version", name="uq_registry_versions_name_version"),
     UniqueConstraint("name", "artifact_digest", name="uq_registry_versions_name_digest"),
     ForeignKeyConstraint(

@@ -5,14 +5,12 @@ work (engines, job recovery). New routers are mounted in `ROUTERS`."""
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
-from core.callers import Caller
 from core.http import install_error_handlers
 from finetune import api as fine_tuning_api
 from registry import api as registry_api
 from serving.api import keys, openai, ops
-from serving.auth import authorize, caller_of
 from serving.gateway import Gateway
 from serving.middleware import GatewayMiddleware
 
@@ -32,18 +30,16 @@ def create_app(gateway: Gateway) -> FastAPI:
         yield
         await gateway.aclose()
 
-    def authenticate(request: Request) -> Caller:
-        return caller_of(authorize(gateway.keys, request))
-
     app = FastAPI(title="llmops gateway", lifespan=lifespan)
     app.state.gateway = gateway
     app.state.registry = gateway.registry
     app.state.fine_tuning = gateway.fine_tuning
-    app.state.authenticate = authenticate
+    app.state.authenticate = gateway.auth.caller
     install_error_handlers(app)
     app.add_middleware(
         GatewayMiddleware,
         max_body_bytes=gateway.config.limits.max_body_bytes,
+        allowed_hosts=gateway.config.allowed_hosts,
         upload_limits={"/v1/files": gateway.jobs.settings.max_file_bytes},
         metrics=gateway.metrics,
     )

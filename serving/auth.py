@@ -1,4 +1,10 @@
-"""Who is calling: the API key in `Authorization: Bearer ...`, its models and its scope."""
+"""Who is calling: the API key in `Authorization: Bearer ...`, its models and its scope.
+
+Without any key the gateway is open only when it listens on a loopback address, and even
+then its admin routes stay closed over HTTP (keys are created with `llm-serve keys create`).
+A gateway listening elsewhere always needs a key, also after its last key is revoked."""
+
+import ipaddress
 
 from fastapi import Request
 
@@ -8,41 +14,62 @@ from serving.errors import ServingError
 from serving.keys import ApiKey, KeyStore
 
 
-def authorize(keys: KeyStore, request: Request, *, model: str | None = None) -> ApiKey | None:
-    """The caller's key, or None while no key exists (the gateway then listens on 127.0.0.1
-    only). 401 for a missing or unknown key, 403 for a model it may not use."""
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    given = secret.strip() if scheme.lower() == "bearer" else ""
-    if not given and not keys.auth_required():
-        return None
-    if not given:
-        raise ServingError(
-            ErrorCode.UNAUTHENTICATED,
-            "no API key given; send it as 'Authorization: Bearer <key>'",
-            api_code="invalid_api_key",
-        )
-    key = keys.authenticate(given)
-    if key is None:
-        if not keys.auth_required():
-            return None
-        raise ServingError(
-            ErrorCode.UNAUTHENTICATED,
-            "the API key is not valid (unknown or revoked); ask an admin for a key "
-            "(`llm-serve keys create`)",
-            api_code="invalid_api_key",
-        )
-    if model is not None and not key.allows(model):
-        raise ServingError(
-            ErrorCode.PERMISSION_DENIED,
-            f"key {key.name!r} may not use model {model!r}; it may use: {', '.join(key.models)}",
-            param="model",
-            api_code="model_not_allowed",
-        )
-    return key
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
-def caller_of(key: ApiKey | None) -> Caller:
-    """The caller other packages' routers see: everyone is an admin on a gateway without keys."""
-    if key is None:
-        return Caller(None, admin=True)
-    return Caller(key.id, admin=key.admin, may_use=key.allows)
+class Authenticator:
+    def __init__(self, keys: KeyStore, *, open_without_keys: bool):
+        self.keys = keys
+        self.open_without_keys = open_without_keys
+
+    def key(self, request: Request, *, model: str | None = None) -> ApiKey | None:
+        """The caller's key, or None on an open gateway (loopback, no keys). 401 for a
+        missing or unknown key, 403 for a model it may not use."""
+        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+        given = secret.strip() if scheme.lower() == "bearer" else ""
+        if not given:
+            if self._open():
+                return None
+            raise ServingError(
+                ErrorCode.UNAUTHENTICATED,
+                "no API key given; send it as 'Authorization: Bearer <key>'",
+                api_code="invalid_api_key",
+            )
+        key = self.keys.authenticate(given)
+        if key is None:
+            if self._open():
+                return None
+            raise ServingError(
+                ErrorCode.UNAUTHENTICATED,
+                "the API key is not valid (unknown or revoked); ask an admin for a key "
+                "(`llm-serve keys create`)",
+                api_code="invalid_api_key",
+            )
+        if model is not None and not key.allows(model):
+            raise ServingError(
+                ErrorCode.PERMISSION_DENIED,
+                f"key {key.name!r} may not use model {model!r}; it may use: "
+                f"{', '.join(key.models)}",
+                param="model",
+                api_code="model_not_allowed",
+            )
+        return key
+
+    def caller(self, request: Request) -> Caller:
+        """The caller other packages' routers see."""
+        return self.caller_of(self.key(request))
+
+    @staticmethod
+    def caller_of(key: ApiKey | None) -> Caller:
+        if key is None:
+            return Caller(None, admin=False, name="anonymous (no API keys exist)")
+        return Caller(key.id, admin=key.admin, name=key.name, may_use=key.allows)
+
+    def _open(self) -> bool:
+        return self.open_without_keys and not self.keys.auth_required()

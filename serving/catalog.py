@@ -1,7 +1,9 @@
 """The model ids the gateway serves, as `/v1/models` lists them: each model's aliases
 (`name@alias`, and the bare name for `production`) and the `ft:` names of fine-tuned
-adapters, with `parent` set to the base version for adapters."""
+adapters, with `parent` set to the base version for adapters; a caller sees only the versions
+that are an operator's or its own key's."""
 
+from core.callers import Caller
 from core.refs import DEFAULT_ALIAS
 from registry.entities import FINE_TUNED_TAG, ModelVersion, VersionKind
 from registry.service import Registry
@@ -14,13 +16,16 @@ def _card(model_id: str, version: ModelVersion) -> ModelCard:
     return ModelCard(id=model_id, created=created, parent=parent, root=version.ref)
 
 
-def model_cards(registry: Registry) -> list[ModelCard]:
+def model_cards(registry: Registry, caller: Caller) -> list[ModelCard]:
     cards = []
     for alias in registry.aliases():
         version = registry.store.get_version(alias.name, alias.version)
+        if not caller.sees_model(version.owner):
+            continue
         if alias.alias == DEFAULT_ALIAS:
             cards.append(_card(alias.name, version))
         cards.append(_card(f"{alias.name}@{alias.alias}", version))
     for version in registry.list_versions(tags={FINE_TUNED_TAG: None}):
-        cards.append(_card(version.tags[FINE_TUNED_TAG], version))
+        if caller.sees_model(version.owner):
+            cards.append(_card(version.tags[FINE_TUNED_TAG], version))
     return cards

@@ -87,7 +87,16 @@ class VllmConfig(_Config):
 
 
 class ServingConfig(_Config):
-    host: str = Field("127.0.0.1", description="Address to listen on.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to listen on. Without API keys the gateway is open only on a "
+        "loopback address; anywhere else every request needs a key.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="Host header values the gateway answers (a defence against DNS "
+        "rebinding); add the names clients use to reach it, or '*' for any.",
+    )
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: any free port).")
     resolve_ttl_s: float = Field(
         1.0,

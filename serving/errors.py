@@ -19,5 +19,14 @@ class EngineError(ServingError):
         )
 
 
+def model_not_found(model: str, why: str) -> ServingError:
+    return ServingError(
+        ErrorCode.NOT_FOUND,
+        f"The model `{model}` does not exist: {why}",
+        param="model",
+        api_code="model_not_found",
+    )
+
+
 def bad_request(message: str, *, param: str | None = None) -> ServingError:
     return ServingError(ErrorCode.INVALID, message, param=param, api_code="invalid_request")

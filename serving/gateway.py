@@ -10,6 +10,7 @@ from core.settings import StackSettings
 from finetune.runner import JobRunner
 from finetune.service import FineTuningService
 from registry.service import Registry, open_registry
+from serving.auth import Authenticator, is_loopback
 from serving.config import ServingConfig
 from serving.engine import EngineClient
 from serving.generation import Generator, Limits
@@ -30,6 +31,7 @@ class Gateway:
     config: ServingConfig
     registry: Registry
     keys: KeyStore
+    auth: Authenticator
     engines: list[EngineClient]
     generator: Generator
     limiter: RateLimiter
@@ -93,6 +95,7 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         config=config,
         registry=registry,
         keys=keys,
+        auth=Authenticator(keys, open_without_keys=is_loopback(config.host)),
         engines=engines,
         generator=generator,
         limiter=limiter,

@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 
 import anyio
 
+from core.callers import Caller
 from serving.engine import EngineClient, GenerationChunk, SamplingParams, TokenLogprob
-from serving.errors import bad_request
+from serving.errors import bad_request, model_not_found
 from serving.keys import ApiKey
 from serving.metrics import GatewayMetrics
 from serving.protocol import (
@@ -48,6 +49,7 @@ class Limits:
 class RequestContext:
     request_id: str
     key: ApiKey | None  # None when the gateway runs without keys
+    caller: Caller
     endpoint: str  # "chat" or "completions"
 
 
@@ -130,6 +132,8 @@ class Generator:
         resolved = self.resolver.cached(req.model) or await asyncio.to_thread(
             self.resolver.resolve, req.model
         )
+        if not ctx.caller.sees_model(resolved.version.owner):
+            raise model_not_found(req.model, "no model of that name is open to this API key")
         prompt, prompt_ids = prompt_of(resolved)
         limit = min(self.limits.max_prompt_tokens, resolved.max_model_len - 1)
         if len(prompt_ids) > limit:

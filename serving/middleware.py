@@ -1,5 +1,5 @@
-"""ASGI middleware: request ids, the body-size cap and error counting. Pure ASGI (not
-`BaseHTTPMiddleware`) so streamed responses pass straight through."""
+"""ASGI middleware: the Host allow-list, request ids, the body-size cap and error counting.
+Pure ASGI (not `BaseHTTPMiddleware`) so streamed responses pass straight through."""
 
 import uuid
 
@@ -22,10 +22,12 @@ class GatewayMiddleware:
         *,
         max_body_bytes: int,
         metrics: GatewayMetrics,
+        allowed_hosts: list[str],
         upload_limits: dict[str, int] | None = None,
     ):
         """`upload_limits` replaces `max_body_bytes` for the exact paths it names."""
         self.app = app
+        self.allowed_hosts = {h.lower() for h in allowed_hosts}
         self.max_body_bytes = max_body_bytes
         self.upload_limits = upload_limits or {}
         self.metrics = metrics
@@ -35,6 +37,14 @@ class GatewayMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not self._host_allowed(host):
+            message = (
+                f"the Host header {host[:100]!r} is not one this gateway answers to; add it "
+                "to allowed_hosts in the serving config"
+            )
+            await error_response(400, message, code="invalid_host")(scope, receive, send)
+            return
         request_id = headers.get(REQUEST_ID_HEADER.encode(), b"").decode() or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         id_header = (REQUEST_ID_HEADER.encode(), request_id.encode())
@@ -72,6 +82,13 @@ class GatewayMiddleware:
         except _BodyTooLarge:
             if not started:
                 await self._too_large(scope, receive, send_with_id, received, limit)
+
+    def _host_allowed(self, host: str) -> bool:
+        if "*" in self.allowed_hosts:
+            return True
+        # `name:port`, or `[v6 address]:port`
+        name = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
+        return name.lower() in self.allowed_hosts
 
     async def _too_large(
         self, scope: Scope, receive: Receive, send: Send, size: int, limit: int

@@ -15,7 +15,7 @@ from core.errors import ErrorCode, StackError
 from registry.entities import ModelVersion, VersionKind
 from registry.service import Registry
 from serving.engine import ServedModel
-from serving.errors import ServingError
+from serving.errors import ServingError, model_not_found
 
 
 @dataclass(frozen=True)
@@ -47,16 +47,16 @@ class ModelResolver:
         now = time.monotonic()
         try:
             version = self.registry.resolve(model)
-            resolved = self._prepare(model, version)
+            if version.archived_at is None:
+                resolved = self._prepare(model, version)
         except StackError as err:
             if err.code in (ErrorCode.NOT_FOUND, ErrorCode.INVALID):
-                raise ServingError(
-                    ErrorCode.NOT_FOUND,
-                    f"The model `{model}` does not exist: {err.message}",
-                    param="model",
-                    api_code="model_not_found",
-                ) from None
+                raise model_not_found(model, err.message) from None
             raise
+        if version.archived_at is not None:
+            raise model_not_found(
+                model, f"{version.ref} is archived; archived versions are not served"
+            )
         self._resolved[model] = (now + self.ttl, resolved)
         return resolved
 

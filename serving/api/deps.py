@@ -4,7 +4,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from serving.auth import authorize
 from serving.gateway import Gateway
 from serving.keys import ApiKey
 
@@ -15,7 +14,7 @@ def get_gateway(request: Request) -> Gateway:
 
 def request_key(request: Request) -> ApiKey | None:
     """The caller's API key (None on a gateway without keys); 401 when it is not valid."""
-    return authorize(get_gateway(request).keys, request)
+    return get_gateway(request).auth.key(request)
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]

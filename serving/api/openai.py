@@ -8,7 +8,6 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from serving.api.deps import GatewayDep, KeyDep
-from serving.auth import authorize
 from serving.catalog import model_cards
 from serving.gateway import Gateway
 from serving.generation import RequestContext
@@ -19,7 +18,7 @@ router = APIRouter(tags=["openai"])
 
 @router.get("/v1/models")
 def list_models(gateway: GatewayDep, key: KeyDep) -> ModelList:
-    cards = model_cards(gateway.registry)
+    cards = model_cards(gateway.registry, gateway.auth.caller_of(key))
     return ModelList(data=[c for c in cards if key is None or key.allows(c.id)])
 
 
@@ -37,8 +36,8 @@ async def completions(gateway: GatewayDep, body: CompletionRequest, request: Req
 
 def _context(gateway: Gateway, request: Request, model: str, endpoint: str) -> RequestContext:
     request.state.model = model
-    key = authorize(gateway.keys, request, model=model)
-    return RequestContext(request.state.request_id, key, endpoint)
+    key = gateway.auth.key(request, model=model)
+    return RequestContext(request.state.request_id, key, gateway.auth.caller_of(key), endpoint)
 
 
 def _respond(result: BaseModel | AsyncIterator[bytes]) -> Response:

@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import uvicorn
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
 
 from core.settings import StackSettings
 from finetune.demo.random_model import build_random_model
@@ -65,3 +68,16 @@ def gateway_server(
     home = tmp_path_factory.mktemp("gateway-home")
     with running_gateway(home, random_model_dir, resolve_ttl_s=0.0, limits=LIMITS) as running:
         yield running
+
+
+def make_adapter(
+    base: Path, out: Path, *, seed: int, r: int = 8, targets: tuple[str, ...] = ("q_proj", "v_proj")
+) -> Path:
+    """A PEFT LoRA adapter on `base` with random (not zero) weights, so that it changes output."""
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=r, lora_alpha=4 * r, target_modules=list(targets), init_lora_weights=False),
+    )
+    model.save_pretrained(out)
+    return out

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serving.engine import SamplingParams, ServedModel
 from serving.local.engine import LocalEngine, LocalEngineConfig
+from tests.serving.conftest import make_adapter
 
 PROMPTS = ["What is 3 + 4?", "Uppercase: hello", "Reverse: abcdef", "x", "Sort: zyxwvut"]
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
@@ -102,26 +103,19 @@ def test_cancelling_a_stream_stops_its_generation(random_model_dir: Path) -> Non
     assert steps < max_tokens // 2, "the cancelled sequence kept decoding"
 
 
-def _make_adapter(base: Path, out: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    peft_model = get_peft_model(
-        model,
-        LoraConfig(
-            r=4,
-            lora_alpha=16,
-            target_modules=["q_proj", "v_proj", "o_proj"],
-            init_lora_weights=False,
-        ),
-    )
-    peft_model.save_pretrained(out)
-    return out
-
-
 def test_multi_lora_mixed_batch_matches_each_adapter_alone(
     random_model_dir: Path, tmp_path: Path
 ) -> None:
-    adapters = [_make_adapter(random_model_dir, tmp_path / f"lora{s}", s) for s in (1, 2)]
+    adapters = [
+        make_adapter(
+            random_model_dir,
+            tmp_path / f"lora{s}",
+            seed=s,
+            r=4,
+            targets=("q_proj", "v_proj", "o_proj"),
+        )
+        for s in (1, 2)
+    ]
     tokenizer = AutoTokenizer.from_pretrained(random_model_dir)
     ids = _prompt_ids(random_model_dir)[1]
     expected = [

@@ -9,10 +9,12 @@ import httpx
 import openai
 import pytest
 
+from core.errors import ErrorCode, StackError
+from registry.entities import FINE_TUNED_TAG
 from serving.keys import KeyStore
 from serving.ratelimit import WINDOW_S
 from serving.traffic import redact_pii
-from tests.serving.conftest import LIMITS, RunningGateway, running_gateway
+from tests.serving.conftest import LIMITS, RunningGateway, make_adapter, running_gateway
 
 CHAT = [{"role": "user", "content": "Uppercase: mail me at ann@example.com or 0123456789"}]
 
@@ -145,3 +147,117 @@ def test_traffic_log_records_redacts_and_honours_opt_out(keyed: RunningGateway) 
     assert "[NUMBER]" in record.prompt
     assert record.output == redact_pii(reply.choices[0].message.content)
     assert traffic.window(start, version="demo:9") == []
+
+
+def test_without_keys_admin_routes_refuse_over_http(gateway_server: RunningGateway) -> None:
+    base = gateway_server.base_url
+    minted = httpx.post(f"{base}/v1/keys", json={"name": "mine", "admin": True})
+    assert "no API key exists" in _envelope(minted, 403, "insufficient_permissions")["message"]
+    _envelope(httpx.get(f"{base}/v1/registry/models"), 403, "insufficient_permissions")
+    body = {"source_dir": "/etc"}
+    registered = httpx.post(f"{base}/v1/registry/models/etc/versions", json=body)
+    _envelope(registered, 403, "insufficient_permissions")
+    assert gateway_server.gateway.keys.list_keys() == []
+    chat = {"model": "demo", "messages": CHAT, "max_tokens": 2}
+    assert httpx.post(f"{base}/v1/chat/completions", json=chat).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.nip.io"])
+def test_the_host_header_must_be_on_the_allow_list(
+    gateway_server: RunningGateway, host: str
+) -> None:
+    """A web page that rebinds its own name to 127.0.0.1 sends its own name as the Host."""
+    response = httpx.get(f"{gateway_server.base_url}/v1/models", headers={"Host": host})
+    assert "allowed_hosts" in _envelope(response, 400, "invalid_host")["message"]
+    for allowed in ("localhost", "127.0.0.1:1234", "[::1]:80"):
+        ok = httpx.get(f"{gateway_server.base_url}/v1/models", headers={"Host": allowed})
+        assert ok.status_code == 200
+
+
+def test_off_loopback_the_last_key_revoked_leaves_the_gateway_closed(
+    tmp_path: Path, random_model_dir: Path
+) -> None:
+    with running_gateway(tmp_path / "home", random_model_dir, host="0.0.0.0") as gw:
+        url = f"{gw.base_url}/v1/models"
+        _envelope(httpx.get(url), 401, "invalid_api_key")  # no key was ever made
+        key, secret = gw.gateway.keys.create("only")
+        assert httpx.get(url, headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+        gw.gateway.keys.revoke(key.id)
+        _envelope(httpx.get(url), 401, "invalid_api_key")
+        _envelope(
+            httpx.get(url, headers={"Authorization": f"Bearer {secret}"}), 401, "invalid_api_key"
+        )
+
+
+def test_fine_tuned_models_belong_to_their_owner(tmp_path: Path, random_model_dir: Path) -> None:
+    with running_gateway(tmp_path / "home", random_model_dir) as gw:
+        keys, registry = gw.gateway.keys, gw.registry
+        alice, alice_secret = keys.create("alice", models=("demo",))
+        _, bob_secret = keys.create("bob", models=("demo",))
+        _, ops_secret = keys.create("ops", admin=True)
+        name = "ft:demo:rev:ftjob-alice1"
+        registry.register(
+            f"demo-rev-{alice.id}",
+            make_adapter(random_model_dir, tmp_path / "adapter", seed=1),
+            kind="adapter",
+            format="peft-lora",
+            parent="demo:1",
+            tags={FINE_TUNED_TAG: name},
+            owner=alice.id,
+        )
+        listed = {
+            n: {m.id for m in _client(gw, s).models.list().data}
+            for n, s in [("alice", alice_secret), ("bob", bob_secret), ("ops", ops_secret)]
+        }
+        assert name in listed["alice"] and name in listed["ops"] and name not in listed["bob"]
+        chat = {"model": name, "messages": CHAT, "max_tokens": 2}
+        assert _client(gw, alice_secret).chat.completions.create(**chat).choices
+        with pytest.raises(openai.NotFoundError) as err:
+            _client(gw, bob_secret).chat.completions.create(**chat)
+        assert err.value.body["code"] == "model_not_found"
+        with pytest.raises(openai.NotFoundError):
+            _client(gw, bob_secret).fine_tuning.jobs.create(model=name, training_file="file-x")
+        with pytest.raises(StackError, match="belongs to someone else") as refused:
+            registry.register(
+                f"demo-rev-{alice.id}",
+                make_adapter(random_model_dir, tmp_path / "other", seed=2),
+                kind="adapter",
+                parent="demo:1",
+                owner="key_bob",
+            )
+        assert refused.value.code is ErrorCode.PERMISSION_DENIED
+
+
+def test_archived_versions_are_not_served(tmp_path: Path, random_model_dir: Path) -> None:
+    with running_gateway(tmp_path / "home", random_model_dir) as gw:
+        registry = gw.registry
+        registry.register(
+            "demo",
+            make_adapter(random_model_dir, tmp_path / "a", seed=1),
+            kind="adapter",
+            parent="demo:1",
+        )
+        registry.archive("demo:2")
+        reply = httpx.post(
+            f"{gw.base_url}/v1/chat/completions",
+            json={"model": "demo:2", "messages": CHAT, "max_tokens": 2},
+        )
+        assert "archived" in _envelope(reply, 404, "model_not_found")["message"]
+        for padded in ("demo:01", "demo:0001"):
+            reply = httpx.post(
+                f"{gw.base_url}/v1/completions",
+                json={"model": padded, "prompt": "x", "max_tokens": 1},
+            )
+            _envelope(reply, 404, "model_not_found")
+
+
+def test_the_audit_log_records_the_api_key_that_made_a_change(keyed: RunningGateway) -> None:
+    key, admin = keyed.gateway.keys.create("release-bot", admin=True)
+    reply = httpx.put(
+        f"{keyed.base_url}/v1/registry/models/demo/aliases/canary",
+        json={"version": 1, "reason": "try it"},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["actor"] == f"key {key.id} (release-bot)"
+    assert keyed.registry.history("demo", "canary")[-1].actor == f"key {key.id} (release-bot)"

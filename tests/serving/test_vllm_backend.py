@@ -14,15 +14,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
 from finetune.demo.random_model import build_random_model
 from finetune.demo.skills import SKILLS, generate_splits, write_jsonl
 from serving.vllm.engine import VllmEngine, _sse_lines, _upstream_error
 from tests.finetune.conftest import wait_for_job
-from tests.serving.conftest import LIMITS, RunningGateway, running_gateway
+from tests.serving.conftest import LIMITS, RunningGateway, make_adapter, running_gateway
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -38,18 +35,6 @@ SERVER = {
     "startup_timeout_s": 600,
 }
 PROMPT = "Sort: dcba"
-
-
-def _adapter(base: Path, out: Path) -> Path:
-    torch.manual_seed(3)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base),
-        LoraConfig(
-            r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-        ),
-    )
-    model.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +56,7 @@ def vllm_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGa
         registry.register("sharded", model)
         registry.set_alias("sharded", "production", 1)
         adapter = registry.register(
-            "demo-lora", _adapter(model, root / "lora"), kind="adapter", parent="demo:1"
+            "demo-lora", make_adapter(model, root / "lora", seed=3), kind="adapter", parent="demo:1"
         )
         registry.set_alias("demo-lora", "production", adapter.version)
         # Launch both models' servers at once: the first request of each waits for them.

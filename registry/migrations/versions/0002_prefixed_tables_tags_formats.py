@@ -1,4 +1,5 @@
-"""Table names prefixed `registry_`, tags as indexed rows, and version kind apart from format.
+"""Table names prefixed `registry_`, tags as indexed rows, version kind apart from format, and
+the API key that owns a model and its versions (None: made by an operator, visible to all).
 
 Existing rows are copied into the new tables and the old ones dropped, so a database made by
 release 0.1.0 upgrades in place with nothing lost. Kinds and formats of old rows:
@@ -43,6 +44,7 @@ def upgrade() -> None:
         sa.Column("description", sa.Text, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("created_by", sa.String(256), nullable=False),
+        sa.Column("owner", sa.String(32), nullable=True),
     )
     versions = op.create_table(
         "registry_versions",
@@ -62,6 +64,7 @@ def upgrade() -> None:
         sa.Column("created_by", sa.String(256), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("archived_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("owner", sa.String(32), nullable=True),
         sa.UniqueConstraint("name", "version", name="uq_registry_versions_name_version"),
         sa.UniqueConstraint("name", "artifact_digest", name="uq_registry_versions_name_digest"),
         sa.ForeignKeyConstraint(
@@ -120,7 +123,7 @@ def upgrade() -> None:
         sa.column("created_at", stamp),
         sa.column("created_by"),
     )
-    rows = [dict(r) for r in conn.execute(sa.select(old_models)).mappings()]
+    rows = [{**r, "owner": None} for r in conn.execute(sa.select(old_models)).mappings()]
     if rows:
         op.bulk_insert(models, rows)
 
@@ -130,7 +133,7 @@ def upgrade() -> None:
         *(
             sa.column(name, sa.JSON if name in ("dataset_digests", "metrics") else None)
             for name in version_columns
-            if name not in ("created_at", "archived_at", "kind", "format")
+            if name not in ("created_at", "archived_at", "kind", "format", "owner")
         ),
         sa.column("kind"),
         sa.column("format"),
@@ -141,7 +144,8 @@ def upgrade() -> None:
     new_versions, new_tags = [], []
     for row in conn.execute(sa.select(old_versions).order_by(sa.text("id"))).mappings():
         kind, fmt = _kind_and_format(row)
-        new_versions.append({**{c: row[c] for c in version_columns}, "kind": kind, "format": fmt})
+        copied = {c: row[c] for c in version_columns if c != "owner"}
+        new_versions.append({**copied, "kind": kind, "format": fmt, "owner": None})
         new_tags += [
             {"version_id": row["id"], "key": key, "value": str(value)}
             for key, value in (row["tags"] or {}).items()
