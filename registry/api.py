@@ -5,13 +5,16 @@ admin keys only. The `Registry` service does the work (returning entities or rai
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
+from pydantic import ValidationError
 
 from core.callers import Caller, admin_caller
+from core.errors import ErrorCode
 from core.http import install_error_handlers
 from core.listing import MAX_PAGE, ListPage, page
 from registry.entities import VersionKind
+from registry.errors import RegistryError
 from registry.protocol import (
     AliasEventObject,
     AliasObject,
@@ -23,6 +26,7 @@ from registry.protocol import (
     RegisterRequest,
     VerifyResult,
     VersionDetailsObject,
+    VersionFields,
     VersionObject,
 )
 from registry.service import Registry
@@ -81,9 +85,29 @@ def list_versions(
 
 @router.post("/models/{name}/versions", status_code=201)
 def register(registry: RegistryDep, name: str, body: RegisterRequest) -> VersionObject:
-    version = registry.register(
-        name, Path(body.source_dir), **body.model_dump(exclude={"source_dir"})
-    )
+    """Register a folder of the server's import root (off unless LLMOPS_IMPORT_ROOT is set)."""
+    source = registry.importable(body.source_dir)
+    version = registry.register(name, source, **body.model_dump(exclude={"source_dir"}))
+    return VersionObject.model_validate(version)
+
+
+@router.post("/models/{name}/versions/upload", status_code=201)
+def register_upload(
+    registry: RegistryDep,
+    name: str,
+    archive: Annotated[UploadFile, File(description="A tar (or .tar.gz) of the files.")],
+    metadata: Annotated[str, Form(description="VersionFields as JSON.")] = "{}",
+) -> VersionObject:
+    """Register the files of an uploaded tar archive, with the fields in `metadata`."""
+    try:
+        fields = VersionFields.model_validate_json(metadata)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "metadata"
+        raise RegistryError(
+            ErrorCode.INVALID, f"metadata: {where}: {first['msg']}", param="metadata"
+        ) from None
+    version = registry.register_archive(name, archive.file, **fields.model_dump())
     return VersionObject.model_validate(version)
 
 

@@ -90,10 +90,11 @@ class VerifyResult(BaseModel):
     bytes: int
 
 
-class RegisterRequest(BaseModel):
+class VersionFields(BaseModel):
+    """What a registration records besides the files."""
+
     model_config = ConfigDict(extra="forbid")
 
-    source_dir: str = Field(description="Directory on the server holding the version's files.")
     kind: VersionKind = VersionKind.BASE
     format: VersionFormat = VersionFormat.HF_SAFETENSORS
     parent: str | None = Field(None, description="Reference of the version this one derives from.")
@@ -104,6 +105,17 @@ class RegisterRequest(BaseModel):
     source: str = ""
     description: str = ""
     allow_pickle: bool = False
+    expected_digest: str | None = Field(
+        None,
+        description="The artifact digest the files must hash to (`llm-registry` prints it); "
+        "a registration whose files differ is refused.",
+    )
+
+
+class RegisterRequest(VersionFields):
+    source_dir: str = Field(
+        description="A folder in the server's import root (LLMOPS_IMPORT_ROOT), relative to it."
+    )
 
 
 class AliasRequest(BaseModel):

@@ -2,11 +2,13 @@
 router call."""
 
 import copy
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from core.database import open_database
 from core.errors import ErrorCode
@@ -29,6 +31,7 @@ from registry.settings import RegistrySettings
 from registry.sql_store import SqlStore
 from registry.store import RegistryStore
 from registry.tables import CHAIN
+from registry.uploads import unpack_archive
 
 _ALIAS_RETRIES = 20
 MAX_TAG_KEY = 128  # the widths of the tag columns
@@ -52,12 +55,14 @@ class Registry:
         gate: Gate,
         actor: str,
         models_cache: Path,
+        import_root: Path | None = None,
     ):
         self.store = store
         self.artifacts = artifacts
         self.gate = gate
         self.actor = actor
         self.models_cache = models_cache
+        self.import_root = import_root
 
     def acting_as(self, actor: str) -> "Registry":
         """This registry, recording `actor` in the audit log (a caller over HTTP)."""
@@ -83,9 +88,11 @@ class Registry:
         description: str = "",
         allow_pickle: bool = False,
         owner: str | None = None,
+        expected_digest: str | None = None,
     ) -> ModelVersion:
         """Copy `source_dir` into the artifact store and record it as the next version; an
-        `owner` (API key id) may add versions only to models it owns or creates."""
+        `owner` (API key id) may add versions only to models it owns or creates. With
+        `expected_digest`, files that hash to another artifact digest are refused."""
         validate_name(name)
         kind = _choice(VersionKind, kind, "kind")
         format = _choice(VersionFormat, format, "format")
@@ -100,6 +107,13 @@ class Registry:
                 )
         parent_version = self.resolve(parent) if parent else None
         manifest, manifest_path = self.artifacts.put(Path(source_dir), allow_pickle=allow_pickle)
+        if expected_digest is not None and manifest.digest != expected_digest:
+            raise RegistryError(
+                ErrorCode.INVALID,
+                f"the files hash to {manifest.digest}, not the expected {expected_digest}; the "
+                "upload was changed or cut short",
+                param="artifact_digest",
+            )
         return self.store.add_version(
             name,
             kind=kind,
@@ -116,6 +130,37 @@ class Registry:
             actor=self.actor,
             owner=owner,
         )
+
+    def register_archive(self, name: str, archive: BinaryIO, **fields: Any) -> ModelVersion:
+        """Register the files of a tar archive (see `register` for the fields)."""
+        staging = self.artifacts.root / "uploads"
+        staging.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=staging))
+        try:
+            unpack_archive(archive, folder)
+            return self.register(name, folder, **fields)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def importable(self, source_dir: str) -> Path:
+        """`source_dir` if it lies in the import root, the one server folder HTTP clients may
+        register from by path; PERMISSION_DENIED otherwise."""
+        if self.import_root is None:
+            raise RegistryError(
+                ErrorCode.PERMISSION_DENIED,
+                "registering a server folder over HTTP is off: upload the files as a tar "
+                "archive (POST .../versions/upload), or set LLMOPS_IMPORT_ROOT on the server",
+                param="source_dir",
+            )
+        root = self.import_root.resolve()
+        path = (root / source_dir).resolve()
+        if not path.is_relative_to(root):
+            raise RegistryError(
+                ErrorCode.PERMISSION_DENIED,
+                "source_dir must lie in the server's import root; give a path relative to it",
+                param="source_dir",
+            )
+        return path
 
     def resolve(self, ref: str | ModelRef) -> ModelVersion:
         """The version a reference names: `name`, `name:version`, `name@alias`, or the
@@ -378,4 +423,5 @@ def open_registry(
         load_gate(settings.promotion_gate),
         stack.actor,
         stack.models_cache,
+        Path(settings.import_root).expanduser() if settings.import_root else None,
     )

@@ -40,7 +40,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         GatewayMiddleware,
         max_body_bytes=gateway.config.limits.max_body_bytes,
         allowed_hosts=gateway.config.allowed_hosts,
-        upload_limits={"/v1/files": gateway.jobs.settings.max_file_bytes},
+        upload_limits=gateway.upload_limits,
         metrics=gateway.metrics,
     )
     for router in ROUTERS:

@@ -10,6 +10,7 @@ from core.settings import StackSettings
 from finetune.runner import JobRunner
 from finetune.service import FineTuningService
 from registry.service import Registry, open_registry
+from registry.settings import RegistrySettings
 from serving.auth import Authenticator, is_loopback
 from serving.config import ServingConfig
 from serving.engine import EngineClient
@@ -39,6 +40,7 @@ class Gateway:
     metrics: GatewayMetrics
     jobs: JobRunner
     fine_tuning: FineTuningService
+    upload_limits: dict[str, int]  # path pattern -> largest body, beyond `limits`
 
     @property
     def local(self) -> LocalEngine:
@@ -66,7 +68,8 @@ class Gateway:
 
 
 def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
-    registry = open_registry(stack)
+    registry_settings = RegistrySettings()
+    registry = open_registry(stack, registry_settings)
     jobs = JobRunner.open(stack)
     database = open_database(stack.resolved_database_url, CHAIN)
     keys = KeyStore(database)
@@ -103,4 +106,8 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         metrics=metrics,
         jobs=jobs,
         fine_tuning=FineTuningService(jobs, registry),
+        upload_limits={
+            "/v1/files": jobs.settings.max_file_bytes,
+            "/v1/registry/models/[^/]+/versions/upload": registry_settings.max_upload_bytes,
+        },
     )

@@ -1,6 +1,7 @@
 """ASGI middleware: the Host allow-list, request ids, the body-size cap and error counting.
 Pure ASGI (not `BaseHTTPMiddleware`) so streamed responses pass straight through."""
 
+import re
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,11 +26,11 @@ class GatewayMiddleware:
         allowed_hosts: list[str],
         upload_limits: dict[str, int] | None = None,
     ):
-        """`upload_limits` replaces `max_body_bytes` for the exact paths it names."""
+        """`upload_limits` replaces `max_body_bytes` on the paths its patterns match whole."""
         self.app = app
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
         self.max_body_bytes = max_body_bytes
-        self.upload_limits = upload_limits or {}
+        self.upload_limits = [(re.compile(p), n) for p, n in (upload_limits or {}).items()]
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -61,7 +62,10 @@ class GatewayMiddleware:
                     self.metrics.errors.labels(model, str(status)).inc()
             await send(message)
 
-        limit = self.upload_limits.get(scope["path"], self.max_body_bytes)
+        limit = next(
+            (n for pattern, n in self.upload_limits if pattern.fullmatch(scope["path"])),
+            self.max_body_bytes,
+        )
         declared = int(headers.get(b"content-length", b"0") or 0)
         if declared > limit:
             await self._too_large(scope, receive, send_with_id, declared, limit)

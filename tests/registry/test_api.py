@@ -1,5 +1,7 @@
 """The registry router over HTTP, with the OpenAI error envelope."""
 
+import io
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from registry.service import Registry
 
 
 @pytest.fixture
-def client(registry: Registry) -> TestClient:
+def client(registry: Registry, tmp_path: Path) -> TestClient:
+    registry.import_root = tmp_path
     return TestClient(create_app(registry), raise_server_exceptions=False)
 
 
@@ -91,3 +94,67 @@ def test_gate_failure_is_422(
     registry.promote("demo:1", "production")
     r = client.post("/v1/registry/models/demo/aliases/production/promote", json={"version": 2})
     assert "failed gate" in _error(r, 422, "gate_failed")["message"]
+
+
+def _tar(files: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def _upload(client: TestClient, archive: bytes, metadata: str = "{}"):
+    return client.post(
+        "/v1/registry/models/up/versions/upload",
+        files={"archive": ("v.tar.gz", archive)},
+        data={"metadata": metadata},
+    )
+
+
+def test_http_registration_reads_no_server_path_outside_the_import_root(
+    client: TestClient, registry: Registry, tmp_path: Path
+) -> None:
+    for outside in ("/etc", "../../etc", str(tmp_path.parent)):
+        r = client.post("/v1/registry/models/x/versions", json={"source_dir": outside})
+        assert "import root" in _error(r, 403, "permission_denied")["message"]
+    registry.import_root = None
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "inside" / "config.json").write_text("{}")
+    r = client.post("/v1/registry/models/x/versions", json={"source_dir": "inside"})
+    assert "upload the files as a tar" in _error(r, 403, "permission_denied")["message"]
+    assert registry.list_models() == []
+
+
+def test_a_version_uploads_as_a_tar_archive(client: TestClient, registry: Registry) -> None:
+    files = {"config.json": b'{"model_type": "llama"}', "weights/model.safetensors": b"w" * 100}
+    bad_digest = '{"expected_digest": "sha256:' + "0" * 64 + '"}'
+    assert (
+        "not the expected"
+        in _error(_upload(client, _tar(files), bad_digest), 400, "invalid")["message"]
+    )
+    for archive, fragment in [
+        (_tar({"../escape.txt": b"x"}), "leaves the version folder"),
+        (_tar({"/abs.txt": b"x"}), "leaves the version folder"),
+        (_tar({"a.txt": b"x"}, links=("link",)), "not a regular file"),
+        (b"not a tar at all", "not a readable tar"),
+    ]:
+        assert fragment in _error(_upload(client, archive), 400, "invalid")["message"]
+    _error(_upload(client, _tar(files), '{"kind": "weights"}'), 400, "invalid")
+    assert registry.list_models() == []
+
+    r = _upload(client, _tar(files), '{"kind": "base", "tags": {"via": "upload"}}')
+    assert r.status_code == 201, r.text
+    assert r.json()["ref"] == "up:1" and r.json()["tags"] == {"via": "upload"}
+    shown = client.get("/v1/registry/versions/up:1/files").json()["data"]
+    assert sorted(f["path"] for f in shown) == sorted(files)
+    again = _upload(
+        client, _tar(files), '{"expected_digest": "' + r.json()["artifact_digest"] + '"}'
+    )
+    _error(again, 409, "already_exists")
