@@ -21,7 +21,7 @@ ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ALIAS = re.compile(r"[a-z][a-z0-9_-]*")
-_VERSION = re.compile(r"[1-9][0-9]{0,9}")
+_VERSION = re.compile(r"[1-9][0-9]{0,8}")  # fits the 32-bit columns
 _SUFFIX = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}|")
 _JOB = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
@@ -102,7 +102,7 @@ def parse_ref(ref: str, param: str = "model") -> ModelRef:
         if not _VERSION.fullmatch(version):
             raise _invalid(
                 f"invalid reference {ref!r}: the version after ':' must be a positive integer "
-                "without leading zeros (for example 'demo:2')",
+                "below 10^9, without leading zeros (for example 'demo:2')",
                 param,
             )
         return ModelRef(validate_name(name, param), version=int(version))

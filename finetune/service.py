@@ -215,8 +215,9 @@ class FineTuningService:
     ) -> ListPage[JobEventObject]:
         job = self._job(caller, job_id)
         cursor = (after or "").removeprefix("ftevent-")
+        valid = cursor.isdigit() and len(cursor) < 10  # ids fit the 32-bit column
         events = self.store.list_events(
-            job.id, limit=limit + 1, after=int(cursor) if cursor.isdigit() else None
+            job.id, limit=limit + 1, after=int(cursor) if valid else None
         )
         data = [
             JobEventObject(

@@ -16,6 +16,7 @@ from core.listing import MAX_PAGE, ListPage, page
 from registry.entities import VersionKind
 from registry.errors import RegistryError
 from registry.protocol import (
+    MAX_EVENT_ID,
     AliasEventObject,
     AliasObject,
     AliasRequest,
@@ -182,7 +183,9 @@ def history(
     name: str,
     alias: str | None = None,
     limit: Limit = 20,
-    after: Annotated[int | None, Query(description="The last id of the previous page.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="The last id of the previous page.")
+    ] = None,
 ) -> ListPage[AliasEventObject]:
     events = registry.history(name, alias, limit=limit + 1, after=after)
     return page([AliasEventObject.model_validate(e) for e in events], limit, lambda e: str(e.id))

@@ -8,6 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry.entities import AliasAction, VersionFormat, VersionKind
 
+MAX_VERSION = 999_999_999  # as references allow; the columns hold 32-bit integers
+MAX_EVENT_ID = 2**31 - 1
+MAX_REASON = 4096
+
 
 class _Object(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -121,8 +125,8 @@ class RegisterRequest(VersionFields):
 class AliasRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
-    reason: str = ""
+    version: int = Field(ge=1, le=MAX_VERSION)
+    reason: str = Field("", max_length=MAX_REASON)
 
 
 class PromoteRequest(AliasRequest):
@@ -132,4 +136,4 @@ class PromoteRequest(AliasRequest):
 class ReasonRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = ""
+    reason: str = Field("", max_length=MAX_REASON)

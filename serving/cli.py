@@ -20,7 +20,7 @@ from registry.service import Registry
 from serving.app import create_app
 from serving.config import load_config
 from serving.gateway import build_gateway
-from serving.keys import ALL_MODELS, KeyStore
+from serving.keys import ALL_MODELS, MAX_RATE, KeyStore
 from serving.protocol import CreatedKey, KeyObject
 from serving.settings import ServingSettings
 from serving.tables import CHAIN
@@ -97,8 +97,8 @@ def keys() -> None:
 @click.argument("name")
 @click.option("--model", "models", multiple=True, help="Allowed model (repeatable); default all.")
 @click.option("--admin", is_flag=True, help="May use the registry and key routes.")
-@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute.")
-@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute.")
+@click.option("--rpm", type=click.IntRange(1, MAX_RATE), help="Requests per minute.")
+@click.option("--tpm", type=click.IntRange(1, MAX_RATE), help="Tokens per minute.")
 @click.option("--no-traffic-log", is_flag=True, help="Do not log this key's traffic.")
 @click.option("--json", "as_json", is_flag=True)
 def keys_create(name, models, admin, rpm, tpm, no_traffic_log, as_json) -> None:

@@ -15,10 +15,26 @@ class LimitsConfig(_Config):
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted (413).")
     max_tokens: int = Field(1024, gt=0, description="Cap on max_tokens per request (400).")
     max_prompt_tokens: int = Field(4096, gt=0, description="Longest prompt accepted (400).")
+    max_concurrent_per_key: int = Field(
+        64, gt=0, description="Requests one API key may have in flight at once (429)."
+    )
 
 
 class LocalBackendConfig(_Config):
-    max_num_seqs: int = Field(32, gt=0, description="Sequences in one running batch.")
+    max_num_seqs: int = Field(32, gt=0, le=4096, description="Sequences in one running batch.")
+    max_waiting: int = Field(
+        256,
+        gt=0,
+        le=100_000,
+        description="Sequences that may wait for a batch slot per model; beyond it 503.",
+    )
+    max_loaded_models: int = Field(
+        2,
+        gt=0,
+        le=64,
+        description="Base models held in memory; the least recently used idle one is "
+        "unloaded to make room.",
+    )
     quantization: Literal["bnb-4bit"] | None = Field(
         None, description="bnb-4bit: load weights as bitsandbytes NF4."
     )

@@ -71,6 +71,9 @@ class EngineClient(ABC):
     def is_ready(self) -> bool:
         """Whether the engine can take requests now."""
 
+    def accepting(self, model: ServedModel) -> None:  # noqa: B027 (most engines take all)
+        """Raise a 503 with Retry-After if `model` cannot take another request now."""
+
     @abstractmethod
     def generate(
         self,

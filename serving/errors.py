@@ -19,6 +19,16 @@ class EngineError(ServingError):
         )
 
 
+def overloaded(message: str) -> ServingError:
+    """503 with Retry-After: the engine has no room for the request now."""
+    return ServingError(
+        ErrorCode.UNAVAILABLE,
+        f"{message}; retry shortly",
+        api_code="engine_overloaded",
+        headers={"Retry-After": "1"},
+    )
+
+
 def model_not_found(model: str, why: str) -> ServingError:
     return ServingError(
         ErrorCode.NOT_FOUND,

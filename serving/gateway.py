@@ -92,7 +92,11 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
     def engine_for(resolved: ResolvedModel) -> EngineClient:
         return vllm if vllm.serves(resolved.served.name) else local
 
-    limits = Limits(config.limits.max_tokens, config.limits.max_prompt_tokens)
+    limits = Limits(
+        config.limits.max_tokens,
+        config.limits.max_prompt_tokens,
+        config.limits.max_concurrent_per_key,
+    )
     generator = Generator(resolver, engine_for, metrics, limits, limiter, traffic)
     return Gateway(
         config=config,

@@ -4,6 +4,7 @@ limiting, `n` choices, streaming and non-streaming responses, metrics and the tr
 import asyncio
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -12,8 +13,9 @@ from datetime import UTC, datetime
 import anyio
 
 from core.callers import Caller
+from core.errors import ErrorCode
 from serving.engine import EngineClient, GenerationChunk, SamplingParams, TokenLogprob
-from serving.errors import bad_request, model_not_found
+from serving.errors import ServingError, bad_request, model_not_found
 from serving.keys import ApiKey
 from serving.metrics import GatewayMetrics
 from serving.protocol import (
@@ -38,11 +40,14 @@ from serving.ratelimit import RateLimiter, Reservation
 from serving.resolver import ModelResolver, ResolvedModel
 from serving.traffic import TrafficLog, TrafficRecord
 
+_TOKENIZE_INLINE_CHARS = 8192
+
 
 @dataclass(frozen=True)
 class Limits:
     max_tokens: int = 4096  # cap on max_tokens / max_completion_tokens
     max_prompt_tokens: int = 8192
+    max_concurrent_per_key: int = 64
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ class Generator:
         self.limits = limits
         self.limiter = limiter
         self.traffic = traffic
+        self._in_flight: Counter[str] = Counter()  # requests per API key
 
     # -- a request's life -------------------------------------------------------------------
 
@@ -126,6 +132,7 @@ class Generator:
         req: SamplingFields,
         ctx: RequestContext,
         prompt_of: Callable[[ResolvedModel], tuple[str, list[int]]],
+        prompt_chars: int,
         requested: int | None,
         logprobs: int | None,
     ) -> Run:
@@ -134,7 +141,10 @@ class Generator:
         )
         if not ctx.caller.sees_model(resolved.version.owner):
             raise model_not_found(req.model, "no model of that name is open to this API key")
-        prompt, prompt_ids = prompt_of(resolved)
+        if prompt_chars < _TOKENIZE_INLINE_CHARS:
+            prompt, prompt_ids = prompt_of(resolved)
+        else:  # long prompts are tokenized off the event loop
+            prompt, prompt_ids = await asyncio.to_thread(prompt_of, resolved)
         limit = min(self.limits.max_prompt_tokens, resolved.max_model_len - 1)
         if len(prompt_ids) > limit:
             raise bad_request(
@@ -143,11 +153,17 @@ class Generator:
                 param="messages" if ctx.endpoint == "chat" else "prompt",
             )
         params = self._params(req, requested, resolved, len(prompt_ids), logprobs)
+        engine = self.engine_for(resolved)
+        engine.accepting(resolved.served)
         reservation = None
         if ctx.key is not None:
-            cost = len(prompt_ids) + req.n * params.max_tokens
-            reservation = await self.limiter.reserve(ctx.key, cost)
-        engine = self.engine_for(resolved)
+            self._enter(ctx.key)
+            try:
+                cost = len(prompt_ids) + req.n * params.max_tokens
+                reservation = await self.limiter.reserve(ctx.key, cost)
+            except BaseException:
+                self._in_flight[ctx.key.id] -= 1
+                raise
         self.metrics.requests.labels(resolved.version.ref, engine.name, ctx.endpoint).inc()
         streams = []
         for i in range(req.n):
@@ -170,6 +186,18 @@ class Generator:
             streams=streams,
             reservation=reservation,
         )
+
+    def _enter(self, key: ApiKey) -> None:
+        """Count a request of `key` in flight; 429 when it has its limit in flight already."""
+        if self._in_flight[key.id] >= self.limits.max_concurrent_per_key:
+            raise ServingError(
+                ErrorCode.RATE_LIMITED,
+                f"key {key.name!r} has {self._in_flight[key.id]} requests in flight, its limit; "
+                "wait for one to finish",
+                api_code="too_many_concurrent_requests",
+                headers={"Retry-After": "1"},
+            )
+        self._in_flight[key.id] += 1
 
     def _params(
         self,
@@ -261,9 +289,11 @@ class Generator:
         usage = run.usage
         self.metrics.prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
         self.metrics.completion_tokens.labels(*labels).inc(usage.completion_tokens)
+        key = run.context.key
+        if key is not None:
+            self._in_flight[key.id] -= 1
         if run.reservation is not None:
             await self.limiter.settle(run.reservation, usage.total_tokens)
-        key = run.context.key
         if self.traffic is not None and (key is None or key.log_traffic):
             self.traffic.record(
                 TrafficRecord(
@@ -310,7 +340,8 @@ class Generator:
             return text, resolved.tokenizer(text, add_special_tokens=False).input_ids
 
         top = (req.top_logprobs or 0) if req.logprobs else None
-        run = await self._start(req, ctx, prompt_of, req.token_limit, top)
+        chars = sum(len(m["content"]) for m in messages)
+        run = await self._start(req, ctx, prompt_of, chars, req.token_limit, top)
         if req.stream:
             return self._chat_stream(req, run)
         await self._finish(run)
@@ -373,7 +404,9 @@ class Generator:
         def prompt_of(resolved: ResolvedModel) -> tuple[str, list[int]]:
             return req.prompt_text, resolved.tokenizer(req.prompt_text).input_ids
 
-        run = await self._start(req, ctx, prompt_of, req.max_tokens, req.logprobs)
+        run = await self._start(
+            req, ctx, prompt_of, len(req.prompt_text), req.max_tokens, req.logprobs
+        )
         echo = req.prompt_text if req.echo else ""
         if req.stream:
             return self._completion_stream(req, run, echo)

@@ -18,6 +18,7 @@ from serving.errors import ServingError
 from serving.tables import api_keys
 
 KEY_PREFIX = "llmops-"
+MAX_RATE = 10**12  # the largest rpm or tpm a key may have (the columns hold 64-bit integers)
 ALL_MODELS = "*"
 _MIN_RELOAD_S = 0.25  # unknown secrets reload the keys at most this often
 

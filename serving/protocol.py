@@ -5,9 +5,18 @@ the gateway's own key management API."""
 import time
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from serving.keys import MAX_RATE
 
 
 def _id(prefix: str) -> str:
@@ -29,20 +38,35 @@ class StreamOptions(OpenAIModel):
     include_usage: bool = False
 
 
+MAX_STOP = 4  # stop sequences per request, as OpenAI allows
+MAX_STOP_LENGTH = 256
+MAX_TOKENS = 1_000_000  # far above any model's context: the gateway's own cap applies first
+Stop = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_LENGTH)]
+
+
 class SamplingFields(OpenAIModel):
     """Fields shared by completions and chat completions."""
 
-    model: str
+    model: str = Field(min_length=1, max_length=256)
     n: int = Field(1, ge=1, le=16)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    stop: Stop | list[Stop] | None = Field(
+        None, description=f"Up to {MAX_STOP} sequences of up to {MAX_STOP_LENGTH} characters."
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: str | None = Field(None, max_length=256)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
+        return stop
 
     @property
     def stop_sequences(self) -> list[str]:
@@ -53,7 +77,7 @@ class SamplingFields(OpenAIModel):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
 
@@ -86,8 +110,8 @@ class ChatMessage(OpenAIModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI.")
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description="Deprecated by OpenAI.")
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
@@ -209,8 +233,8 @@ class KeyRequest(BaseModel):
         default_factory=lambda: ["*"], description="Allowed model names; '*' allows all."
     )
     admin: bool = Field(False, description="May use the registry and key routes.")
-    rpm: int | None = Field(None, gt=0, description="Requests per minute.")
-    tpm: int | None = Field(None, gt=0, description="Tokens per minute.")
+    rpm: int | None = Field(None, gt=0, le=MAX_RATE, description="Requests per minute.")
+    tpm: int | None = Field(None, gt=0, le=MAX_RATE, description="Tokens per minute.")
     log_traffic: bool = Field(True, description="Whether this key's requests are logged.")
 
 

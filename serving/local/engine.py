@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from serving.engine import EngineClient, GenerationChunk, SamplingParams, ServedModel
+from serving.errors import overloaded
 from serving.local.runner import ModelRunner
 from serving.local.sequence import Sequence
 
@@ -17,6 +18,8 @@ from serving.local.sequence import Sequence
 @dataclass(frozen=True)
 class LocalEngineConfig:
     max_num_seqs: int = 32
+    max_waiting: int = 256  # per model; more is refused with 503
+    max_loaded_models: int = 2  # base models in memory; the least recently used idle one goes
     quantization: Literal["bnb-4bit"] | None = None
     device_map: str | dict[str, Any] | None = None  # accelerate sharding, e.g. "auto"
     max_memory: dict[str, str] | None = None  # per device, e.g. {"0": "10GiB", "cpu": "30GiB"}
@@ -44,7 +47,7 @@ class LocalEngine(EngineClient):
 
     def __init__(self, config: LocalEngineConfig | None = None):
         self.config = config or LocalEngineConfig()
-        self._runners: dict[str, ModelRunner] = {}
+        self._runners: dict[str, ModelRunner] = {}  # least recently used first
         self._loading: dict[str, asyncio.Lock] = {}
         self._started = False
 
@@ -64,18 +67,40 @@ class LocalEngine(EngineClient):
     def queue_depth(self) -> int:
         return sum(r.num_waiting for r in self._runners.values())
 
+    def accepting(self, model: ServedModel) -> None:
+        runner = self._runners.get(model.key)
+        if runner is not None and runner.num_waiting >= self.config.max_waiting:
+            raise overloaded(f"{runner.num_waiting} requests already wait for {model.key}")
+
     async def runner(self, model: ServedModel) -> ModelRunner:
-        """The runner of `model`'s base, loading it on first use."""
+        """The runner of `model`'s base, loading it on first use (and unloading the least
+        recently used idle model when `max_loaded_models` are loaded)."""
         lock = self._loading.setdefault(model.key, asyncio.Lock())
         async with lock:
             if model.key not in self._runners:
+                await self._make_room()
                 loaded, tokenizer = await asyncio.to_thread(
                     load_model, str(model.path), self.config
                 )
                 self._runners[model.key] = ModelRunner(
-                    loaded, tokenizer, name=model.key, max_num_seqs=self.config.max_num_seqs
+                    loaded,
+                    tokenizer,
+                    name=model.key,
+                    max_num_seqs=self.config.max_num_seqs,
+                    max_waiting=self.config.max_waiting,
                 )
-            return self._runners[model.key]
+            runner = self._runners.pop(model.key)
+            self._runners[model.key] = runner  # now the most recently used
+            return runner
+
+    async def _make_room(self) -> None:
+        while len(self._runners) >= self.config.max_loaded_models:
+            idle = next((k for k, r in self._runners.items() if r.idle), None)
+            if idle is None:
+                raise overloaded(
+                    f"all {len(self._runners)} loaded models are busy and no other can load"
+                )
+            await asyncio.to_thread(self._runners.pop(idle).stop)
 
     async def generate(
         self,

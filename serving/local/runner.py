@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from serving.errors import EngineError
+from serving.errors import EngineError, overloaded
 from serving.local.batch import BatchCache
 from serving.local.sampling import next_token
 from serving.local.sequence import Sequence
@@ -26,8 +26,10 @@ class ModelRunner:
         *,
         name: str,
         max_num_seqs: int,
+        max_waiting: int,
     ):
         self.model = model
+        self.max_waiting = max_waiting
         self.tokenizer = tokenizer
         self.max_num_seqs = max_num_seqs
         self.device = next(model.parameters()).device
@@ -55,10 +57,18 @@ class ModelRunner:
     def num_running(self) -> int:
         return len(self._running)
 
+    @property
+    def idle(self) -> bool:
+        """No sequence waits or runs (finished ones leave the batch after their last chunk)."""
+        running = list(self._running)
+        return not self._waiting and all(s.finish_reason or s.aborted for s in running)
+
     def submit(self, seq: Sequence) -> None:
         with self._cond:
             if self._stopped:
                 raise EngineError("the local engine is shutting down")
+            if len(self._waiting) >= self.max_waiting:
+                raise overloaded(f"{len(self._waiting)} requests already wait for this model")
             self._waiting.append(seq)
             self._cond.notify()
 

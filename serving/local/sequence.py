@@ -11,6 +11,12 @@ from serving.engine import GenerationChunk, SamplingParams, TokenLogprob
 from serving.local.sampling import token_logprobs
 
 
+def find_stop(text: str, stops: tuple[str, ...], start: int) -> int:
+    """Where the earliest stop string in `text[start:]` begins, or -1."""
+    found = [i for stop in stops if (i := text.find(stop, start)) != -1]
+    return min(found, default=-1)
+
+
 @dataclass(eq=False)
 class Sequence:
     request_id: str
@@ -31,6 +37,7 @@ class Sequence:
     # Incremental detokenization: only the tokens from `_prefix` on are decoded each step.
     _prefix: int = 0
     _read: int = 0
+    _stop_scanned: int = 0  # characters of `text` already searched for stop strings
 
     def emit(self, chunk: GenerationChunk | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, chunk)
@@ -68,6 +75,7 @@ class Sequence:
         if self.finish_reason is not None:
             # The whole decode, exactly as Hugging Face decodes a generation.
             self.text = tokenizer.decode(self.output_ids, skip_special_tokens=True)
+            self._stop_scanned = 0
         if self._cut_at_stop():
             self.finish_reason = "stop"
         self._send()
@@ -83,12 +91,19 @@ class Sequence:
             self._prefix, self._read = self._read, len(self.output_ids)
 
     def _cut_at_stop(self) -> bool:
-        for stop in self.params.stop:
-            index = self.text.find(stop)
-            if index != -1:
-                self.text = self.text[:index]
-                return True
-        return False
+        """Cut the text at the first stop string. Only the new text is searched (and what a
+        stop string that ends in it may begin with), so a long answer costs no more per token
+        than a short one."""
+        if not self.params.stop:
+            return False
+        longest = max(len(s) for s in self.params.stop)
+        start = max(0, self._stop_scanned - longest + 1)
+        self._stop_scanned = len(self.text)
+        index = find_stop(self.text, self.params.stop, start)
+        if index == -1:
+            return False
+        self.text = self.text[:index]
+        return True
 
     def _send(self) -> None:
         if self.finish_reason is None and not self.stream:

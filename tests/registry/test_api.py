@@ -60,6 +60,12 @@ def test_errors_use_the_openai_envelope(client: TestClient, model_dir: Path) -> 
     error = _error(client.get("/v1/registry/versions/nope:1"), 404, "model_not_found")
     assert "does not exist" in error["message"] and error["type"] == "invalid_request_error"
     _error(client.get("/v1/registry/versions/bad%20name:1"), 400, "invalid")
+    # Integers that do not fit the database's columns are refused, not a server error.
+    _error(client.get("/v1/registry/versions/demo:99999999999"), 400, "invalid")
+    r = client.get("/v1/registry/models/demo/history", params={"after": 2**40})
+    _error(r, 400, "invalid_request")
+    r = client.put("/v1/registry/models/demo/aliases/production", json={"version": 2**40})
+    _error(r, 400, "invalid_request")
     _error(client.get("/v1/registry/no-such-route"), 404, "not_found")
     body = {"source_dir": str(model_dir)}
     client.post("/v1/registry/models/demo/versions", json=body)
