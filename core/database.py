@@ -4,6 +4,7 @@ with each package's schema brought up to date the first time the package opens i
 SQLite connections take the write lock when a transaction begins (`BEGIN IMMEDIATE`), so
 writers serialize instead of failing on lock upgrades; PostgreSQL writers lock rows."""
 
+import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,9 @@ def as_utc(value: datetime | None) -> datetime | None:
 def _sqlite_engine(url: str) -> Engine:
     path = url.removeprefix("sqlite:///")
     if path and path != url and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Readable by its owner only; SQLite gives its -wal and -shm files the same mode.
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     engine = create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")

@@ -33,6 +33,14 @@ class StackSettings(BaseSettings):
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.resolved_home / 'registry.db'}"
 
+    def ensure_home(self) -> Path:
+        """The home folder, created readable by its owner only (it holds the database, keys'
+        hashes, uploaded data and weights)."""
+        home = self.resolved_home
+        if not home.exists():
+            home.mkdir(mode=0o700, parents=True)
+        return home
+
     @property
     def models_cache(self) -> Path:
         """Verified local copies of registry versions, one folder per artifact digest."""

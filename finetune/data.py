@@ -20,18 +20,21 @@ from finetune.errors import FinetuneError
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
-MAX_REPORTED = 10
+MAX_REPORTED = 10  # bad rows named in the message
+MAX_COLLECTED = 100  # bad rows after which checking a file stops
 
 
 class DataError(FinetuneError):
     """Rows that cannot be trained on. `problems` holds one "file:line: what" per bad row."""
 
-    def __init__(self, problems: Sequence[str]):
+    def __init__(self, problems: Sequence[str], stopped_at: int | None = None):
         self.problems = list(problems)
         shown = "; ".join(self.problems[:MAX_REPORTED])
         more = len(self.problems) - MAX_REPORTED
         suffix = f"; and {more} more" if more > 0 else ""
         count = f"{len(self.problems)} bad row{'s' if len(self.problems) > 1 else ''}"
+        if stopped_at is not None:
+            count += f" (checking stopped at line {stopped_at})"
         super().__init__(
             ErrorCode.INVALID,
             f"{count}: {shown}{suffix}",
@@ -86,13 +89,16 @@ def _row_problem(row: Any, kind: str) -> str | None:
 def read_rows(path: Path, kind: str = "chat") -> list[tuple[str, dict[str, Any]]]:
     """Parse and check every line of a JSONL file; returns ("file:line", row) pairs.
 
-    Raises DataError listing every bad line, so a user can fix them all in one pass."""
+    Raises DataError listing the bad lines (up to MAX_COLLECTED, where checking stops), so a
+    user can fix them in one pass."""
     path = Path(path)
     if not path.is_file():
         raise DataError([f"{path}: no such file"])
     rows, problems = [], []
     with path.open(encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, start=1):
+            if len(problems) >= MAX_COLLECTED:
+                raise DataError(problems, stopped_at=number)
             where = f"{path.name}:{number}"
             if not line.strip():
                 problems.append(f"{where}: empty line")

@@ -15,6 +15,10 @@ class RecipeError(FinetuneError):
         super().__init__(ErrorCode.INVALID, message, param=param, api_code="invalid_recipe")
 
 
+def quota_exceeded(message: str) -> FinetuneError:
+    return FinetuneError(ErrorCode.RATE_LIMITED, message, api_code="quota_exceeded")
+
+
 def job_not_found(job_id: str) -> FinetuneError:
     return FinetuneError(
         ErrorCode.NOT_FOUND,

@@ -190,6 +190,16 @@ class JobStore:
         with self.engine.connect() as conn:
             return [_job(row) for row in conn.execute(query)]
 
+    def count_active_jobs(self, owner: str | None) -> int:
+        """Queued and running jobs of `owner` (of everyone for None)."""
+        query = select(func.count()).where(
+            jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])
+        )
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one()
+
     def transition(
         self, job_id: str, expected: tuple[JobStatus, ...], status: JobStatus, **values: Any
     ) -> bool:

@@ -26,7 +26,9 @@ def merge_adapter(registry: Registry, ref: str, name: str | None = None) -> Mode
         )
     base = registry.resolve(adapter.parent)
     base_dir = registry.local_copy(base)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dir, dtype=torch.float32, use_safetensors=True
+    )
     model = PeftModel.from_pretrained(model, registry.local_copy(adapter))
     merged = model.merge_and_unload()
     with tempfile.TemporaryDirectory() as folder:

@@ -81,6 +81,7 @@ class JobRunner:
         cls, stack: StackSettings | None = None, settings: FinetuneSettings | None = None
     ) -> "JobRunner":
         stack = stack or StackSettings()
+        stack.ensure_home()
         store = JobStore.open(stack.resolved_database_url)
         return cls(store, stack, settings or FinetuneSettings())
 

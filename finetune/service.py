@@ -16,7 +16,7 @@ from core.errors import ErrorCode
 from core.listing import ListPage, page
 from core.refs import fine_tuned_name, parse_ref
 from finetune.data import DataError, read_rows
-from finetune.errors import FinetuneError, file_not_found, job_not_found
+from finetune.errors import FinetuneError, file_not_found, job_not_found, quota_exceeded
 from finetune.hyperparameters import api_recipe, resolve_hyperparameters
 from finetune.jobs import Job, JobStore, StoredFile
 from finetune.protocol import (
@@ -105,8 +105,20 @@ class FineTuningService:
                 param="purpose",
                 api_code="invalid_purpose",
             )
+        settings = self.runner.settings
+        stored = self.store.list_files(caller.key_id)  # made without keys: owner None
+        if len(stored) >= settings.max_files_per_key:
+            raise quota_exceeded(
+                f"this key stores {len(stored)} files, its limit; delete some "
+                "(DELETE /v1/files/{id}) before uploading more"
+            )
+        room = settings.max_file_bytes_per_key - sum(f.bytes for f in stored)
+        if room <= 0:
+            raise quota_exceeded(
+                "this key's files fill its storage quota; delete some before uploading more"
+            )
         files_dir = self.runner.stack.files_dir
-        staged = await stage_upload(upload, files_dir, self.runner.settings.max_file_bytes)
+        staged = await stage_upload(upload, files_dir, min(settings.max_file_bytes, room))
         name = Path(upload.filename or "upload.jsonl").name[:255]
         try:
             rows = await asyncio.to_thread(read_rows, staged.path, "chat")
@@ -181,6 +193,12 @@ class FineTuningService:
         data = [(home / training.path, "train")]
         if validation is not None:
             data.append((home / validation.path, "validation"))
+        active = self.store.count_active_jobs(caller.key_id)
+        if active >= self.runner.settings.max_active_jobs_per_key:
+            raise quota_exceeded(
+                f"this key has {active} queued or running jobs, its limit; wait for one to "
+                "end or cancel one"
+            )
         hyper = resolve_hyperparameters(request, self.runner.settings)
         recipe = api_recipe(
             request,

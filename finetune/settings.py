@@ -21,6 +21,13 @@ class FinetuneSettings(BaseSettings):
     max_file_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Largest file accepted by POST /v1/files."
     )
+    max_files_per_key: int = Field(100, gt=0, description="Files one API key may store.")
+    max_file_bytes_per_key: int = Field(
+        2 * 1024**3, gt=0, description="Bytes of files one API key may store."
+    )
+    max_active_jobs_per_key: int = Field(
+        4, gt=0, description="Queued and running jobs one API key may have."
+    )
     api_learning_rate: float = Field(
         1e-3, gt=0, description="Learning rate of API jobs at learning_rate_multiplier 1."
     )

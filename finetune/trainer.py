@@ -106,11 +106,13 @@ def load_model(path: Path, recipe: Recipe) -> PreTrainedModel:
             bnb_4bit_use_double_quant=True,
         )
         model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=quantization, dtype=compute
+            path, quantization_config=quantization, dtype=compute, use_safetensors=True
         )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, use_safetensors=True
+        )
     # Without a KV cache, `position_ids` that restart mark packed examples, and attention
     # stays within each one; with the cache transformers ignores them and attends across.
     model.config.use_cache = False

@@ -34,8 +34,10 @@ async def stage_upload(upload: UploadFile, folder: Path, max_bytes: int) -> Stag
                 if size > max_bytes:
                     raise FinetuneError(
                         ErrorCode.TOO_LARGE,
-                        f"the file is over {max_bytes} bytes; split it or raise "
-                        "LLMOPS_FINETUNE_MAX_FILE_BYTES",
+                        f"the file is over {max_bytes} bytes, the most this key may upload "
+                        "now (LLMOPS_FINETUNE_MAX_FILE_BYTES per file, "
+                        "LLMOPS_FINETUNE_MAX_FILE_BYTES_PER_KEY in all); split it or delete "
+                        "older files",
                         param="file",
                         api_code="file_too_large",
                     )

@@ -130,10 +130,12 @@ def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
         if succeeded:
             store.add_event(job.id, "The job has successfully completed")
     except StackError as err:
-        _fail(store, job, err.api_code, err.message, err.param)
+        # The message reaches API clients: it names files by their place under LLMOPS_HOME.
+        message = err.message.replace(f"{runner.stack.resolved_home}/", "")
+        _fail(store, job, err.api_code, message, err.param)
     except Exception as err:
         traceback.print_exc()
-        message = f"{type(err).__name__}: {err}; the traceback is in llm-finetune logs {job.id}"
+        message = f"internal error ({type(err).__name__}); see llm-finetune logs {job.id}"
         _fail(store, job, "internal_error", message, None)
     finally:
         done.set()

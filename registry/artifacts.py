@@ -58,11 +58,12 @@ def _walk(source_dir: Path) -> Iterator[tuple[str, Path]]:
             yield path.relative_to(source_dir).as_posix(), path
 
 
-def _check_copy(entry: ManifestEntry, path: Path, blob: Path) -> None:
+def _check_copy(entry: ManifestEntry, path: Path) -> None:
     if hash_file(path) != (entry.sha256, entry.size):
         raise RegistryError(
             ErrorCode.INTEGRITY,
-            f"artifact file {entry.path} does not match its digest: the stored copy ({blob}) "
+            f"artifact file {entry.path} does not match its digest: the stored copy (blob "
+            f"{entry.sha256[:12]}) "
             "was modified or corrupted",
         )
 
@@ -83,7 +84,7 @@ def scan_directory(source_dir: Path, *, allow_pickle: bool = False) -> Manifest:
         )
     entries = []
     for relpath, path in _walk(source_dir):
-        if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
+        if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
             raise RegistryError(
                 ErrorCode.INVALID,
                 f"{relpath} is a pickle-based file, which can run code when loaded; convert the "
@@ -152,16 +153,14 @@ class ArtifactStore:
             )
         except FileNotFoundError:
             raise RegistryError(
-                ErrorCode.INTEGRITY, f"the manifest of {digest} is missing: {path}"
+                ErrorCode.INTEGRITY, f"the manifest of {digest} is missing from the store"
             ) from None
         except (ValueError, KeyError, TypeError):
             raise RegistryError(
-                ErrorCode.INTEGRITY, f"the manifest of {digest} is unreadable: {path}"
+                ErrorCode.INTEGRITY, f"the manifest of {digest} is unreadable"
             ) from None
         if manifest.digest != digest:
-            raise RegistryError(
-                ErrorCode.INTEGRITY, f"the manifest of {digest} was modified: {path}"
-            )
+            raise RegistryError(ErrorCode.INTEGRITY, f"the manifest of {digest} was modified")
         return manifest
 
     def _check_blob(self, entry: ManifestEntry) -> Path:
@@ -169,7 +168,7 @@ class ArtifactStore:
         if not blob.is_file():
             raise RegistryError(
                 ErrorCode.INTEGRITY,
-                f"artifact file {entry.path} is missing from the store ({blob})",
+                f"artifact file {entry.path} is missing from the store (blob {entry.sha256[:12]})",
             )
         return blob
 
@@ -178,7 +177,7 @@ class ArtifactStore:
         manifest = self.load_manifest(digest)
         for entry in manifest.files:
             blob = self._check_blob(entry)
-            _check_copy(entry, blob, blob)
+            _check_copy(entry, blob)
         return manifest
 
     def verified_file(self, digest: str, path: str) -> Path:
@@ -192,7 +191,7 @@ class ArtifactStore:
                 api_code="file_not_found",
             )
         blob = self._check_blob(entry)
-        _check_copy(entry, blob, blob)
+        _check_copy(entry, blob)
         return blob
 
     def fetch(self, digest: str, dest: Path) -> Manifest:
@@ -211,7 +210,7 @@ class ArtifactStore:
                 target = staging / entry.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(blob, target)
-                _check_copy(entry, target, blob)
+                _check_copy(entry, target)
             if dest.exists():
                 dest.rmdir()
             os.replace(staging, dest)

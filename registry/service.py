@@ -415,8 +415,7 @@ def open_registry(
     environment)."""
     stack = stack or StackSettings()
     settings = settings or RegistrySettings()
-    home = stack.resolved_home
-    home.mkdir(parents=True, exist_ok=True)
+    home = stack.ensure_home()
     return Registry(
         SqlStore(open_database(stack.resolved_database_url, CHAIN)),
         ArtifactStore(home),

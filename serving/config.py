@@ -59,6 +59,12 @@ class RateLimitConfig(_Config):
 
 class TrafficConfig(_Config):
     enabled: bool = Field(True, description="Log every request and response.")
+    retention_days: float = Field(
+        30.0, gt=0, description="Records older than this are deleted (checked every minute)."
+    )
+    max_rows: int = Field(
+        1_000_000, gt=0, description="At most this many records are kept; the oldest go first."
+    )
     redactor: str | None = Field(
         None, description="'pii' or 'package.module:callable' applied to prompts and outputs."
     )

@@ -4,6 +4,7 @@ routers that use them."""
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 
 from core.database import open_database
 from core.settings import StackSettings
@@ -21,7 +22,7 @@ from serving.metrics import GatewayMetrics
 from serving.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from serving.resolver import ModelResolver, ResolvedModel
 from serving.tables import CHAIN
-from serving.traffic import TrafficLog, load_redactor
+from serving.traffic import Retention, TrafficLog, load_redactor
 from serving.vllm.engine import VllmEngine
 
 
@@ -60,11 +61,14 @@ class Gateway:
         return all(engine.is_ready() for engine in self.engines)
 
     async def aclose(self) -> None:
-        for engine in self.engines:
-            await engine.aclose()
-        await self.limiter.aclose()
-        if self.traffic is not None:
-            self.traffic.close()
+        """Stop the engines; whatever fails, the traffic log still stores what it holds."""
+        try:
+            for engine in self.engines:
+                await engine.aclose()
+            await self.limiter.aclose()
+        finally:
+            if self.traffic is not None:
+                self.traffic.close()
 
 
 def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
@@ -87,7 +91,14 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
     )
     traffic = None
     if config.traffic.enabled:
-        traffic = TrafficLog(database, redact=load_redactor(config.traffic.redactor))
+        traffic = TrafficLog(
+            database,
+            redact=load_redactor(config.traffic.redactor),
+            retention=Retention(
+                timedelta(days=config.traffic.retention_days), config.traffic.max_rows
+            ),
+            on_drop=metrics.traffic_dropped.inc,
+        )
 
     def engine_for(resolved: ResolvedModel) -> EngineClient:
         return vllm if vllm.serves(resolved.served.name) else local

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 
@@ -18,6 +19,7 @@ from serving.engine import EngineClient, GenerationChunk, SamplingParams, TokenL
 from serving.errors import ServingError, bad_request, model_not_found
 from serving.keys import ApiKey
 from serving.metrics import GatewayMetrics
+from serving.middleware import METRICS_MODEL
 from serving.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -56,6 +58,7 @@ class RequestContext:
     key: ApiKey | None  # None when the gateway runs without keys
     caller: Caller
     endpoint: str  # "chat" or "completions"
+    labels: dict[str, Any] = field(default_factory=dict)  # the request's state: metric labels
 
 
 @dataclass
@@ -139,6 +142,7 @@ class Generator:
         resolved = self.resolver.cached(req.model) or await asyncio.to_thread(
             self.resolver.resolve, req.model
         )
+        ctx.labels[METRICS_MODEL] = resolved.version.ref
         if not ctx.caller.sees_model(resolved.version.owner):
             raise model_not_found(req.model, "no model of that name is open to this API key")
         if prompt_chars < _TOKENIZE_INLINE_CHARS:

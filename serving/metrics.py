@@ -43,6 +43,11 @@ class GatewayMetrics:
         self.completion_tokens = Counter(
             "llmops_completion_tokens", "Generated tokens.", labels, registry=self.registry
         )
+        self.traffic_dropped = Counter(
+            "llmops_traffic_records_dropped",
+            "Traffic-log records not stored (queue full, or the database refused them).",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "llmops_queue_depth",
             "Requests waiting for a batch slot.",

@@ -10,6 +10,8 @@ from core.http import error_response
 from serving.metrics import GatewayMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")  # a client's id is kept when it looks so
+METRICS_MODEL = "metrics_model"  # the scope state key of a request's model label
 
 
 class _BodyTooLarge(Exception):
@@ -46,7 +48,8 @@ class GatewayMiddleware:
             )
             await error_response(400, message, code="invalid_host")(scope, receive, send)
             return
-        request_id = headers.get(REQUEST_ID_HEADER.encode(), b"").decode() or uuid.uuid4().hex
+        given = headers.get(REQUEST_ID_HEADER.encode(), b"")
+        request_id = given.decode() if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         id_header = (REQUEST_ID_HEADER.encode(), request_id.encode())
         started = False
@@ -58,7 +61,8 @@ class GatewayMiddleware:
                 message["headers"] = [*message.get("headers", []), id_header]
                 status = message["status"]
                 if status >= 400 and scope["path"].startswith("/v1/"):
-                    model = scope["state"].get("model", "unknown")
+                    # The resolved version, never the client's string (unbounded labels).
+                    model = scope["state"].get(METRICS_MODEL, "invalid")
                     self.metrics.errors.labels(model, str(status)).inc()
             await send(message)
 
@@ -66,7 +70,8 @@ class GatewayMiddleware:
             (n for pattern, n in self.upload_limits if pattern.fullmatch(scope["path"])),
             self.max_body_bytes,
         )
-        declared = int(headers.get(b"content-length", b"0") or 0)
+        length = headers.get(b"content-length", b"0")
+        declared = int(length) if length.isdigit() else 0
         if declared > limit:
             await self._too_large(scope, receive, send_with_id, declared, limit)
             return

@@ -11,11 +11,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, Row, select
 
-from core.database import as_utc
+from core.database import as_utc, utc_now
 from core.plugins import load_plugin
 from serving.tables import traffic
 
@@ -64,31 +64,52 @@ def _record(row: Row) -> TrafficRecord:
     return TrafficRecord(**values)
 
 
+@dataclass(frozen=True)
+class Retention:
+    max_age: timedelta = timedelta(days=30)
+    max_rows: int = 1_000_000
+    every_s: float = 60.0  # how often old records are deleted
+
+
 class TrafficLog:
+    """Records are queued (up to `max_queue`; beyond it they are dropped and counted through
+    `on_drop`, so a slow database never holds requests up) and written by one thread."""
+
     def __init__(
         self,
         engine: Engine,
         redact: Redactor | None = None,
+        *,
+        retention: Retention | None = None,
+        on_drop: Callable[[int], None] = lambda _count: None,
         batch_size: int = 500,
         linger_s: float = 0.2,
+        max_queue: int = 10_000,
     ):
         self.engine = engine
         self.redact = redact
+        self.retention = retention or Retention()
+        self.on_drop = on_drop
         self.batch_size = batch_size
         self.linger_s = linger_s
-        self._queue: queue.Queue[TrafficRecord | None] = queue.Queue()
+        self._queue: queue.Queue[TrafficRecord | None] = queue.Queue(max_queue)
         self._writer = threading.Thread(target=self._write_loop, name="traffic-log", daemon=True)
         self._writer.start()
 
     def record(self, record: TrafficRecord) -> None:
-        """Queue a record; it is stored within moments."""
-        self._queue.put(record)
+        """Queue a record; it is stored within moments (or dropped and counted, when the
+        queue is full)."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.on_drop(1)
 
     def flush(self) -> None:
         """Block until every queued record is stored."""
         self._queue.join()
 
     def close(self) -> None:
+        """Store what is queued, then stop the writer."""
         self._queue.put(None)
         self._writer.join(timeout=30)
 
@@ -111,9 +132,32 @@ class TrafficLog:
         with self.engine.connect() as conn:
             return [_record(row) for row in conn.execute(stmt)]
 
+    def prune(self, now: datetime | None = None) -> int:
+        """Delete records past the retention (too old, or beyond the newest `max_rows`);
+        returns how many went."""
+        cutoff = (now or utc_now()) - self.retention.max_age
+        with self.engine.begin() as conn:
+            deleted = conn.execute(traffic.delete().where(traffic.c.created_at < cutoff)).rowcount
+            oldest_kept = conn.execute(
+                select(traffic.c.id)
+                .order_by(traffic.c.id.desc())
+                .offset(self.retention.max_rows - 1)
+                .limit(1)
+            ).scalar()
+            if oldest_kept is not None:
+                deleted += conn.execute(traffic.delete().where(traffic.c.id < oldest_kept)).rowcount
+        return deleted
+
     def _write_loop(self) -> None:
+        next_prune = 0.0
         while True:
-            batch = [self._queue.get()]
+            if time.monotonic() >= next_prune:
+                self._guarded(self.prune, "could not delete old traffic records")
+                next_prune = time.monotonic() + self.retention.every_s
+            try:
+                batch = [self._queue.get(timeout=max(0.0, next_prune - time.monotonic()))]
+            except queue.Empty:
+                continue
             # Gather what arrives in the next moments too: one transaction for many requests.
             deadline = time.monotonic() + self.linger_s
             while len(batch) < self.batch_size and batch[-1] is not None:
@@ -124,22 +168,51 @@ class TrafficLog:
             records = [r for r in batch if r is not None]
             try:
                 if records:
-                    self._insert(records)
+                    self._store(records)
             except Exception:
-                log.exception("could not store %d traffic records; they are dropped", len(records))
+                log.exception("could not store %d traffic records", len(records))
+                self.on_drop(len(records))
             finally:
                 for _ in batch:
                     self._queue.task_done()
             if len(records) < len(batch):
                 return
 
-    def _insert(self, records: list[TrafficRecord]) -> None:
+    def _store(self, records: list[TrafficRecord]) -> None:
+        """Insert the batch; when that fails, each record alone, so that one bad record does
+        not lose the others."""
         rows = []
         for record in records:
-            row = asdict(record)
-            if self.redact is not None:
-                row["prompt"] = self.redact(row["prompt"])
-                row["output"] = self.redact(row["output"])
-            rows.append(row)
+            try:
+                rows.append(self._row(record))
+            except Exception:
+                log.exception("the redactor failed on a traffic record; it is dropped")
+                self.on_drop(1)
+        try:
+            self._insert(rows)
+            return
+        except Exception:
+            log.warning("a batch of %d traffic records failed; storing them one by one", len(rows))
+        for row in rows:
+            if not self._guarded(lambda row=row: self._insert([row]), "a traffic record failed"):
+                self.on_drop(1)
+
+    def _row(self, record: TrafficRecord) -> dict:
+        row = asdict(record)
+        if self.redact is not None:
+            row["prompt"] = self.redact(row["prompt"])
+            row["output"] = self.redact(row["output"])
+        return row
+
+    def _insert(self, rows: list[dict]) -> None:
         with self.engine.begin() as conn:
             conn.execute(traffic.insert(), rows)
+
+    @staticmethod
+    def _guarded(work: Callable[[], object], what: str) -> bool:
+        try:
+            work()
+            return True
+        except Exception:
+            log.exception(what)
+            return False

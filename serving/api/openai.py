@@ -35,9 +35,10 @@ async def completions(gateway: GatewayDep, body: CompletionRequest, request: Req
 
 
 def _context(gateway: Gateway, request: Request, model: str, endpoint: str) -> RequestContext:
-    request.state.model = model
     key = gateway.auth.key(request, model=model)
-    return RequestContext(request.state.request_id, key, gateway.auth.caller_of(key), endpoint)
+    return RequestContext(
+        request.state.request_id, key, gateway.auth.caller_of(key), endpoint, request.scope["state"]
+    )
 
 
 def _respond(result: BaseModel | AsyncIterator[bytes]) -> Response:

@@ -3,6 +3,7 @@
 Every iteration admits waiting sequences (one batched prefill), then runs one decoding step for
 every running sequence; finished and cancelled sequences leave between steps."""
 
+import logging
 import threading
 from collections import deque
 
@@ -15,6 +16,7 @@ from serving.local.batch import BatchCache
 from serving.local.sampling import next_token
 from serving.local.sequence import Sequence
 
+log = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
@@ -120,8 +122,11 @@ class ModelRunner:
                     if self._running:
                         self._decode()
                         self._drop_finished()
-            except Exception as err:  # a failed step fails the sequences in it, not the engine
-                self._fail([*self._running, *admitted], f"generation failed: {err}")
+            except Exception:  # a failed step fails the sequences in it, not the engine
+                log.exception("a generation step failed")
+                self._fail(
+                    [*self._running, *admitted], "generation failed; the server log has details"
+                )
                 self._running, self._batch = [], None
 
     def _fail(self, seqs: list[Sequence], message: str) -> None:

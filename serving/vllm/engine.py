@@ -156,7 +156,8 @@ class VllmEngine(EngineClient):
             except TimeoutError as err:
                 for server in servers:
                     await asyncio.to_thread(server.stop)
-                raise EngineError(f"{err}; see the logs in {self.log_dir}") from None
+                log.error("%s; the servers' logs are in %s", err, self.log_dir)
+                raise EngineError(f"{err}; the gateway's vLLM logs say why") from None
             self._groups[model.key] = servers
             return servers
 

@@ -74,6 +74,13 @@ def test_alpaca_and_text_rows_are_checked(tmp_path: Path, kind: str, line: str, 
         read_rows(write_lines(tmp_path / "train.jsonl", [line]), kind)
 
 
+def test_checking_a_file_stops_after_a_bounded_number_of_bad_rows(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "bad.jsonl", ["{oops"] * 100_000)
+    with pytest.raises(DataError, match=r"checking stopped at line 101") as caught:
+        read_rows(path)
+    assert len(caught.value.problems) == 100
+
+
 def test_missing_and_empty_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file"):
         read_rows(tmp_path / "absent.jsonl")

@@ -150,3 +150,40 @@ def test_keys_see_only_their_own_files_and_jobs(
             openai.OpenAI(
                 base_url=f"{running.base_url}/v1", api_key="sk-wrong", max_retries=0
             ).files.list()
+
+
+def test_each_key_has_quotas_on_files_and_jobs(
+    tmp_path: Path, base_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMOPS_FINETUNE_MAX_FILES_PER_KEY", "2")
+    monkeypatch.setenv("LLMOPS_FINETUNE_MAX_FILE_BYTES_PER_KEY", "2000")
+    monkeypatch.setenv("LLMOPS_FINETUNE_MAX_ACTIVE_JOBS_PER_KEY", "1")
+    row = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant",'
+    row += b' "content": "yo"}]}\n'
+    with running_gateway(tmp_path / "home", base_model_dir) as running:
+        _, secret = running.gateway.keys.create("small")
+        _, other = running.gateway.keys.create("other")
+        client, neighbour = (
+            openai.OpenAI(base_url=f"{running.base_url}/v1", api_key=s, max_retries=0)
+            for s in (secret, other)
+        )
+
+        def upload(c: openai.OpenAI, data: bytes):
+            return c.files.create(file=("t.jsonl", io.BytesIO(data)), purpose="fine-tune")
+
+        first, second = upload(client, row), upload(client, row)
+        with pytest.raises(openai.RateLimitError) as err:
+            upload(client, row)
+        assert err.value.body["code"] == "quota_exceeded"
+        assert upload(neighbour, row).id  # quotas are per key
+        client.files.delete(first.id)
+        with pytest.raises(openai.APIStatusError) as err:
+            upload(client, row * 30)  # over the bytes this key has left
+        assert err.value.status_code == 413
+
+        job = client.fine_tuning.jobs.create(model="demo", training_file=second.id)
+        with pytest.raises(openai.RateLimitError, match="queued or running jobs"):
+            client.fine_tuning.jobs.create(model="demo", training_file=second.id)
+        client.fine_tuning.jobs.cancel(job.id)
+        again = client.fine_tuning.jobs.create(model="demo", training_file=second.id)
+        client.fine_tuning.jobs.cancel(again.id)

@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -6,6 +7,7 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from core.settings import StackSettings
@@ -118,3 +120,15 @@ def test_adapter_on_a_registry_base_merges_into_a_full_model(
         merge_adapter(registry, "demo:1")
     with pytest.raises(RecipeError, match="is an adapter; train on its base"):
         train(recipe_for("demo-ft:1", skills_dir), tmp_path / "j2", registry=registry)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "qlora"])
+def test_training_loads_safetensors_weights_only(
+    base_model_dir: Path, skills_dir: Path, tmp_path: Path, adapter: str
+) -> None:
+    pickled = tmp_path / "pickled"
+    shutil.copytree(base_model_dir, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="safetensors"):
+        load_model(pickled, recipe_for(pickled, skills_dir, adapter=adapter))

@@ -78,7 +78,7 @@ def test_modified_manifest_is_detected(store: ArtifactStore, model_dir: Path) ->
         store.verify(manifest.digest)
 
 
-@pytest.mark.parametrize("suffix", [".bin", ".pt", ".pkl", ".ckpt"])
+@pytest.mark.parametrize("suffix", [".bin", ".pt", ".pkl", ".ckpt", ".BIN", ".Pt"])
 def test_pickle_weights_refused_unless_allowed(
     store: ArtifactStore, model_dir: Path, suffix: str
 ) -> None:

@@ -1,14 +1,16 @@
 """Registry operations, run against SQLite and PostgreSQL."""
 
+import stat
 from pathlib import Path
 
 import pytest
 
 from core.errors import ErrorCode, StackError
+from core.settings import StackSettings
 from registry.entities import FINE_TUNED_TAG, AliasAction, VersionFormat, VersionKind
 from registry.errors import RegistryError
 from registry.gates import GateResult, MetricGate, load_gate
-from registry.service import Registry
+from registry.service import Registry, open_registry
 from tests.registry.conftest import make_model_dir
 
 
@@ -246,3 +248,13 @@ def test_fetch_and_verify_through_registry(
         model_dir / "model.safetensors"
     ).read_bytes()
     assert len(registry.verify("demo:1").files) == 3
+
+
+def test_the_state_folder_and_database_are_private(tmp_path: Path) -> None:
+    stack = StackSettings(home=tmp_path / "new-home")
+    registry = open_registry(stack)
+    registry.register("demo", make_model_dir(tmp_path / "m", 1))
+    home = stack.resolved_home
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for name in ("registry.db", "registry.db-wal"):
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name

@@ -261,3 +261,47 @@ def test_the_audit_log_records_the_api_key_that_made_a_change(keyed: RunningGate
     assert reply.status_code == 200, reply.text
     assert reply.json()["actor"] == f"key {key.id} (release-bot)"
     assert keyed.registry.history("demo", "canary")[-1].actor == f"key {key.id} (release-bot)"
+
+
+def test_metrics_labels_are_resolved_versions_never_client_strings(
+    gateway_server: RunningGateway,
+) -> None:
+    url = f"{gateway_server.base_url}/v1/chat/completions"
+    for i in range(3):
+        httpx.post(url, json={"model": f"made-up-{i}-zzz", "messages": CHAT})
+    httpx.post(url, json={"model": "demo", "messages": CHAT, "max_tokens": 5000})
+    text = httpx.get(f"{gateway_server.base_url}/metrics").text
+    assert "made-up-" not in text
+    assert 'llmops_request_errors_total{code="404",model="invalid"}' in text
+    assert 'llmops_request_errors_total{code="400",model="demo:1"}' in text
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("trace-42.a:b_c", True), ("x" * 65, False), ("has space", False), ("é", False)],
+)
+def test_a_clients_request_id_is_kept_only_when_it_is_well_formed(
+    gateway_server: RunningGateway, given: str, kept: bool
+) -> None:
+    reply = httpx.get(f"{gateway_server.base_url}/health", headers={"X-Request-Id": given.encode()})
+    returned = reply.headers["x-request-id"]
+    assert (returned == given) is kept
+    assert kept or len(returned) == 32
+
+
+def test_error_bodies_carry_no_server_paths(keyed: RunningGateway) -> None:
+    _, admin = keyed.gateway.keys.create("auditor", admin=True)
+    home = str(keyed.registry.artifacts.home)
+    blob = next(p for p in (keyed.registry.artifacts.root / "blobs").rglob("*") if p.is_file())
+    original = blob.read_bytes()
+    blob.write_bytes(b"tampered")
+    try:
+        reply = httpx.post(
+            f"{keyed.base_url}/v1/registry/versions/demo:1/verify",
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+    finally:
+        blob.write_bytes(original)
+    error = _envelope(reply, 500, "integrity")
+    assert "does not match its digest" in error["message"]
+    assert home not in reply.text and "/tmp" not in reply.text
