@@ -165,7 +165,7 @@ def test_metrics(client: openai.OpenAI, gateway_server: RunningGateway) -> None:
     text = httpx.get(f"{gateway_server.base_url}/metrics").text
     for name in (
         'llmops_requests_total{backend="local",endpoint="chat",model="demo:1"}',
-        'llmops_request_errors_total{code="404",model="missing"}',
+        'llmops_request_errors_total{code="404",model="invalid"}',
         "llmops_time_to_first_token_seconds_bucket",
         "llmops_e2e_request_latency_seconds_count",
         "llmops_prompt_tokens_total",
