@@ -10,11 +10,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 
 from core.migrations import MigrationChain, migrate
 
 _SQLITE_BUSY_TIMEOUT_S = 60
+# PostgreSQL defaults, unless the URL sets them: a server that does not answer, or a query
+# that hangs, fails the operation instead of holding a worker or a request forever.
+_PG_CONNECT_TIMEOUT_S = 10
+_PG_STATEMENT_TIMEOUT_MS = 60_000
 _engines: dict[str, Engine] = {}
 _migrated: set[tuple[str, str]] = set()
 _lock = threading.Lock()
@@ -54,6 +58,18 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def _connect_args(url: str) -> dict[str, Any]:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return {}
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in parsed.query:
+        args["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
+    if "options" not in parsed.query:
+        args["options"] = f"-c statement_timeout={_PG_STATEMENT_TIMEOUT_MS}"
+    return args
+
+
 def engine_for(url: str) -> Engine:
     """This process's engine for `url`, created on first use."""
     with _lock:
@@ -62,7 +78,7 @@ def engine_for(url: str) -> Engine:
             if url.startswith("sqlite"):
                 engine = _sqlite_engine(url)
             else:
-                engine = create_engine(url, pool_pre_ping=True)
+                engine = create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url))
             _engines[url] = engine
         return engine
 

@@ -51,6 +51,7 @@ class Job:
     error: dict[str, Any] | None = None
     pid: int | None = None
     host: str | None = None
+    pid_start: int | None = None
     heartbeat_at: datetime | None = None
     trained_tokens: int | None = None
     metrics: dict[str, float] | None = None
@@ -201,23 +202,31 @@ class JobStore:
             return conn.execute(query).scalar_one()
 
     def transition(
-        self, job_id: str, expected: tuple[JobStatus, ...], status: JobStatus, **values: Any
+        self,
+        job_id: str,
+        expected: tuple[JobStatus, ...],
+        status: JobStatus,
+        *,
+        worker: tuple[int | None, str | None] | None = None,
+        **values: Any,
     ) -> bool:
-        """Move a job to `status` (with other column values) if it is in one of `expected`."""
+        """Move a job to `status` (with other column values) if it is in one of `expected`,
+        and, with `worker` (pid, host), still held by that worker (not claimed again since)."""
         if status is JobStatus.RUNNING:
             values.setdefault("started_at", utc_now())
         if status.finished:
             values.setdefault("finished_at", utc_now())
+        where = [jobs.c.id == job_id, jobs.c.status.in_([s.value for s in expected])]
+        if worker is not None:
+            where += [jobs.c.pid == worker[0], jobs.c.host == worker[1]]
         with self.engine.begin() as conn:
-            result = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in expected]))
-                .values(status=status.value, **values)
-            )
+            result = conn.execute(update(jobs).where(*where).values(status=status.value, **values))
         return result.rowcount == 1
 
-    def claim(self, job_id: str, pid: int, host: str) -> Job | None:
-        """queued -> running for the worker `pid`, counting the attempt; None if not queued."""
+    def claim(self, job_id: str, pid: int, host: str, pid_start: int | None) -> Job | None:
+        """queued -> running for the worker `pid` (started at `pid_start` clock ticks after
+        boot, which tells it apart from a later process with the same pid), counting the
+        attempt; None if not queued."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(jobs)
@@ -226,6 +235,7 @@ class JobStore:
                     status=JobStatus.RUNNING.value,
                     pid=pid,
                     host=host,
+                    pid_start=pid_start,
                     heartbeat_at=utc_now(),
                     started_at=func.coalesce(jobs.c.started_at, utc_now()),
                     attempts=jobs.c.attempts + 1,

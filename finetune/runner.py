@@ -34,28 +34,44 @@ log = logging.getLogger(__name__)
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` on this host runs (a zombie, exited but not reaped, does not)."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name, or None where there is none."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks after boot (None where /proc is missing)."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def process_alive(pid: int, started: int | None = None) -> bool:
+    """Whether process `pid` on this host runs (a zombie, exited but not reaped, does not),
+    and, with `started`, is the process that started then, not a later one with its pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
+    fields = _proc_stat(pid)
+    if fields is None:
+        return True
+    return fields[0] != "Z" and (started is None or int(fields[19]) == started)
 
 
 def worker_alive(job: Job, stale_after_s: float) -> bool:
-    """Whether the job's worker still runs: its process on this host, its heartbeat elsewhere."""
+    """Whether the job's worker still runs. On this host the process table says so (a worker
+    whose heartbeats fail for a while, say while the database restarts, is not dead); a
+    worker on another host holds its lease while its heartbeat is fresh."""
+    if job.host == socket.gethostname() and job.pid is not None:
+        return process_alive(job.pid, job.pid_start)
     if job.heartbeat_at is None:
         return False
-    if (datetime.now(UTC) - job.heartbeat_at).total_seconds() > stale_after_s:
-        return False
-    if job.host != socket.gethostname() or job.pid is None:
-        return True
-    return process_alive(job.pid)
+    return (datetime.now(UTC) - job.heartbeat_at).total_seconds() <= stale_after_s
 
 
 def worker_command(job: Job) -> list[str]:
@@ -161,8 +177,11 @@ class JobRunner:
                 continue
             checkpoint = self.resume_point(job)
             where = f"worker {job.pid} on {job.host}"
+            holder = (job.pid, job.host)
             if checkpoint is not None and job.attempts < self.settings.max_attempts:
-                if self.store.transition(job.id, (JobStatus.RUNNING,), JobStatus.QUEUED):
+                if self.store.transition(
+                    job.id, (JobStatus.RUNNING,), JobStatus.QUEUED, worker=holder
+                ):
                     self.store.add_event(
                         job.id,
                         f"The {where} died; the job will resume from {checkpoint.name}",
@@ -181,7 +200,7 @@ class JobRunner:
                     "param": None,
                 }
                 if self.store.transition(
-                    job.id, (JobStatus.RUNNING,), JobStatus.FAILED, error=error
+                    job.id, (JobStatus.RUNNING,), JobStatus.FAILED, worker=holder, error=error
                 ):
                     self.store.add_event(job.id, error["message"], level="error")
             recovered.append(self.get(job.id))

@@ -18,6 +18,12 @@ class FinetuneSettings(BaseSettings):
         description="A running job whose worker has been silent this long is taken as dead, "
         "also when the worker ran on another host.",
     )
+    recover_every_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often the gateway recovers jobs whose worker died and starts queued "
+        "ones (so a killed worker does not stall the queue until a restart).",
+    )
     max_file_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Largest file accepted by POST /v1/files."
     )

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     ForeignKey,
@@ -60,6 +61,7 @@ jobs = Table(
     Column("attempts", Integer, nullable=False),
     Column("pid", Integer, nullable=True),
     Column("host", String(255), nullable=True),
+    Column("pid_start", BigInteger, nullable=True),  # when the worker process started
     Column("heartbeat_at", DateTime(timezone=True), nullable=True),
     Column("trained_tokens", Integer, nullable=True),
     Column("metrics", JSON, nullable=True),

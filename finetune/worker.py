@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from core.errors import StackError
 from finetune.jobs import Job, JobStatus, JobStore
 from finetune.kinds import JobContext, kind_runner
-from finetune.runner import JobRunner
+from finetune.runner import JobRunner, process_start
 from registry.service import open_registry
 
 log = logging.getLogger(__name__)
@@ -73,14 +73,19 @@ def _heartbeat(
     """Beat until `done`; a job that is no longer running (cancelled) sets `stop`."""
     pid = os.getpid()
     while not done.wait(interval):
-        if store.heartbeat(job_id, pid) is not JobStatus.RUNNING:
+        try:
+            status = store.heartbeat(job_id, pid)
+        except Exception:  # the database may be back at the next beat; keep training
+            log.exception("job %s: heartbeat failed; trying again in %.0f s", job_id, interval)
+            continue
+        if status is not JobStatus.RUNNING:
             stop.set()
 
 
 def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
     """Claim and run job `job_id` in this process; returns the job as it ended."""
     store = runner.store
-    job = store.claim(job_id, os.getpid(), socket.gethostname())
+    job = store.claim(job_id, os.getpid(), socket.gethostname(), process_start(os.getpid()))
     if job is None:
         log.info("job %s is not queued; nothing to do", job_id)
         return runner.get(job_id)

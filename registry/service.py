@@ -234,6 +234,18 @@ class Registry:
             chain.append(current)
         return tuple(chain)
 
+    def base_of(self, version: ModelVersion) -> ModelVersion:
+        """The version whose weights an adapter applies to (a non-adapter is its own)."""
+        while version.kind is VersionKind.ADAPTER:
+            if version.parent is None:
+                raise RegistryError(
+                    ErrorCode.INVALID,
+                    f"adapter {version.ref} has no base version to apply to",
+                    param="model",
+                )
+            version = self.resolve(version.parent)
+        return version
+
     def fetch(self, ref: str, dest: Path) -> Manifest:
         """Copy a version's files into the new directory `dest`, verified."""
         return self.artifacts.fetch(self.resolve(ref).artifact_digest, Path(dest))

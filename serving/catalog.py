@@ -16,6 +16,14 @@ def _card(model_id: str, version: ModelVersion) -> ModelCard:
     return ModelCard(id=model_id, created=created, parent=parent, root=version.ref)
 
 
+def served_bases(registry: Registry) -> set[str]:
+    """The base versions (refs) that aliases serve, directly or under an adapter."""
+    return {
+        registry.base_of(registry.store.get_version(a.name, a.version)).ref
+        for a in registry.aliases()
+    }
+
+
 def model_cards(registry: Registry, caller: Caller) -> list[ModelCard]:
     cards = []
     for alias in registry.aliases():

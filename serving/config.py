@@ -92,6 +92,12 @@ class VllmModelConfig(_Config):
         default_factory=dict, description="Environment of the servers, e.g. VLLM_CPU_KVCACHE_SPACE."
     )
     startup_timeout_s: float = Field(600, gt=0, description="How long a server may take to start.")
+    max_restarts: int = Field(
+        10, ge=0, description="Crashes in a row after which a server is no longer restarted."
+    )
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the API key of the external `urls`."
+    )
 
     @field_validator("max_lora_rank")
     @classmethod
@@ -106,6 +112,15 @@ class VllmConfig(_Config):
         default_factory=list, description="Models served by vLLM; all others use the local engine."
     )
     health_interval_s: float = Field(2.0, gt=0, description="Seconds between health checks.")
+    read_timeout_s: float = Field(
+        600.0, gt=0, description="Longest wait for the next bytes of a vLLM answer."
+    )
+    idle_stop_s: float = Field(
+        900.0,
+        gt=0,
+        description="Launched servers of a version no alias points at are stopped after this "
+        "long without a request.",
+    )
 
 
 class ServingConfig(_Config):

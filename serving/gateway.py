@@ -3,7 +3,8 @@ rate limits, metrics, the traffic log and the fine-tuning jobs. `serving.app` mo
 routers that use them."""
 
 import asyncio
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from core.database import open_database
@@ -13,6 +14,7 @@ from finetune.service import FineTuningService
 from registry.service import Registry, open_registry
 from registry.settings import RegistrySettings
 from serving.auth import Authenticator, is_loopback
+from serving.catalog import served_bases
 from serving.config import ServingConfig
 from serving.engine import EngineClient
 from serving.generation import Generator, Limits
@@ -24,6 +26,8 @@ from serving.resolver import ModelResolver, ResolvedModel
 from serving.tables import CHAIN
 from serving.traffic import Retention, TrafficLog, load_redactor
 from serving.vllm.engine import VllmEngine
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Gateway:
     jobs: JobRunner
     fine_tuning: FineTuningService
     upload_limits: dict[str, int]  # path pattern -> largest body, beyond `limits`
+    _tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
     def local(self) -> LocalEngine:
@@ -50,18 +55,26 @@ class Gateway:
     async def start(self) -> None:
         for engine in self.engines:
             await engine.start()
-        await asyncio.to_thread(self._resume_jobs)
+        self._tasks = [asyncio.create_task(self._watch_jobs())]
 
-    def _resume_jobs(self) -> None:
-        """Jobs whose worker died while no process watched are resumed or failed."""
-        self.jobs.recover()
-        self.jobs.dispatch()
+    async def _watch_jobs(self) -> None:
+        """Now and then: resume or fail jobs whose worker died, and start queued ones."""
+        while True:
+            try:
+                await asyncio.to_thread(self.jobs.recover)
+                await asyncio.to_thread(self.jobs.dispatch)
+            except Exception:
+                log.exception("recovering fine-tuning jobs failed; trying again later")
+            await asyncio.sleep(self.jobs.settings.recover_every_s)
 
     def is_ready(self) -> bool:
         return all(engine.is_ready() for engine in self.engines)
 
     async def aclose(self) -> None:
         """Stop the engines; whatever fails, the traffic log still stores what it holds."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             for engine in self.engines:
                 await engine.aclose()
@@ -80,7 +93,7 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
     metrics = GatewayMetrics()
     resolver = ModelResolver(registry, ttl=config.resolve_ttl_s)
     local = LocalEngine(LocalEngineConfig(**config.local.model_dump()))
-    vllm = VllmEngine(config.vllm.models, stack.logs_dir / "vllm", config.vllm.health_interval_s)
+    vllm = VllmEngine(config.vllm, stack.logs_dir / "vllm", lambda: served_bases(registry))
     engines: list[EngineClient] = [local, vllm] if config.vllm.models else [local]
     for engine in engines:
         metrics.watch_queue(engine.name, lambda e=engine: e.queue_depth)
@@ -101,7 +114,7 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         )
 
     def engine_for(resolved: ResolvedModel) -> EngineClient:
-        return vllm if vllm.serves(resolved.served.name) else local
+        return vllm if vllm.serves(resolved.served) else local
 
     limits = Limits(
         config.limits.max_tokens,

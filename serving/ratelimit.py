@@ -6,17 +6,20 @@ concurrent requests can never together exceed a limit. `MemoryRateLimiter` count
 process; `RedisRateLimiter` counts in Redis, shared by every gateway replica."""
 
 import asyncio
+import logging
 import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from core.errors import ErrorCode
 from serving.errors import ServingError
 from serving.keys import ApiKey
 
+log = logging.getLogger(__name__)
 WINDOW_S = 60
 
 
@@ -112,8 +115,13 @@ return {1, requests, tokens}
 
 
 class RedisRateLimiter(RateLimiter):
-    def __init__(self, url: str, prefix: str = "llmops:ratelimit"):
-        self.redis = aioredis.from_url(url)
+    """Counts in Redis. A Redis that does not answer within `timeout_s` makes requests fail
+    with 503 (they are not let through uncounted)."""
+
+    def __init__(self, url: str, prefix: str = "llmops:ratelimit", timeout_s: float = 2.0):
+        self.redis = aioredis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         self.prefix = prefix
         self._reserve = self.redis.register_script(_RESERVE)
 
@@ -128,7 +136,18 @@ class RedisRateLimiter(RateLimiter):
         rpm = -1 if key.rpm is None else key.rpm
         tpm = -1 if key.tpm is None else key.tpm
         args = [rpm, tpm, tokens, 2 * WINDOW_S]
-        granted, requests, used = await self._reserve(keys=self._keys(key.id, window), args=args)
+        try:
+            granted, requests, used = await self._reserve(
+                keys=self._keys(key.id, window), args=args
+            )
+        except RedisError as err:
+            log.error("the rate-limit store failed: %r", err)
+            raise ServingError(
+                ErrorCode.UNAVAILABLE,
+                "the gateway's rate-limit store is unavailable; retry shortly",
+                api_code="rate_limit_store_unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
         if not granted:
             _check(key, int(requests), int(used), tokens, retry_after)
         return Reservation(key.id, window, tokens)
@@ -138,7 +157,10 @@ class RedisRateLimiter(RateLimiter):
         # Once the window is over its counts no longer matter (and may have expired).
         if unused > 0 and _window()[0] == reservation.window:
             tokens_key = self._keys(reservation.key_id, reservation.window)[1]
-            await self.redis.decrby(tokens_key, unused)
+            try:
+                await self.redis.decrby(tokens_key, unused)
+            except RedisError as err:  # the request is over; only its refund is lost
+                log.warning("could not give back %d tokens: %r", unused, err)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

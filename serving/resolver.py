@@ -15,7 +15,7 @@ from core.errors import ErrorCode, StackError
 from registry.entities import ModelVersion, VersionKind
 from registry.service import Registry
 from serving.engine import ServedModel
-from serving.errors import ServingError, model_not_found
+from serving.errors import model_not_found
 
 
 @dataclass(frozen=True)
@@ -60,20 +60,8 @@ class ModelResolver:
         self._resolved[model] = (now + self.ttl, resolved)
         return resolved
 
-    def base_of(self, version: ModelVersion) -> ModelVersion:
-        """The version whose weights an adapter applies to."""
-        while version.kind is VersionKind.ADAPTER:
-            if version.parent is None:
-                raise ServingError(
-                    ErrorCode.INTERNAL,
-                    f"adapter {version.ref} has no base version",
-                    api_code="model_misconfigured",
-                )
-            version = self.registry.resolve(version.parent)
-        return version
-
     def _prepare(self, name: str, version: ModelVersion) -> ResolvedModel:
-        base = self.base_of(version)
+        base = self.registry.base_of(version)
         base_path = self.local_path(base)
         adapter = version if version.kind is VersionKind.ADAPTER else None
         served = ServedModel(

@@ -7,15 +7,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from core.errors import ErrorCode
-from serving.config import VllmModelConfig
+from serving.config import VLLM_LORA_RANKS, VllmConfig
 from serving.engine import (
     EngineClient,
     GenerationChunk,
@@ -60,6 +62,23 @@ def _logprobs(data: dict[str, Any] | None) -> list[TokenLogprob]:
     ]
 
 
+def _vllm_loads(adapter_path: Path, max_rank: int) -> bool:
+    try:
+        config = json.loads((adapter_path / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    targets = config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    rank = config.get("r", 0)
+    return (
+        config.get("peft_type", "LORA") == "LORA"
+        and not config.get("modules_to_save")
+        and not any("embed" in t or "lm_head" in t for t in targets)
+        and rank in VLLM_LORA_RANKS
+        and rank <= max_rank
+    )
+
+
 async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
     """The lines of a server-sent event stream. Not `aiter_lines()`: it splits at every line
     boundary that `str.splitlines` knows, U+0085, U+2028 and U+2029 among them, and vLLM's JSON
@@ -78,18 +97,30 @@ class VllmEngine(EngineClient):
     name = "vllm"
 
     def __init__(
-        self, models: list[VllmModelConfig], log_dir: Path, health_interval_s: float = 2.0
+        self,
+        config: VllmConfig,
+        log_dir: Path,
+        needed: Callable[[], set[str]] = set,
     ):
-        self.configs = {m.model: m for m in models}
+        """`needed` says which base versions (refs) must stay up whether used or not: those
+        an alias serves; other launched servers stop after `idle_stop_s` without a request."""
+        self.config = config
+        self.configs = {m.model: m for m in config.models}
         self.log_dir = log_dir
-        self.health_interval_s = health_interval_s
+        self.needed = needed
         self._groups: dict[str, list[VllmServer]] = {}
         self._launching: dict[str, asyncio.Lock] = {}
         self._client: httpx.AsyncClient | None = None
         self._health: asyncio.Task | None = None
 
-    def serves(self, model_name: str) -> bool:
-        return model_name in self.configs
+    def serves(self, model: ServedModel) -> bool:
+        """Whether vLLM serves `model`: its base is configured for vLLM, and an adapter is one
+        vLLM can load (LoRA on linear layers, within `max_lora_rank`; embeddings, `lm_head`
+        and fully trained modules need the local engine)."""
+        config = self.configs.get(model.name)
+        if config is None:
+            return False
+        return model.adapter_path is None or _vllm_loads(model.adapter_path, config.max_lora_rank)
 
     @property
     def servers(self) -> list[VllmServer]:
@@ -100,7 +131,8 @@ class VllmEngine(EngineClient):
         return sum(s.outstanding for s in self.servers)
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10))
+        timeout = httpx.Timeout(connect=10, read=self.config.read_timeout_s, write=60, pool=None)
+        self._client = httpx.AsyncClient(timeout=timeout)
         self._health = asyncio.create_task(self._health_loop())
 
     async def aclose(self) -> None:
@@ -122,9 +154,32 @@ class VllmEngine(EngineClient):
     async def _health_loop(self) -> None:
         assert self._client is not None
         while True:
-            await asyncio.sleep(self.health_interval_s)
+            await asyncio.sleep(self.config.health_interval_s)
             for server in self.servers:
                 await server.check(self._client)
+            await self.stop_idle()
+
+    async def stop_idle(self, now: float | None = None) -> list[str]:
+        """Stop the launched servers of versions that no alias needs and no request has used
+        for `idle_stop_s`; they start again on the next request. Returns the versions."""
+        now = time.monotonic() if now is None else now
+        idle = [
+            key
+            for key, group in self._groups.items()
+            if all(s.spec is not None and s.outstanding == 0 for s in group)
+            and now - max(s.last_used for s in group) > self.config.idle_stop_s
+        ]
+        if not idle:
+            return []
+        needed = await asyncio.to_thread(self.needed)
+        stopped = [key for key in idle if key not in needed]
+        for key in stopped:
+            log.info("stopping the idle vLLM servers of %s", key)
+            for server in self._groups[key]:
+                server.ready = False  # no new request picks it while it stops
+                await asyncio.to_thread(server.stop)
+            del self._groups[key]
+        return stopped
 
     async def group(self, model: ServedModel) -> list[VllmServer]:
         """The servers of `model`'s base version, launched (and waited for) on first use."""
@@ -133,7 +188,8 @@ class VllmEngine(EngineClient):
             if model.key in self._groups:
                 return self._groups[model.key]
             config = self.configs[model.name]
-            servers = [VllmServer(url) for url in config.urls]
+            api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
+            servers = [VllmServer(url, api_key=api_key) for url in config.urls]
             for replica in range(config.replicas if not config.urls else 0):
                 port = free_port()
                 spec = LaunchSpec(
@@ -149,7 +205,9 @@ class VllmEngine(EngineClient):
                     env=dict(config.env),
                     log_path=self.log_dir / f"{model.key.replace(':', '-')}-{replica}.log",
                 )
-                servers.append(VllmServer(f"http://127.0.0.1:{port}", spec))
+                servers.append(
+                    VllmServer(f"http://127.0.0.1:{port}", spec, max_restarts=config.max_restarts)
+                )
             assert self._client is not None
             try:
                 await wait_ready(servers, self._client, config.startup_timeout_s)
@@ -170,6 +228,7 @@ class VllmEngine(EngineClient):
             response = await self._client.post(
                 f"{server.url}/v1/load_lora_adapter",
                 json={"lora_name": model.adapter_key, "lora_path": str(model.adapter_path)},
+                headers=server.headers,
             )
             if response.status_code != 200 and "already" not in response.text:
                 raise _upstream_error(response)
@@ -199,6 +258,7 @@ class VllmEngine(EngineClient):
         for _ in range(attempts):
             server = self._pick(servers, tried)
             server.outstanding += 1
+            server.last_used = time.monotonic()
             answered = False
             try:
                 body = {
@@ -241,7 +301,9 @@ class VllmEngine(EngineClient):
 
     async def _complete(self, server: VllmServer, body: dict, prompt_tokens: int):
         assert self._client is not None
-        response = await self._client.post(f"{server.url}/v1/completions", json=body)
+        response = await self._client.post(
+            f"{server.url}/v1/completions", json=body, headers=server.headers
+        )
         if response.status_code != 200:
             raise _upstream_error(response)
         data = response.json()
@@ -258,7 +320,7 @@ class VllmEngine(EngineClient):
         assert self._client is not None
         body = {**body, "stream_options": {"include_usage": True}}
         async with self._client.stream(
-            "POST", f"{server.url}/v1/completions", json=body
+            "POST", f"{server.url}/v1/completions", json=body, headers=server.headers
         ) as response:
             if response.status_code != 200:
                 await response.aread()

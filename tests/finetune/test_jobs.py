@@ -3,22 +3,27 @@
 import os
 import signal
 import socket
+import subprocess
 import sys
+import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
+from sqlalchemy.exc import OperationalError
 
 from core.settings import StackSettings
 from finetune.jobs import Job, JobStatus
-from finetune.runner import JobRunner, process_alive, worker_command
+from finetune.runner import JobRunner, process_alive, process_start, worker_command
 from finetune.settings import FinetuneSettings
-from finetune.worker import run_job
+from finetune.worker import _heartbeat, run_job
 from registry.entities import VersionKind
 from registry.service import Registry, open_registry
 from tests.finetune.test_training import recipe_for
+from tests.serving.conftest import running_gateway
 
 
 @pytest.fixture
@@ -128,8 +133,53 @@ def _claim_as_dead_worker(runner: JobRunner, job: Job) -> int:
     if pid == 0:
         os._exit(0)
     os.waitpid(pid, 0)
-    assert runner.store.claim(job.id, pid, socket.gethostname()) is not None
+    assert runner.store.claim(job.id, pid, socket.gethostname(), None) is not None
     return pid
+
+
+def test_recovery_never_declares_a_live_worker_dead(runner: JobRunner, skills_dir: Path) -> None:
+    """A worker whose heartbeats fail (the database restarting, say) still runs; a process
+    that got a dead worker's pid later is not that worker."""
+    job = runner.create(recipe_for("demo", skills_dir))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = process_start(sleeper.pid)
+        runner.store.claim(job.id, sleeper.pid, socket.gethostname(), started)
+        runner.store.update(job.id, heartbeat_at=datetime(2000, 1, 1, tzinfo=UTC))
+        assert runner.recover() == [] and runner.get(job.id).status is JobStatus.RUNNING
+        runner.store.update(job.id, pid_start=started - 1)  # the pid, but another process
+        [recovered] = runner.recover()
+        assert recovered.status is JobStatus.FAILED and "worker_died" in str(recovered.error)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_heartbeat_that_fails_keeps_beating(
+    runner: JobRunner, skills_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = runner.create(recipe_for("demo", skills_dir))
+    runner.store.claim(job.id, os.getpid(), socket.gethostname(), process_start(os.getpid()))
+    real, calls = runner.store.heartbeat, []
+
+    def flaky(job_id: str, pid: int) -> JobStatus | None:
+        calls.append(pid)
+        if len(calls) <= 2:
+            raise OperationalError("UPDATE", {}, Exception("the database went away"))
+        return real(job_id, pid)
+
+    monkeypatch.setattr(runner.store, "heartbeat", flaky)
+    stop, done = threading.Event(), threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(runner.store, job.id, 0.05, stop, done))
+    beat.start()
+    deadline = time.monotonic() + 10
+    while len(calls) < 4:
+        assert time.monotonic() < deadline and beat.is_alive()
+        time.sleep(0.02)
+    done.set()
+    beat.join()
+    assert not stop.is_set()
+    assert runner.get(job.id).heartbeat_at > job.created_at
 
 
 def test_cancel_a_queued_job_and_refuse_to_cancel_a_finished_one(
@@ -210,3 +260,17 @@ def test_resume_point_is_the_newest_recorded_checkpoint_still_on_disk(
     assert runner.resume_point(job) == folder / "checkpoint-4"
     (folder / "checkpoint-4").rmdir()  # rotated away
     assert runner.resume_point(job) == folder / "checkpoint-2"
+
+
+def test_the_gateway_recovers_jobs_while_it_runs(
+    tmp_path: Path, base_model_dir: Path, skills_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed (by the OOM killer, say) while the gateway runs does not stall the
+    queue until the next restart."""
+    monkeypatch.setenv("LLMOPS_FINETUNE_RECOVER_EVERY_S", "0.2")
+    with running_gateway(tmp_path / "home", base_model_dir) as gw:
+        runner = gw.gateway.jobs
+        job = runner.create(recipe_for("demo", skills_dir))
+        _claim_as_dead_worker(runner, job)
+        recovered = wait_for(runner, job.id, lambda j: j.status is JobStatus.FAILED, timeout=30)
+        assert recovered.error["code"] == "worker_died"

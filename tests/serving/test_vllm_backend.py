@@ -151,14 +151,38 @@ def test_a_fine_tuning_job_result_is_served_by_vllm_at_once(
         training_file=training.id,
         hyperparameters={"n_epochs": 1, "batch_size": 16, "learning_rate_multiplier": 5},
         suffix="vllm",
+        seed=0,
     )
     job = wait_for_job(client, job.id)
     assert job.status == "succeeded", job.error
+    registry = vllm_gateway.registry
+    version = registry.resolve(job.fine_tuned_model)
+    # The same adapter on the same weights, served by the local engine ("local-copy").
+    registry.register(
+        "local-tuned",
+        registry.local_copy(version),
+        kind="adapter",
+        format="peft-lora",
+        parent="local-copy:1",
+    )
+    registry.set_alias("local-tuned", "production", 1)
 
-    tuned = _text(client, job.fine_tuned_model)
-    assert tuned != _text(client, "demo")
-    version = vllm_gateway.registry.resolve(job.fine_tuned_model)
+    def scores(model: str) -> tuple[list[str], list[float]]:
+        reply = client.completions.create(
+            model=model, prompt=PROMPT, max_tokens=8, temperature=0, logprobs=1
+        )
+        logprobs = reply.choices[0].logprobs
+        # vLLM shows a token that ends inside a UTF-8 character as "", Hugging Face as U+FFFD.
+        return [t.replace("\ufffd", "") for t in logprobs.tokens], logprobs.token_logprobs
+
+    tuned_tokens, tuned = scores(job.fine_tuned_model)
+    local_tokens, local = scores("local-tuned")
+    base_tokens, base = scores("demo")
     assert any(version.ref in server.loaded_adapters for server in _vllm(vllm_gateway).servers)
+    # vLLM applies the adapter: its scores are the PEFT model's, not the base model's.
+    assert tuned_tokens == local_tokens
+    assert tuned == pytest.approx(local, abs=2e-3)
+    assert (tuned_tokens, pytest.approx(tuned, abs=2e-3)) != (base_tokens, base)
 
 
 def test_tensor_parallel_two_matches_one(client: openai.OpenAI) -> None:
@@ -171,14 +195,19 @@ def test_logprobs_and_stop_pass_through(client: openai.OpenAI) -> None:
     )
     logprobs = reply.choices[0].logprobs
     assert len(logprobs.tokens) == 5 and all(len(t) <= 2 for t in logprobs.top_logprobs)
+    full = _text(client, "demo", max_tokens=40)
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    stopped = client.completions.create(
+        model="demo", prompt=PROMPT, max_tokens=40, temperature=0, stop=[stop]
+    ).choices[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == full[: full.index(stop)]
 
 
 def test_vllm_error_bodies_are_translated(vllm_gateway: RunningGateway) -> None:
     server = next(s for s in _vllm(vllm_gateway).servers if s.spec.served_name == "demo:1")
-    bad = httpx.post(
-        f"{server.url}/v1/completions",
-        json={"model": "demo:1", "prompt": "x", "max_tokens": 10_000},
-    )
+    body = {"model": "demo:1", "prompt": "x", "max_tokens": 10_000}
+    bad = httpx.post(f"{server.url}/v1/completions", json=body, headers=server.headers)
     error = _upstream_error(bad)
     assert error.http_status == 400 and "max_tokens" in error.message
     unauthorized = httpx.Response(401, json={"error": "Unauthorized"})
@@ -198,8 +227,13 @@ def test_killing_a_replica_under_load_fails_no_request(vllm_gateway: RunningGate
             f"{vllm_gateway.base_url}/v1/completions", json=body, timeout=120
         ).status_code
 
+    in_flight: list[int] = []
+
     def kill_soon() -> None:
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while victim.outstanding < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        in_flight.append(victim.outstanding)
         os.killpg(victim.pid, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_soon)
@@ -207,6 +241,7 @@ def test_killing_a_replica_under_load_fails_no_request(vllm_gateway: RunningGate
         killer.start()
         results = list(pool.map(call, range(64)))
     killer.join()
+    assert in_flight[0] >= 2, "no request was in flight on the killed replica"
     assert results == [200] * 64
     deadline = time.monotonic() + 300
     while victim.restarts == 0 or not victim.ready:
@@ -310,3 +345,50 @@ def test_stream_lines_split_only_at_line_ends() -> None:
     got = asyncio.run(lines())
     assert got == [event.removesuffix("\r\n\r\n"), "", "data: [DONE]", ""]
     assert json.loads(got[0][6:])["choices"][0]["text"] == text
+
+
+def test_launched_servers_need_the_gateways_key(vllm_gateway: RunningGateway) -> None:
+    """Local processes cannot reach a launched vLLM server past the gateway's keys."""
+    server = next(s for s in _vllm(vllm_gateway).servers if s.spec.served_name == "demo:1")
+    body = {"model": "demo:1", "prompt": "x", "max_tokens": 2}
+    assert httpx.post(f"{server.url}/v1/completions", json=body).status_code == 401
+    assert (
+        httpx.post(
+            f"{server.url}/v1/completions", json=body, headers={"Authorization": "Bearer guess"}
+        ).status_code
+        == 401
+    )
+    assert "guess" not in " ".join(server.spec.command())
+
+
+def test_an_adapter_vllm_cannot_load_is_served_by_the_local_engine(
+    vllm_gateway: RunningGateway, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """LoRA on the embeddings (as the demo's reverse recipe trains) is not something vLLM
+    loads; the gateway serves it on the local engine instead of failing."""
+    model_dir = vllm_gateway.registry.local_copy(vllm_gateway.registry.resolve("demo:1"))
+    adapter = make_adapter(
+        model_dir, tmp_path / "embed", seed=4, targets=("q_proj", "v_proj", "embed_tokens")
+    )
+    vllm_gateway.registry.register("embed-lora", adapter, kind="adapter", parent="demo:1")
+    vllm_gateway.registry.set_alias("embed-lora", "production", 1)
+    assert _text(client, "embed-lora") != _text(client, "demo")
+    metrics = httpx.get(f"{vllm_gateway.base_url}/metrics").text
+    assert 'backend="local",endpoint="completions",model="embed-lora:1"' in metrics
+
+
+def test_idle_servers_of_versions_no_alias_needs_are_stopped(
+    vllm_gateway: RunningGateway,
+) -> None:
+    """Last in this file: it stops the tensor-parallel servers."""
+    engine = _vllm(vllm_gateway)
+    assert {"demo:1", "sharded:1"} <= engine.needed()  # aliases serve both
+    sharded = list(engine._groups["sharded:1"])
+    engine.needed = lambda: {"demo:1"}
+    engine.config = engine.config.model_copy(update={"idle_stop_s": 0.5})
+    deadline = time.monotonic() + 30
+    while "sharded:1" in engine._groups:
+        assert time.monotonic() < deadline, "the idle servers were not stopped"
+        time.sleep(0.2)
+    assert all(s.exited() for s in sharded)
+    assert "demo:1" in engine._groups  # still needed: kept, however idle

@@ -1,4 +1,5 @@
-"""Table names prefixed `finetune_`, and a kind per job (what its worker runs).
+"""Table names prefixed `finetune_`, a kind per job (what its worker runs), and when a job's
+worker process started (so that a later process with the same pid is not taken for it).
 
 The tables are renamed in place, so a database made by release 0.1.0 keeps every file, job,
 event and checkpoint; its jobs were all LoRA / QLoRA fine-tunes (`fine-tune`).
@@ -49,9 +50,11 @@ def upgrade() -> None:
         "finetune_jobs",
         sa.Column("kind", sa.String(32), nullable=False, server_default="fine-tune"),
     )
+    op.add_column("finetune_jobs", sa.Column("pid_start", sa.BigInteger, nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("finetune_jobs", "pid_start")
     op.drop_column("finetune_jobs", "kind")
     for old, (new, indexes) in _RENAMES.items():
         for old_index, new_index, columns in indexes:
