@@ -6,6 +6,8 @@ writers serialize instead of failing on lock upgrades; PostgreSQL writers lock r
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ _SQLITE_BUSY_TIMEOUT_S = 60
 # that hangs, fails the operation instead of holding a worker or a request forever.
 _PG_CONNECT_TIMEOUT_S = 10
 _PG_STATEMENT_TIMEOUT_MS = 60_000
+_READ_ONLY = "llmops_read_only"
 _engines: dict[str, Engine] = {}
 _migrated: set[tuple[str, str]] = set()
 _lock = threading.Lock()
@@ -53,7 +56,8 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -68,6 +72,15 @@ def _connect_args(url: str) -> dict[str, Any]:
     if "options" not in parsed.query:
         args["options"] = f"-c statement_timeout={_PG_STATEMENT_TIMEOUT_MS}"
     return args
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads. On SQLite it takes no write lock: in WAL mode readers run
+    beside the one writer instead of queueing behind it."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_READ_ONLY: True})
+        yield conn
 
 
 def engine_for(url: str) -> Engine:

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, func, insert, select, update
 
-from core.database import as_utc, open_database, utc_now
+from core.database import as_utc, open_database, reading, utc_now
 from finetune.tables import CHAIN, checkpoints, events, files, jobs
 
 
@@ -160,7 +160,7 @@ class JobStore:
         return self.get(job_id)
 
     def get(self, job_id: str) -> Job | None:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
         return _job(row) if row else None
 
@@ -188,7 +188,7 @@ class JobStore:
                 )
         if limit is not None:
             query = query.limit(limit)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [_job(row) for row in conn.execute(query)]
 
     def count_active_jobs(self, owner: str | None) -> int:
@@ -198,7 +198,7 @@ class JobStore:
         )
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return conn.execute(query).scalar_one()
 
     def transition(
@@ -279,7 +279,7 @@ class JobStore:
             query = query.where(events.c.id < after)
         if limit is not None:
             query = query.limit(limit)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [
                 JobEvent(r.id, r.job_id, as_utc(r.created_at), r.level, r.message, r.data)
                 for r in conn.execute(query)
@@ -305,7 +305,7 @@ class JobStore:
             .where(checkpoints.c.job_id == job_id)
             .order_by(checkpoints.c.step.desc())
         )
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [
                 Checkpoint(r.id, r.job_id, as_utc(r.created_at), r.step, r.path, r.metrics)
                 for r in conn.execute(query)
@@ -319,7 +319,7 @@ class JobStore:
         return file
 
     def get_file(self, file_id: str) -> StoredFile | None:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(select(files).where(files.c.id == file_id)).first()
         return _file(row) if row else None
 
@@ -328,7 +328,7 @@ class JobStore:
         query = select(files).order_by(files.c.created_at.desc())
         if owner is not None:
             query = query.where(files.c.owner == owner)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(query)
             return [_file(row) for row in rows]
 

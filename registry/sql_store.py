@@ -4,8 +4,7 @@ Writers serialize per model: PostgreSQL locks the model's row (`SELECT ... FOR U
 SQLite takes the database write lock when a transaction begins (see `core.database`).
 """
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, Select, func, select
@@ -13,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from core.database import as_utc, utc_now
+from core.database import as_utc, reading, utc_now
 from core.errors import ErrorCode
 from registry.entities import (
     Alias,
@@ -94,11 +93,6 @@ class SqlStore(RegistryStore):
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
-
     def _model_row(self, conn: Connection, name: str, *, lock: bool = False) -> Row:
         stmt = select(models).where(models.c.name == name)
         row = conn.execute(stmt.with_for_update() if lock else stmt).first()
@@ -141,7 +135,7 @@ class SqlStore(RegistryStore):
         return self._versions(conn, select(versions).where(versions.c.id == row.id))[0]
 
     def get_model(self, name: str) -> Model:
-        with self._tx() as conn:
+        with reading(self.engine) as conn:
             self._model_row(conn, name)
             return _model(conn.execute(select(models, _LATEST).where(models.c.name == name)).one())
 
@@ -153,7 +147,7 @@ class SqlStore(RegistryStore):
             stmt = stmt.where(models.c.name.contains(query, autoescape=True))
         if after is not None:
             stmt = stmt.where(models.c.name > after)
-        with self._tx() as conn:
+        with reading(self.engine) as conn:
             return [_model(row) for row in conn.execute(stmt)]
 
     def add_version(
@@ -175,7 +169,7 @@ class SqlStore(RegistryStore):
         owner: str | None = None,
     ) -> ModelVersion:
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        with self._tx() as conn:
+        with self.engine.begin() as conn:
             conn.execute(
                 insert(models)
                 .values(
@@ -249,7 +243,7 @@ class SqlStore(RegistryStore):
             return self._one_version(conn, name, number)
 
     def get_version(self, name: str, version: int) -> ModelVersion:
-        with self._tx() as conn:
+        with reading(self.engine) as conn:
             return self._one_version(conn, name, version)
 
     def list_versions(
@@ -279,13 +273,13 @@ class SqlStore(RegistryStore):
                 (versions.c.name > after[0])
                 | ((versions.c.name == after[0]) & (versions.c.version > after[1]))
             )
-        with self._tx() as conn:
+        with reading(self.engine) as conn:
             if name is not None:
                 self._model_row(conn, name)
             return self._versions(conn, stmt)
 
     def archive_version(self, name: str, version: int, actor: str) -> ModelVersion:
-        with self._tx() as conn:
+        with self.engine.begin() as conn:
             self._model_row(conn, name, lock=True)
             row = self._version_row(conn, name, version)
             if row.archived_at is None:
@@ -306,7 +300,7 @@ class SqlStore(RegistryStore):
             return self._one_version(conn, name, version)
 
     def get_alias(self, name: str, alias: str) -> Alias | None:
-        with self._tx() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(
                 select(aliases).where(aliases.c.name == name, aliases.c.alias == alias)
             ).first()
@@ -319,7 +313,7 @@ class SqlStore(RegistryStore):
         stmt = select(aliases).order_by(aliases.c.name, aliases.c.alias)
         if name is not None:
             stmt = stmt.where(aliases.c.name == name)
-        with self._tx() as conn:
+        with reading(self.engine) as conn:
             return [_alias(row) for row in conn.execute(stmt)]
 
     def move_alias(
@@ -335,7 +329,7 @@ class SqlStore(RegistryStore):
         forced: bool = False,
         gate: dict[str, Any] | None = None,
     ) -> AliasEvent:
-        with self._tx() as conn:
+        with self.engine.begin() as conn:
             self._model_row(conn, name, lock=True)
             where = (aliases.c.name == name, aliases.c.alias == alias)
             current = conn.execute(select(aliases.c.version).where(*where)).scalar()
@@ -401,6 +395,6 @@ class SqlStore(RegistryStore):
             stmt = stmt.where(alias_events.c.alias == alias)
         if after is not None:
             stmt = stmt.where(alias_events.c.id > after)
-        with self._tx() as conn:
+        with reading(self.engine) as conn:
             self._model_row(conn, name)
             return [_event(row) for row in conn.execute(stmt)]

@@ -4,6 +4,7 @@ Without any key the gateway is open only when it listens on a loopback address, 
 then its admin routes stay closed over HTTP (keys are created with `llm-serve keys create`).
 A gateway listening elsewhere always needs a key, also after its last key is revoked."""
 
+import asyncio
 import ipaddress
 
 from fastapi import Request
@@ -12,6 +13,11 @@ from core.callers import Caller
 from core.errors import ErrorCode
 from serving.errors import ServingError
 from serving.keys import ApiKey, KeyStore
+
+
+def _secret(request: Request) -> str:
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
 
 
 def is_loopback(host: str) -> bool:
@@ -28,11 +34,16 @@ class Authenticator:
         self.keys = keys
         self.open_without_keys = open_without_keys
 
+    async def key_async(self, request: Request, *, model: str | None = None) -> ApiKey | None:
+        """`key`, for async routes: off the event loop when the keys cache must be reloaded."""
+        if self.keys.needs_database(_secret(request)):
+            return await asyncio.to_thread(self.key, request, model=model)
+        return self.key(request, model=model)
+
     def key(self, request: Request, *, model: str | None = None) -> ApiKey | None:
         """The caller's key, or None on an open gateway (loopback, no keys). 401 for a
         missing or unknown key, 403 for a model it may not use."""
-        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-        given = secret.strip() if scheme.lower() == "bearer" else ""
+        given = _secret(request)
         if not given:
             if self._open():
                 return None

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, Row, select
 
-from core.database import as_utc, utc_now
+from core.database import as_utc, reading, utc_now
 from core.errors import ErrorCode, StackError
 from core.refs import parse_ref
 from serving.errors import ServingError
@@ -108,7 +108,7 @@ class KeyStore:
         return self.get(row["id"]), secret
 
     def get(self, key_id: str) -> ApiKey:
-        with self.engine.begin() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
         if row is None:
             raise ServingError(
@@ -123,7 +123,7 @@ class KeyStore:
         stmt = select(api_keys).order_by(api_keys.c.created_at)
         if not include_revoked:
             stmt = stmt.where(api_keys.c.revoked_at.is_(None))
-        with self.engine.begin() as conn:
+        with reading(self.engine) as conn:
             return [_key(row) for row in conn.execute(stmt)]
 
     def revoke(self, key_id: str) -> ApiKey:
@@ -136,6 +136,15 @@ class KeyStore:
         self._cache = None
         return self.get(key_id)
 
+    def needs_database(self, secret: str) -> bool:
+        """Whether checking `secret` (or that keys are required, for "") would query the
+        database rather than the cache."""
+        now = time.monotonic()
+        cached = self._cache
+        if cached is None or cached[0] <= now:
+            return True
+        return bool(secret) and _hash(secret) not in cached[2] and cached[1] <= now
+
     def _active(self, refresh: bool = False) -> dict[str, ApiKey]:
         """Active keys by hash, from the cache while it is fresh (or `refresh` is refused
         because the cache was loaded a moment ago)."""
@@ -145,7 +154,7 @@ class KeyStore:
             return cached[2]
         with self._lock:
             stmt = select(api_keys).where(api_keys.c.revoked_at.is_(None))
-            with self.engine.begin() as conn:
+            with reading(self.engine) as conn:
                 active = {row.key_hash: _key(row) for row in conn.execute(stmt)}
             self._cache = (now + self.ttl, now + _MIN_RELOAD_S, active)
             return active

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, Row, select
 
-from core.database import as_utc, utc_now
+from core.database import as_utc, reading, utc_now
 from core.plugins import load_plugin
 from serving.tables import traffic
 
@@ -129,7 +129,7 @@ class TrafficLog:
             stmt = stmt.where(traffic.c.version == version)
         if limit is not None:
             stmt = stmt.limit(limit)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [_record(row) for row in conn.execute(stmt)]
 
     def prune(self, now: datetime | None = None) -> int:

@@ -1,6 +1,9 @@
 """Every package's migration chain builds the schema its tables declare, on SQLite and
 PostgreSQL, and is found through the package's entry point."""
 
+import time
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -8,9 +11,13 @@ from sqlalchemy import inspect
 
 from core.database import dispose_engines, engine_for, open_database
 from core.migrations import installed_chains, status
+from core.settings import StackSettings
 from finetune import tables as finetune_tables
 from registry import tables as registry_tables
+from registry.service import open_registry
 from serving import tables as serving_tables
+from serving.keys import KeyStore
+from tests.registry.conftest import make_model_dir
 
 CHAINS = {
     "registry": (registry_tables.CHAIN, registry_tables.metadata),
@@ -64,3 +71,21 @@ def test_another_librarys_alembic_version_table_is_left_alone(database_url: str)
     assert {s.name: s.current for s in status(engine)} == {
         name: chain.head() for name, (chain, _) in CHAINS.items()
     }
+
+
+def test_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """SQLite in WAL mode: a long write transaction (a registration, a migration) does not
+    hold up the reads that serve requests."""
+    stack = StackSettings(home=tmp_path / "home")
+    registry = open_registry(stack)
+    registry.register("demo", make_model_dir(tmp_path / "m", 1))
+    registry.set_alias("demo", "production", 1)
+    keys = KeyStore(open_database(stack.resolved_database_url, serving_tables.CHAIN), ttl=0)
+    _, secret = keys.create("reader")
+    with engine_for(stack.resolved_database_url).begin() as writer:  # holds the write lock
+        writer.exec_driver_sql("UPDATE registry_models SET description = 'busy'")
+        started = time.monotonic()
+        assert registry.resolve("demo").version == 1
+        assert [m.name for m in registry.list_models()] == ["demo"]
+        assert keys.authenticate(secret) is not None
+        assert time.monotonic() - started < 5  # SQLite's busy timeout is 60 s

@@ -24,18 +24,18 @@ def list_models(gateway: GatewayDep, key: KeyDep) -> ModelList:
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat(gateway: GatewayDep, body: ChatCompletionRequest, request: Request) -> Response:
-    ctx = _context(gateway, request, body.model, "chat")
+    ctx = await _context(gateway, request, body.model, "chat")
     return _respond(await gateway.generator.chat(body, ctx))
 
 
 @router.post("/v1/completions", response_model=None)
 async def completions(gateway: GatewayDep, body: CompletionRequest, request: Request) -> Response:
-    ctx = _context(gateway, request, body.model, "completions")
+    ctx = await _context(gateway, request, body.model, "completions")
     return _respond(await gateway.generator.complete(body, ctx))
 
 
-def _context(gateway: Gateway, request: Request, model: str, endpoint: str) -> RequestContext:
-    key = gateway.auth.key(request, model=model)
+async def _context(gateway: Gateway, request: Request, model: str, endpoint: str) -> RequestContext:
+    key = await gateway.auth.key_async(request, model=model)
     return RequestContext(
         request.state.request_id, key, gateway.auth.caller_of(key), endpoint, request.scope["state"]
     )
