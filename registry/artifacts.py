@@ -6,12 +6,14 @@ of the manifest's canonical JSON, so the same files always give the same digest.
 """
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from core.digests import bytes_digest, hash_file
 from core.errors import ErrorCode
@@ -20,6 +22,7 @@ from registry.errors import RegistryError
 # Files that hold pickled objects, which run code when loaded.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 _CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,38 @@ def _check_copy(entry: ManifestEntry, path: Path) -> None:
         )
 
 
+def _sync(file: IO) -> None:
+    file.flush()
+    os.fsync(file.fileno())
+
+
+def _replace(source: str | Path, target: Path) -> None:
+    """Rename into place, and make the rename itself durable."""
+    os.replace(source, target)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as tmp:
+        tmp.write(text)
+        _sync(tmp)
+    _replace(tmp.name, path)
+
+
+def _stat_stamp(folder: Path) -> str:
+    """The relative path, size and modification time of every file under `folder`."""
+    entries = [
+        [p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns]
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    ]
+    return json.dumps(entries)
+
+
 def _check_relative(path: str) -> str:
     parts = PurePosixPath(path).parts
     if not parts or path.startswith("/") or ".." in parts:
@@ -114,11 +149,13 @@ class ArtifactStore:
     def put(self, source_dir: Path, *, allow_pickle: bool = False) -> tuple[Manifest, str]:
         """Copy the files of `source_dir` in; return the manifest and its path relative to home.
 
-        A file changed while it is copied is caught: the stored blob is re-hashed."""
+        A file changed while it is copied is caught: the stored blob is re-hashed. A blob
+        already stored is trusted only if it still hashes to its name (a damaged one is
+        replaced), and every file is on disk (fsync) before it is renamed into place."""
         manifest = scan_directory(source_dir, allow_pickle=allow_pickle)
         for entry in manifest.files:
             blob = self.blob_path(entry.sha256)
-            if blob.exists():
+            if blob.exists() and hash_file(blob) == (entry.sha256, entry.size):
                 continue
             blob.parent.mkdir(parents=True, exist_ok=True)
             with (
@@ -126,19 +163,53 @@ class ArtifactStore:
                 (source_dir / entry.path).open("rb") as src,
             ):
                 shutil.copyfileobj(src, tmp, _CHUNK)
+                _sync(tmp)
             if hash_file(Path(tmp.name))[0] != entry.sha256:
                 os.unlink(tmp.name)
                 raise RegistryError(
                     ErrorCode.CONFLICT, f"{entry.path} changed while it was being registered"
                 )
-            os.replace(tmp.name, blob)
+            _replace(tmp.name, blob)
         path = self.manifest_path(manifest.digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as tmp:
-                tmp.write(manifest.to_json())
-            os.replace(tmp.name, path)
+            _write_atomically(path, manifest.to_json())
         return manifest, path.relative_to(self.home).as_posix()
+
+    def cached_copy(self, digest: str, path: Path) -> Path:
+        """A verified copy of `digest`'s files at `path`, fetched once. The sizes and times of
+        its files are recorded when it is verified; a copy whose files changed since (edited,
+        added, removed) is verified again, and fetched again when it no longer matches.
+
+        Safe across processes: a fetch stages its files and renames them into place, and a
+        copy that another process put there first is used as it is."""
+        stamp = path.parent / f".{path.name}.verified"
+        if path.is_dir() and stamp.is_file() and stamp.read_text() == _stat_stamp(path):
+            return path
+        if path.is_dir():
+            try:
+                self._check_copy_dir(digest, path)
+            except RegistryError:
+                log.warning(
+                    "the cached copy %s does not match its artifact; fetching it again", path
+                )
+                shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            try:
+                self.fetch(digest, path)
+            except (RegistryError, OSError):
+                if not (path.is_dir() and any(path.iterdir())):
+                    raise
+        _write_atomically(stamp, _stat_stamp(path))
+        return path
+
+    def _check_copy_dir(self, digest: str, path: Path) -> None:
+        manifest = self.load_manifest(digest)
+        found = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+        if found != {e.path for e in manifest.files}:
+            raise RegistryError(ErrorCode.INTEGRITY, f"{path.name} holds other files")
+        for entry in manifest.files:
+            _check_copy(entry, path / entry.path)
 
     def load_manifest(self, digest: str) -> Manifest:
         """Read the manifest of `digest`, checking that it still hashes to it."""

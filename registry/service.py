@@ -251,18 +251,10 @@ class Registry:
         return self.artifacts.fetch(self.resolve(ref).artifact_digest, Path(dest))
 
     def local_copy(self, version: ModelVersion) -> Path:
-        """A verified copy of the version's files in the models cache, fetched once per digest.
-
-        Safe across processes: a fetch stages its files and renames them into place, and a
-        copy that another process put there first is used as it is."""
+        """A verified copy of the version's files in the models cache, fetched once per digest
+        (see `ArtifactStore.cached_copy`)."""
         path = self.models_cache / version.artifact_digest.removeprefix("sha256:")
-        if not path.exists():
-            try:
-                self.artifacts.fetch(version.artifact_digest, path)
-            except (RegistryError, OSError):
-                if not (path.is_dir() and any(path.iterdir())):
-                    raise
-        return path
+        return self.artifacts.cached_copy(version.artifact_digest, path)
 
     def verify(self, ref: str) -> Manifest:
         """Re-hash a version's stored files; INTEGRITY names the first bad one."""

@@ -113,3 +113,44 @@ def test_fetch_refuses_non_empty_destination(
     with pytest.raises(RegistryError, match=r"not empty"):
         store.fetch(manifest.digest, dest)
     assert (dest / "keep.txt").read_text() == "mine"
+
+
+def test_a_stored_blob_is_verified_before_it_is_trusted(
+    store: ArtifactStore, model_dir: Path
+) -> None:
+    manifest, _ = store.put(model_dir)
+    entry = next(f for f in manifest.files if f.path == "model.safetensors")
+    store.blob_path(entry.sha256).write_bytes(b"bit rot")
+    store.put(model_dir)  # registering the same file again repairs the damaged blob
+    assert store.verify(manifest.digest) == manifest
+
+
+def test_files_reach_the_disk_before_they_are_renamed_into_place(
+    store: ArtifactStore, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    manifest, _ = store.put(model_dir)
+    # every blob and the manifest, and each rename's folder
+    assert len(synced) == 2 * (len(manifest.files) + 1)
+
+
+def test_a_cached_copy_that_changed_is_verified_and_fetched_again(
+    store: ArtifactStore, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest, _ = store.put(model_dir)
+    cache = tmp_path / "cache" / "copy"
+    store.cached_copy(manifest.digest, cache)
+    original = (cache / "config.json").read_bytes()
+    (cache / "config.json").write_text('{"model_type": "tampered"}')
+    (cache / "extra.py").write_text("import os")
+    store.cached_copy(manifest.digest, cache)
+    assert (cache / "config.json").read_bytes() == original
+    assert not (cache / "extra.py").exists()
+
+    def hashing(*_args: object) -> None:
+        raise AssertionError("an unchanged copy was hashed again")
+
+    monkeypatch.setattr(store, "_check_copy_dir", hashing)
+    assert store.cached_copy(manifest.digest, cache) == cache
