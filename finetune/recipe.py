@@ -58,6 +58,13 @@ class Recipe(_Strict):
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps (overrides num_epochs).")
     eval_steps: int | None = Field(None, gt=0, description="Steps between evaluations.")
     save_steps: int | None = Field(None, gt=0, description="Steps between checkpoints.")
+    num_processes: int | None = Field(
+        None,
+        gt=0,
+        le=1024,
+        description="Data-parallel training processes: one per GPU by default. On a machine "
+        "without GPUs 1, or as many CPU processes as given (DDP over gloo).",
+    )
     distributed: Literal["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = Field(
         "ddp",
         description="How several GPUs share a job (accelerate launch with "

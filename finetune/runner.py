@@ -76,14 +76,26 @@ def worker_alive(job: Job, stale_after_s: float) -> bool:
 
 def worker_command(job: Job) -> list[str]:
     """`python -m finetune.worker JOB`; on several GPUs, under `accelerate launch` with the
-    recipe's distributed config, one process per GPU."""
+    recipe's distributed config, one process per GPU (or `num_processes`); without GPUs and
+    with `num_processes` above 1, that many CPU processes under torchrun (DDP over gloo)."""
     worker = ["-m", "finetune.worker", job.id]
     devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if devices < 2:
+    processes = job.recipe.get("num_processes") or max(devices, 1)
+    if processes < 2:
         return [sys.executable, *worker]
+    if devices < 2:
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            *worker,
+        ]
     config = ACCELERATE_CONFIGS / f"{job.recipe.get('distributed', 'ddp')}.yaml"
     launch = ["-m", "accelerate.commands.launch", "--config_file", str(config)]
-    return [sys.executable, *launch, "--num_processes", str(devices), *worker]
+    return [sys.executable, *launch, "--num_processes", str(processes), *worker]
 
 
 @dataclass

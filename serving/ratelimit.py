@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -30,8 +31,7 @@ class Reservation:
     tokens: int
 
 
-def _window() -> tuple[int, int]:
-    now = time.time()
+def _window(now: float) -> tuple[int, int]:
     window = int(now // WINDOW_S)
     return window, max(1, math.ceil((window + 1) * WINDOW_S - now))
 
@@ -63,6 +63,8 @@ def _check(key: ApiKey, requests: int, tokens: int, cost: int, retry_after: int)
 
 
 class RateLimiter(ABC):
+    clock: Callable[[], float] = staticmethod(time.time)  # windows follow this clock
+
     @abstractmethod
     async def reserve(self, key: ApiKey, tokens: int) -> Reservation:
         """Count one request and `tokens` against `key`, or raise 429 with Retry-After."""
@@ -81,7 +83,7 @@ class MemoryRateLimiter(RateLimiter):
         self._lock = asyncio.Lock()
 
     async def reserve(self, key: ApiKey, tokens: int) -> Reservation:
-        window, retry_after = _window()
+        window, retry_after = _window(self.clock())
         async with self._lock:
             for stale in [k for k in self._counts if k[1] < window]:
                 del self._counts[stale]
@@ -132,7 +134,7 @@ class RedisRateLimiter(RateLimiter):
         ]
 
     async def reserve(self, key: ApiKey, tokens: int) -> Reservation:
-        window, retry_after = _window()
+        window, retry_after = _window(self.clock())
         rpm = -1 if key.rpm is None else key.rpm
         tpm = -1 if key.tpm is None else key.tpm
         args = [rpm, tpm, tokens, 2 * WINDOW_S]
@@ -155,7 +157,7 @@ class RedisRateLimiter(RateLimiter):
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         unused = reservation.tokens - used_tokens
         # Once the window is over its counts no longer matter (and may have expired).
-        if unused > 0 and _window()[0] == reservation.window:
+        if unused > 0 and _window(self.clock())[0] == reservation.window:
             tokens_key = self._keys(reservation.key_id, reservation.window)[1]
             try:
                 await self.redis.decrby(tokens_key, unused)

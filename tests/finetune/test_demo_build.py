@@ -7,7 +7,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.digests import file_digest
 from finetune.demo.build import build_demo_model
-from finetune.demo.skills import SKILLS
+from finetune.demo.evaluation import exact_match_rate
+from finetune.demo.skills import SKILLS, read_jsonl
 from finetune.demo.spec import TINY, DemoSpec
 
 
@@ -53,8 +54,14 @@ def test_tiny_build_loads_and_generates(tiny_build):
 
 def test_tiny_build_reports_metrics_and_data_digests(tiny_build):
     assert set(tiny_build.metrics) == {f"exact_match/{name}" for name in SKILLS}
-    assert all(0.0 <= value <= 1.0 for value in tiny_build.metrics.values())
     data = tiny_build.output_dir.parent / "data"
+    # Each reported score is the saved model's exact match on that skill's held-out rows.
+    model = AutoModelForCausalLM.from_pretrained(tiny_build.output_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_build.output_dir)
+    for name in SKILLS:
+        rows = read_jsonl(data / name / "eval.jsonl")
+        rate = exact_match_rate(model, tokenizer, rows, TINY.eval_batch_size, TINY.max_new_tokens)
+        assert tiny_build.metrics[f"exact_match/{name}"] == rate
     assert tiny_build.dataset_digests == tuple(
         file_digest(data / name / "train.jsonl") for name in TINY.train_skills
     )

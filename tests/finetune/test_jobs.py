@@ -217,7 +217,7 @@ def test_cancel_stops_a_running_worker(runner: JobRunner, skills_dir: Path) -> N
         ("deepspeed-zero3", "DEEPSPEED"),
     ],
 )
-def test_several_gpus_launch_the_worker_with_accelerate(
+def test_the_worker_command_for_several_gpus_is_accelerate_launch_with_the_recipes_config(
     runner: JobRunner, skills_dir: Path, monkeypatch: pytest.MonkeyPatch, strategy: str, kind: str
 ) -> None:
     job = runner.create(recipe_for("demo", skills_dir, distributed=strategy))
@@ -274,3 +274,26 @@ def test_the_gateway_recovers_jobs_while_it_runs(
         _claim_as_dead_worker(runner, job)
         recovered = wait_for(runner, job.id, lambda j: j.status is JobStatus.FAILED, timeout=30)
         assert recovered.error["code"] == "worker_died"
+
+
+@pytest.mark.slow
+def test_a_job_trains_data_parallel_in_two_cpu_processes(
+    tmp_path: Path, base_model_dir: Path, skills_dir: Path
+) -> None:
+    """DDP for real, over gloo: two worker processes each train on their share of every
+    step, so the same number of steps sees twice the data of one process."""
+    settings = StackSettings(home=tmp_path / "home", actor="tester")
+    registry = open_registry(settings)
+    registry.register("demo", base_model_dir)
+    registry.set_alias("demo", "production", 1)
+    runner = JobRunner.open(settings)
+    jobs = {}
+    for processes in (1, 2):
+        recipe = recipe_for("demo", skills_dir, num_processes=processes, eval_steps=None)
+        job = runner.submit(recipe.model_copy(update={"datasets": recipe.datasets[:1]}))
+        jobs[processes] = wait_for(runner, job.id, lambda j: j.status.finished, timeout=300)
+        assert jobs[processes].status is JobStatus.SUCCEEDED, jobs[processes].error
+    assert worker_command(jobs[2])[1:3] == ["-m", "torch.distributed.run"]
+    single, double = (jobs[n].trained_tokens for n in (1, 2))
+    assert 1.6 * single < double < 2.4 * single
+    assert registry.resolve(jobs[2].fine_tuned_model).kind is VersionKind.ADAPTER

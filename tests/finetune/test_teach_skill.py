@@ -59,3 +59,4 @@ def test_a_lora_job_teaches_reverse_to_a_base_that_lacks_it(tmp_path: Path) -> N
     after = exact_match_rate(tuned, tokenizer, rows, 50, 12)
     assert before < 0.2
     assert after >= 0.15  # about 0.2 on a 2-core CPU; the full recipe reaches 0.91
+    assert after >= before + 0.1  # the job taught it, not the base model

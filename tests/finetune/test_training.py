@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from core.settings import StackSettings
 from finetune.errors import RecipeError
@@ -63,18 +63,39 @@ def test_lora_run_writes_adapter_checkpoints_and_loss_curve(
     assert len(result.dataset_digests) == 2
 
 
-def test_resume_continues_from_the_last_checkpoint(
+class _StopAt(TrainerCallback):
+    """Ends training after `step`, as a killed worker would after its checkpoint."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_continues_the_same_run_from_its_checkpoint(
     base_model_dir: Path, skills_dir: Path, tmp_path: Path
 ) -> None:
+    """Resumed at step 2, a run's later steps see the same learning rate and loss as an
+    uninterrupted run: the optimizer, scheduler, data order and random state continue."""
+    recipe = recipe_for(base_model_dir, skills_dir, max_steps=4)
+
+    def logged(result: Any) -> dict[int, tuple[float, float]]:
+        return {
+            e["step"]: (e["loss"], e["learning_rate"]) for e in result.log_history if "loss" in e
+        }
+
+    whole = logged(train(recipe, tmp_path / "whole", registry=None, progress=False))
     job_dir = tmp_path / "job"
-    first = recipe_for(base_model_dir, skills_dir, max_steps=2)
-    train(first, job_dir, registry=None, progress=False)
-    second = recipe_for(base_model_dir, skills_dir, max_steps=4)
+    train(recipe, job_dir, registry=None, callbacks=[_StopAt(2)], progress=False)
+    assert sorted(p.name for p in (job_dir / "checkpoints").iterdir()) == ["checkpoint-2"]
     checkpoint = job_dir / "checkpoints" / "checkpoint-2"
-    result = train(second, job_dir, registry=None, resume_from=checkpoint, progress=False)
-    assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-2")
-    trained_steps = [e["step"] for e in result.log_history if "loss" in e]
-    assert trained_steps[-1] == 4 and result.metrics["steps"] == 4
+    result = train(recipe, job_dir, registry=None, resume_from=checkpoint, progress=False)
+    resumed = logged(result)
+    assert result.resumed_from == str(checkpoint) and result.metrics["steps"] == 4
+    assert resumed[4] == pytest.approx(whole[4], rel=1e-5)
+    assert resumed[4] != pytest.approx(whole[2], rel=1e-3)  # step 4, not step 2 again
 
 
 def test_qlora_trains_on_nf4_weights_on_the_cpu(

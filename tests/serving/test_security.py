@@ -1,5 +1,6 @@
 """API keys, scopes, rate limits and the traffic log, on a real gateway."""
 
+import hashlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -9,10 +10,12 @@ import httpx
 import openai
 import pytest
 
+from core.database import open_database
 from core.errors import ErrorCode, StackError
 from registry.entities import FINE_TUNED_TAG
 from serving.keys import KeyStore
 from serving.ratelimit import WINDOW_S
+from serving.tables import CHAIN
 from serving.traffic import redact_pii
 from tests.serving.conftest import LIMITS, RunningGateway, make_adapter, running_gateway
 
@@ -25,7 +28,6 @@ def keyed(
 ) -> Iterator[RunningGateway]:
     home = tmp_path_factory.mktemp("keyed-home")
     with running_gateway(home, random_model_dir, limits=LIMITS, traffic={"redactor": "pii"}) as gw:
-        gw.gateway.keys.ttl = 0.0
         yield gw
 
 
@@ -40,16 +42,40 @@ def _envelope(response: httpx.Response, status: int, code: str) -> dict:
     return error
 
 
-def test_keys_are_stored_hashed(keyed: RunningGateway) -> None:
-    keys: KeyStore = keyed.gateway.keys
+def test_keys_are_stored_hashed(database_url: str) -> None:
+    keys = KeyStore(open_database(database_url, CHAIN))
     key, secret = keys.create("hashed")
     with keys.engine.connect() as conn:
-        stored = conn.exec_driver_sql("SELECT key_hash, prefix FROM serving_api_keys").all()
-    assert all(secret not in row.key_hash and secret != row.prefix for row in stored)
+        stored = conn.exec_driver_sql("SELECT * FROM serving_api_keys").one()
+    assert stored.key_hash == hashlib.sha256(secret.encode()).hexdigest()
+    assert secret[len(stored.prefix) :] not in " ".join(str(v) for v in stored)
     assert keys.authenticate(secret) == key
     assert keys.authenticate(secret + "x") is None
     keys.revoke(key.id)
     assert keys.authenticate(secret) is None
+
+
+def test_a_key_revoked_elsewhere_stops_working_within_the_cache_ttl(
+    keyed: RunningGateway,
+) -> None:
+    """`llm-serve keys revoke` runs in another process: the gateway learns of it through
+    its key cache, within `ttl` seconds."""
+    keyed.gateway.keys.create("stays")  # keys stay required after the revocation
+    key, secret = keyed.gateway.keys.create("short-lived")
+    client = _client(keyed, secret)
+    assert client.models.list().data
+    other_process = KeyStore(
+        open_database(keyed.registry.store.engine.url.render_as_string(hide_password=False), CHAIN)
+    )
+    revoked_at = time.monotonic()
+    other_process.revoke(key.id)
+    deadline = revoked_at + keyed.gateway.keys.ttl + 2
+    while True:
+        try:
+            client.models.list()
+        except openai.AuthenticationError:
+            break
+        assert time.monotonic() < deadline, "the revoked key still works after the cache TTL"
 
 
 def test_authentication_and_scopes(keyed: RunningGateway) -> None:
@@ -93,27 +119,29 @@ def test_authentication_and_scopes(keyed: RunningGateway) -> None:
         _client(keyed, created["key"]).chat.completions.create(**chat)
 
 
-def _same_window(seconds_needed: float = 10.0) -> None:
-    """Limits count per clock minute: start a test late in one after it rolls over."""
-    left = WINDOW_S - time.time() % WINDOW_S
-    if left < seconds_needed:
-        time.sleep(left + 0.05)
+@pytest.fixture
+def one_minute(keyed: RunningGateway) -> Iterator[None]:
+    """Limits count per clock minute: the gateway's limiter sees one instant of one."""
+    instant = (time.time() // WINDOW_S) * WINDOW_S + 1
+    keyed.gateway.limiter.clock = lambda: instant
+    yield
+    del keyed.gateway.limiter.clock
 
 
+@pytest.mark.usefixtures("one_minute")
 def test_requests_per_minute_limit(keyed: RunningGateway) -> None:
-    _same_window()
     _, secret = keyed.gateway.keys.create("limited", rpm=3)
     client = _client(keyed, secret)
     for _ in range(3):
         client.chat.completions.create(model="demo", messages=CHAT, max_tokens=1)
     with pytest.raises(openai.RateLimitError) as err:
         client.chat.completions.create(model="demo", messages=CHAT, max_tokens=1)
-    assert 1 <= int(err.value.response.headers["retry-after"]) <= 60
+    assert int(err.value.response.headers["retry-after"]) == WINDOW_S - 1
     assert err.value.body["code"] == "rate_limit_exceeded"
 
 
+@pytest.mark.usefixtures("one_minute")
 def test_tokens_per_minute_limit(keyed: RunningGateway) -> None:
-    _same_window()
     _, secret = keyed.gateway.keys.create("few-tokens", tpm=100)
     client = _client(keyed, secret)
     with pytest.raises(openai.RateLimitError, match="more than key 'few-tokens' allows"):
