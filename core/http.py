@@ -65,17 +65,23 @@ async def _stack_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_NOT_AN_OBJECT = {"model_type", "model_attributes_type", "dict_type", "missing"}
+
+
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
+    detail = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
-    elif param is None:
+    elif param is None and first.get("type") in _NOT_AN_OBJECT:
         message = "the request body must be a JSON object; see the API reference for its fields"
+    elif param is None:
+        message = detail  # a rule across fields, which says what is wrong
     else:
-        message = f"{param}: {first.get('msg', 'invalid value')}"
+        message = f"{param}: {detail}"
     return error_response(400, message, code="invalid_request", param=param)
 
 

@@ -16,6 +16,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # how many top alternatives to report per token; None: no logprobs
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (scoring a text)
 
     @property
     def greedy(self) -> bool:
@@ -25,7 +26,7 @@ class SamplingParams:
 @dataclass(frozen=True)
 class TokenLogprob:
     token: str
-    logprob: float
+    logprob: float | None  # None for a prompt's first token, which nothing predicts
     top: tuple[tuple[str, float], ...] = ()
 
 
@@ -54,6 +55,7 @@ class GenerationChunk:
     completion_tokens: int
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" or "length"
+    prompt_logprobs: list[TokenLogprob] | None = None  # in the first chunk, when asked for
 
 
 class EngineClient(ABC):

@@ -2,12 +2,11 @@
 limiting, `n` choices, streaming and non-streaming responses, metrics and the traffic log."""
 
 import asyncio
-import dataclasses
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,22 +60,30 @@ class RequestContext:
     labels: dict[str, Any] = field(default_factory=dict)  # the request's state: metric labels
 
 
+@dataclass(frozen=True)
+class Prompt:
+    text: str  # as the client gave it (token ids decoded)
+    ids: list[int]
+
+
 @dataclass
 class Choice:
-    """Everything one of the `n` generations produced so far."""
+    """Everything one of the generations produced so far (`n` per prompt)."""
 
     index: int
+    prompt: int  # the index of the prompt it continues
     text: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
-    prompt_tokens: int = 0
     completion_tokens: int = 0
 
     def add(self, chunk: GenerationChunk) -> None:
         self.text += chunk.text
         self.logprobs += chunk.logprobs
+        if chunk.prompt_logprobs is not None:
+            self.prompt_logprobs = chunk.prompt_logprobs
         self.finish_reason = chunk.finish_reason
-        self.prompt_tokens = chunk.prompt_tokens
         self.completion_tokens = chunk.completion_tokens
 
 
@@ -88,8 +95,7 @@ class Run:
     model: str  # as the client asked
     resolved: ResolvedModel
     backend: str
-    prompt: str
-    prompt_tokens: int
+    prompts: list[Prompt]
     choices: list[Choice]
     streams: list[AsyncIterator[GenerationChunk]]
     reservation: Reservation | None
@@ -98,11 +104,10 @@ class Run:
 
     @property
     def usage(self) -> Usage:
+        prompt = sum(len(p.ids) for p in self.prompts)
         completion = sum(c.completion_tokens for c in self.choices)
         return Usage(
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=completion,
-            total_tokens=self.prompt_tokens + completion,
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
         )
 
 
@@ -134,10 +139,11 @@ class Generator:
         self,
         req: SamplingFields,
         ctx: RequestContext,
-        prompt_of: Callable[[ResolvedModel], tuple[str, list[int]]],
+        prompts_of: Callable[[ResolvedModel], list[Prompt]],
         prompt_chars: int,
         requested: int | None,
         logprobs: int | None,
+        prompt_logprobs: int | None = None,
     ) -> Run:
         resolved = self.resolver.cached(req.model) or await asyncio.to_thread(
             self.resolver.resolve, req.model
@@ -146,47 +152,58 @@ class Generator:
         if not ctx.caller.sees_model(resolved.version.owner):
             raise model_not_found(req.model, "no model of that name is open to this API key")
         if prompt_chars < _TOKENIZE_INLINE_CHARS:
-            prompt, prompt_ids = prompt_of(resolved)
+            prompts = prompts_of(resolved)
         else:  # long prompts are tokenized off the event loop
-            prompt, prompt_ids = await asyncio.to_thread(prompt_of, resolved)
+            prompts = await asyncio.to_thread(prompts_of, resolved)
         limit = min(self.limits.max_prompt_tokens, resolved.max_model_len - 1)
-        if len(prompt_ids) > limit:
-            raise bad_request(
-                f"the prompt is {len(prompt_ids)} tokens long; this model accepts at most "
-                f"{limit}. Shorten the prompt.",
-                param="messages" if ctx.endpoint == "chat" else "prompt",
-            )
-        params = self._params(req, requested, resolved, len(prompt_ids), logprobs)
+        for prompt in prompts:
+            if len(prompt.ids) > limit:
+                raise bad_request(
+                    f"the prompt is {len(prompt.ids)} tokens long; this model accepts at most "
+                    f"{limit}. Shorten the prompt.",
+                    param="messages" if ctx.endpoint == "chat" else "prompt",
+                )
+        params = [
+            self._params(req, requested, resolved, len(p.ids), logprobs, prompt_logprobs)
+            for p in prompts
+        ]
         engine = self.engine_for(resolved)
         engine.accepting(resolved.served)
         reservation = None
         if ctx.key is not None:
             self._enter(ctx.key)
             try:
-                cost = len(prompt_ids) + req.n * params.max_tokens
+                cost = sum(
+                    len(p.ids) + req.n * q.max_tokens for p, q in zip(prompts, params, strict=True)
+                )
                 reservation = await self.limiter.reserve(ctx.key, cost)
             except BaseException:
                 self._in_flight[ctx.key.id] -= 1
                 raise
         self.metrics.requests.labels(resolved.version.ref, engine.name, ctx.endpoint).inc()
-        streams = []
-        for i in range(req.n):
-            seeded = (
-                params if params.seed is None else dataclasses.replace(params, seed=params.seed + i)
-            )
-            streams.append(
-                engine.generate(
-                    f"{ctx.request_id}-{i}", resolved.served, prompt_ids, seeded, stream=req.stream
+        choices, streams = [], []
+        for number, (prompt, prompt_params) in enumerate(zip(prompts, params, strict=True)):
+            for i in range(req.n):
+                index = number * req.n + i
+                seed = prompt_params.seed
+                seeded = replace(prompt_params, seed=None if seed is None else seed + index)
+                choices.append(Choice(index, number))
+                streams.append(
+                    engine.generate(
+                        f"{ctx.request_id}-{index}",
+                        resolved.served,
+                        prompt.ids,
+                        seeded,
+                        stream=req.stream,
+                    )
                 )
-            )
         return Run(
             context=ctx,
             model=req.model,
             resolved=resolved,
             backend=engine.name,
-            prompt=prompt,
-            prompt_tokens=len(prompt_ids),
-            choices=[Choice(i) for i in range(req.n)],
+            prompts=prompts,
+            choices=choices,
             streams=streams,
             reservation=reservation,
         )
@@ -210,6 +227,7 @@ class Generator:
         resolved: ResolvedModel,
         prompt_len: int,
         logprobs: int | None,
+        prompt_logprobs: int | None,
     ) -> SamplingParams:
         room = resolved.max_model_len - prompt_len
         if requested is not None and requested > self.limits.max_tokens:
@@ -225,12 +243,13 @@ class Generator:
                 param="max_tokens",
             )
         return SamplingParams(
-            max_tokens=requested or min(room, self.limits.max_tokens),
+            max_tokens=requested if requested is not None else min(room, self.limits.max_tokens),
             temperature=req.temperature,
             top_p=req.top_p,
             seed=req.seed,
             stop=tuple(req.stop_sequences),
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
 
     async def _chunks(self, run: Run) -> AsyncIterator[tuple[Choice, GenerationChunk]]:
@@ -298,7 +317,10 @@ class Generator:
             self._in_flight[key.id] -= 1
         if run.reservation is not None:
             await self.limiter.settle(run.reservation, usage.total_tokens)
-        if self.traffic is not None and (key is None or key.log_traffic):
+        if self.traffic is None or not (key is None or key.log_traffic):
+            return
+        for number, prompt in enumerate(run.prompts):  # a record per prompt
+            choices = [c for c in run.choices if c.prompt == number]
             self.traffic.record(
                 TrafficRecord(
                     created_at=datetime.now(UTC),
@@ -308,12 +330,12 @@ class Generator:
                     model=run.model,
                     version=run.resolved.version.ref,
                     backend=run.backend,
-                    prompt=run.prompt,
-                    output=run.choices[0].text,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
+                    prompt=prompt.text,
+                    output=choices[0].text,
+                    prompt_tokens=len(prompt.ids),
+                    completion_tokens=sum(c.completion_tokens for c in choices),
                     latency_ms=round(elapsed * 1000),
-                    finish_reason=run.choices[0].finish_reason or "cancelled",
+                    finish_reason=choices[0].finish_reason or "cancelled",
                 )
             )
 
@@ -332,7 +354,7 @@ class Generator:
         except ValueError as err:
             raise bad_request(str(err), param="messages") from None
 
-        def prompt_of(resolved: ResolvedModel) -> tuple[str, list[int]]:
+        def prompts_of(resolved: ResolvedModel) -> list[Prompt]:
             try:
                 text = resolved.tokenizer.apply_chat_template(
                     messages, add_generation_prompt=True, tokenize=False
@@ -341,11 +363,11 @@ class Generator:
                 raise bad_request(
                     f"the messages do not fit the model's chat template: {err}", param="messages"
                 ) from None
-            return text, resolved.tokenizer(text, add_special_tokens=False).input_ids
+            return [Prompt(text, resolved.tokenizer(text, add_special_tokens=False).input_ids)]
 
         top = (req.top_logprobs or 0) if req.logprobs else None
         chars = sum(len(m["content"]) for m in messages)
-        run = await self._start(req, ctx, prompt_of, chars, req.token_limit, top)
+        run = await self._start(req, ctx, prompts_of, chars, req.token_limit, top)
         if req.stream:
             return self._chat_stream(req, run)
         await self._finish(run)
@@ -405,15 +427,26 @@ class Generator:
     async def complete(
         self, req: CompletionRequest, ctx: RequestContext
     ) -> CompletionResponse | AsyncIterator[bytes]:
-        def prompt_of(resolved: ResolvedModel) -> tuple[str, list[int]]:
-            return req.prompt_text, resolved.tokenizer(req.prompt_text).input_ids
+        def prompts_of(resolved: ResolvedModel) -> list[Prompt]:
+            tokenizer, prompts = resolved.tokenizer, []
+            for given in req.prompts:
+                if isinstance(given, str):
+                    prompts.append(Prompt(given, tokenizer(given).input_ids))
+                    continue
+                if unknown := [t for t in given if t >= len(tokenizer)]:
+                    raise bad_request(
+                        f"token id {unknown[0]} is outside this model's vocabulary of "
+                        f"{len(tokenizer)} tokens",
+                        param="prompt",
+                    )
+                prompts.append(Prompt(tokenizer.decode(given), list(given)))
+            return prompts
 
-        run = await self._start(
-            req, ctx, prompt_of, len(req.prompt_text), req.max_tokens, req.logprobs
-        )
-        echo = req.prompt_text if req.echo else ""
+        scored = req.logprobs if req.echo and req.logprobs is not None else None
+        chars = sum(len(p) for p in req.prompts)
+        run = await self._start(req, ctx, prompts_of, chars, req.max_tokens, req.logprobs, scored)
         if req.stream:
-            return self._completion_stream(req, run, echo)
+            return self._completion_stream(req, run)
         await self._finish(run)
         return CompletionResponse(
             id=f"cmpl-{ctx.request_id}",
@@ -421,12 +454,8 @@ class Generator:
             choices=[
                 CompletionChoice(
                     index=c.index,
-                    text=echo + c.text,
-                    logprobs=(
-                        _completion_logprobs(c.logprobs, len(echo))
-                        if req.logprobs is not None
-                        else None
-                    ),
+                    text=(run.prompts[c.prompt].text if req.echo else "") + c.text,
+                    logprobs=self._logprobs(req, run, c, c.logprobs, echoed=req.echo),
                     finish_reason=c.finish_reason,
                 )
                 for c in run.choices
@@ -434,9 +463,7 @@ class Generator:
             usage=run.usage,
         )
 
-    async def _completion_stream(
-        self, req: CompletionRequest, run: Run, echo: str
-    ) -> AsyncIterator[bytes]:
+    async def _completion_stream(self, req: CompletionRequest, run: Run) -> AsyncIterator[bytes]:
         created = int(time.time())
 
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
@@ -449,23 +476,24 @@ class Generator:
             )
             return _sse(body.model_dump_json(exclude_none=True))
 
-        offsets = {c.index: len(echo) for c in run.choices}
-        if echo:
-            for c in run.choices:
-                yield chunk([CompletionChoice(index=c.index, text=echo)])
+        sent = {c.index: 0 for c in run.choices}  # characters of each choice's text sent
+        echoed: set[int] = set()
         # Closed on the way out, however this generator ends (finished, failed, cancelled or
         # closed by the server), not whenever the garbage collector gets to it.
         async with aclosing(self._chunks(run)) as chunks:
             async for choice, piece in chunks:
-                logprobs = None
-                if req.logprobs is not None:
-                    logprobs = _completion_logprobs(piece.logprobs, offsets[choice.index])
-                offsets[choice.index] += len(piece.text)
+                echo = req.echo and choice.index not in echoed  # with the first chunk
+                echoed.add(choice.index)
+                text = (run.prompts[choice.prompt].text if echo else "") + piece.text
+                logprobs = self._logprobs(
+                    req, run, choice, piece.logprobs, echoed=echo, offset=sent[choice.index]
+                )
+                sent[choice.index] += len(text)
                 yield chunk(
                     [
                         CompletionChoice(
                             index=choice.index,
-                            text=piece.text,
+                            text=text,
                             logprobs=logprobs,
                             finish_reason=piece.finish_reason,
                         )
@@ -474,6 +502,43 @@ class Generator:
         if req.stream_options and req.stream_options.include_usage:
             yield chunk([], run.usage)
         yield _sse("[DONE]")
+
+    @staticmethod
+    def _logprobs(
+        req: CompletionRequest,
+        run: Run,
+        choice: Choice,
+        generated: list[TokenLogprob],
+        *,
+        echoed: bool,
+        offset: int = 0,
+    ) -> CompletionLogprobs | None:
+        """Completions' log-probabilities of `generated`, after those of the prompt when it
+        is `echoed` (its tokens as the tokenizer spells them, the first one unscored)."""
+        if req.logprobs is None:
+            return None
+        result = CompletionLogprobs(top_logprobs=[])
+        if echoed:
+            prompt = run.prompts[choice.prompt]
+            tokenizer = run.resolved.tokenizer
+            scores = choice.prompt_logprobs or [TokenLogprob("", None)] * len(prompt.ids)
+            position = offset
+            for token_id, score in zip(prompt.ids, scores, strict=True):
+                token = tokenizer.decode([token_id])
+                _append(result, token, score, position)
+                position += len(token)
+            offset += len(prompt.text)
+        for score in generated:
+            _append(result, score.token, score, offset)
+            offset += len(score.token)
+        return result
+
+
+def _append(result: CompletionLogprobs, token: str, score: TokenLogprob, offset: int) -> None:
+    result.tokens.append(token)
+    result.token_logprobs.append(score.logprob)
+    result.top_logprobs.append(dict(score.top) if score.logprob is not None else None)
+    result.text_offset.append(offset)
 
 
 def _chat_logprobs(logprobs: list[TokenLogprob]) -> ChoiceLogprobs:
@@ -490,14 +555,3 @@ def _chat_logprobs(logprobs: list[TokenLogprob]) -> ChoiceLogprobs:
             for lp in logprobs
         ]
     )
-
-
-def _completion_logprobs(logprobs: list[TokenLogprob], offset: int) -> CompletionLogprobs:
-    result = CompletionLogprobs(top_logprobs=[])
-    for lp in logprobs:
-        result.tokens.append(lp.token)
-        result.token_logprobs.append(lp.logprob)
-        result.top_logprobs.append(dict(lp.top))
-        result.text_offset.append(offset)
-        offset += len(lp.token)
-    return result

@@ -75,21 +75,42 @@ class SamplingFields(OpenAIModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+MAX_PROMPTS = 32  # prompts in one completions request
+MAX_CHOICES = 64  # prompts times n
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS)
+    """OpenAI's legacy completions: one prompt or several, as text or as token ids."""
+
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+        | TokenIds
+        | (Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)])
+    )
+    max_tokens: int | None = Field(
+        16, ge=0, le=MAX_TOKENS, description="0 with `echo` scores the prompt, generating nothing."
+    )
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
 
     @model_validator(mode="after")
-    def _one_prompt(self) -> "CompletionRequest":
-        if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise ValueError("prompt must be a string or a list of exactly one string")
+    def _few_choices(self) -> "CompletionRequest":
+        if len(self.prompts) * self.n > MAX_CHOICES:
+            raise ValueError(
+                f"{len(self.prompts)} prompts times n={self.n} is more than {MAX_CHOICES} choices"
+            )
         return self
 
     @property
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, each a text or a list of token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if isinstance(self.prompt[0], int):
+            return [self.prompt]  # type: ignore[list-item]
+        return list(self.prompt)  # type: ignore[arg-type]
 
 
 class ChatMessage(OpenAIModel):
@@ -130,9 +151,11 @@ class Usage(OpenAIModel):
 
 
 class CompletionLogprobs(OpenAIModel):
+    """With `echo`, the prompt's tokens come first; its first token has no log-probability."""
+
     tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[float] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float]] | None = None
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] | None = None
     text_offset: list[int] = Field(default_factory=list)
 
 

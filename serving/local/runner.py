@@ -13,7 +13,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from serving.errors import EngineError, overloaded
 from serving.local.batch import BatchCache
-from serving.local.sampling import next_token
+from serving.local.sampling import next_token, prompt_token_logprobs
 from serving.local.sequence import Sequence
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class ModelRunner:
             use_cache=True,
             **kwargs,
         )
-        return out.logits[:, -1].float().cpu(), out.past_key_values
+        return out.logits, out.past_key_values
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         length = max(len(s.prompt_ids) for s in seqs)
@@ -158,7 +158,15 @@ class ModelRunner:
             mask[row, length - len(seq.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         logits, cache = self._forward(ids, mask, DynamicCache(), seqs)
-        self._sample(seqs, logits)
+        for row, seq in enumerate(seqs):
+            if seq.params.prompt_logprobs is not None:
+                scored = prompt_token_logprobs(
+                    logits[row, length - len(seq.prompt_ids) :].cpu(),
+                    seq.prompt_ids,
+                    seq.params.prompt_logprobs,
+                )
+                seq.score_prompt(scored, self.tokenizer)
+        self._sample(seqs, logits[:, -1].float().cpu())
         batch = BatchCache(cache, mask)
         if self._batch is None:
             self._batch = batch
@@ -172,11 +180,14 @@ class ModelRunner:
         logits, cache = self._forward(ids, self._batch.grow(), self._batch.cache, self._running)
         self._batch.cache = cache
         self.decode_steps += 1
-        self._sample(self._running, logits)
+        self._sample(self._running, logits[:, -1].float().cpu())
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         greedy = logits.argmax(dim=-1).tolist()  # one op for every greedy row
         for row, seq in enumerate(seqs):
+            if seq.params.max_tokens == 0:  # scoring the prompt only
+                seq.finish_without_tokens()
+                continue
             token = (
                 greedy[row]
                 if seq.params.greedy

@@ -19,6 +19,24 @@ def next_token(
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def prompt_token_logprobs(
+    logits: torch.Tensor, ids: list[int], top: int
+) -> list[tuple[float | None, list[tuple[int, float]]]]:
+    """Each prompt token's log-probability given the tokens before it (None for the first),
+    with its `top` most likely alternatives; `logits` are the model's at the prompt's
+    positions."""
+    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
+    scores = logprobs.gather(-1, torch.tensor(ids[1:]).unsqueeze(-1)).squeeze(-1).tolist()
+    alternatives: list[list[tuple[int, float]]] = [[] for _ in scores]
+    if top:
+        values, indices = torch.topk(logprobs, top, dim=-1)
+        alternatives = [
+            list(zip(i, v, strict=True))
+            for i, v in zip(indices.tolist(), values.tolist(), strict=True)
+        ]
+    return [(None, []), *zip(scores, alternatives, strict=True)]
+
+
 def token_logprobs(
     logits: torch.Tensor, token: int, top: int
 ) -> tuple[float, list[tuple[int, float]]]:

@@ -32,6 +32,7 @@ class Sequence:
     text: str = ""  # decoded output, stop strings excluded
     sent: int = 0  # characters of `text` already sent
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] | None = None  # sent with the first chunk
     finish_reason: str | None = None
     aborted: bool = False
     # Incremental detokenization: only the tokens from `_prefix` on are decoded each step.
@@ -80,6 +81,25 @@ class Sequence:
             self.finish_reason = "stop"
         self._send()
 
+    def score_prompt(
+        self,
+        scored: list[tuple[float | None, list[tuple[int, float]]]],
+        tokenizer: PreTrainedTokenizerBase,
+    ) -> None:
+        self.prompt_logprobs = [
+            TokenLogprob(
+                tokenizer.decode([token]),
+                logprob,
+                tuple((tokenizer.decode([t]), lp) for t, lp in top),
+            )
+            for token, (logprob, top) in zip(self.prompt_ids, scored, strict=True)
+        ]
+
+    def finish_without_tokens(self) -> None:
+        """End a request that asked for no tokens (it scores its prompt)."""
+        self.finish_reason = "length"
+        self._send()
+
     def _decode_new(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Decode only the last few tokens; a token that ends inside a UTF-8 character waits
         for the next one."""
@@ -123,6 +143,8 @@ class Sequence:
             completion_tokens=self.generated,
             logprobs=self.pending_logprobs,
             finish_reason=self.finish_reason,
+            prompt_logprobs=self.prompt_logprobs,
         )
         self.pending_logprobs = []
+        self.prompt_logprobs = None
         self.emit(chunk)

@@ -62,6 +62,31 @@ def _logprobs(data: dict[str, Any] | None) -> list[TokenLogprob]:
     ]
 
 
+def _prompt_logprobs(
+    scored: list[dict[str, Any] | None] | None, prompt_ids: list[int], top: int
+) -> list[TokenLogprob]:
+    """vLLM's `prompt_logprobs` (per position: token id -> logprob, rank, decoded token,
+    for the prompt's token and the most likely others; None first) as token logprobs."""
+    result = []
+    for token_id, entry in zip(prompt_ids, scored or [None] * len(prompt_ids), strict=True):
+        if entry is None:
+            result.append(TokenLogprob("", None))
+            continue
+        own = entry[str(token_id)]
+        alternatives = sorted(
+            (e for e in entry.values() if e.get("rank") is not None and e["rank"] <= top),
+            key=lambda e: e["rank"],
+        )
+        result.append(
+            TokenLogprob(
+                own["decoded_token"],
+                own["logprob"],
+                tuple((e["decoded_token"], e["logprob"]) for e in alternatives),
+            )
+        )
+    return result
+
+
 def _vllm_loads(adapter_path: Path, max_rank: int) -> bool:
     try:
         config = json.loads((adapter_path / "adapter_config.json").read_text())
@@ -273,7 +298,16 @@ class VllmEngine(EngineClient):
                     "stream": stream,
                     "skip_special_tokens": True,
                 }
-                chunks = self._stream if stream else self._complete
+                scoring = params.prompt_logprobs is not None or params.max_tokens == 0
+                if scoring:
+                    # vLLM returns prompt log-probabilities whole, and takes max_tokens 0
+                    # (score the prompt, generate nothing) only with echo.
+                    body.update(
+                        stream=False,
+                        prompt_logprobs=params.prompt_logprobs,
+                        echo=params.max_tokens == 0,
+                    )
+                chunks = self._stream if stream and not scoring else self._complete
                 # Closed as soon as this generator is (the consumer stopped early), not when the
                 # garbage collector gets to it: closing it closes the upstream response, and an
                 # unfinished one takes its connection with it, which is how vLLM learns that it
@@ -308,12 +342,18 @@ class VllmEngine(EngineClient):
             raise _upstream_error(response)
         data = response.json()
         choice = data["choices"][0]
+        generated = body["max_tokens"] > 0  # else vLLM echoed the prompt, and that is all
         yield GenerationChunk(
-            text=choice["text"],
+            text=choice["text"] if generated else "",
             prompt_tokens=data["usage"]["prompt_tokens"],
-            completion_tokens=data["usage"]["completion_tokens"],
-            logprobs=_logprobs(choice.get("logprobs")),
-            finish_reason=choice["finish_reason"],
+            completion_tokens=data["usage"]["completion_tokens"] if generated else 0,
+            logprobs=_logprobs(choice.get("logprobs")) if generated else [],
+            finish_reason=choice["finish_reason"] if generated else "length",
+            prompt_logprobs=_prompt_logprobs(
+                choice.get("prompt_logprobs"), body["prompt"], body.get("prompt_logprobs") or 0
+            )
+            if body.get("prompt_logprobs") is not None
+            else None,
         )
 
     async def _stream(self, server: VllmServer, body: dict, prompt_tokens: int):

@@ -1,3 +1,4 @@
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -6,14 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import torch
 import uvicorn
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.settings import StackSettings
 from finetune.demo.random_model import build_random_model
+from finetune.demo.skills import SKILLS, generate_splits
+from finetune.demo.spec import TINY
 from registry.service import Registry
 from serving.app import create_app
 from serving.config import ServingConfig
@@ -81,3 +85,57 @@ def make_adapter(
     )
     model.save_pretrained(out)
     return out
+
+
+# A demo model that learned one skill (upper-casing) in seconds: enough to tell the right
+# answer of a multiple-choice question by log-likelihood (about 19 in 20 here).
+UPPER_SPEC = dataclasses.replace(
+    TINY,
+    name="upper",
+    num_train=3000,
+    num_eval=20,
+    steps=300,
+    hidden_size=128,
+    intermediate_size=256,
+    num_layers=2,
+    warmup_steps=20,
+    max_new_tokens=12,
+    train_skills=("upper",),
+    eval_skills=("upper",),
+)
+
+
+def continuation_logprob(
+    client: openai.OpenAI, model: str, context: list[int], continuation: list[int]
+) -> float:
+    """log P(continuation | context) as a client scores it (as lm-eval does): the whole
+    sequence as token ids, echoed with max_tokens 0 and logprobs."""
+    reply = client.completions.create(
+        model=model, prompt=context + continuation, max_tokens=0, echo=True, logprobs=0
+    )
+    scores = reply.choices[0].logprobs.token_logprobs
+    assert len(scores) == len(context) + len(continuation) and scores[0] is None
+    return sum(scores[len(context) :])
+
+
+def multiple_choice_accuracy(client: openai.OpenAI, model: str, model_dir: Path) -> float:
+    """Upper-casing questions with four candidate answers, the right one first; the share
+    whose right answer has the highest log-likelihood."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = generate_splits(SKILLS["upper"], seed=1, num_train=0, num_eval=20)[1]
+    right = 0
+    for row in rows:
+        question, answer = (m["content"] for m in row["messages"])
+        context = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
+        context_ids = tokenizer(context, add_special_tokens=False).input_ids
+        candidates = [answer, answer.lower(), answer[::-1], answer[:-1] + "Q"]
+        scores = [
+            continuation_logprob(
+                client, model, context_ids, tokenizer(c, add_special_tokens=False).input_ids
+            )
+            for c in candidates
+        ]
+        right += scores.index(max(scores)) == 0
+    return right / len(rows)

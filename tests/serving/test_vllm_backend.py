@@ -14,12 +14,23 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from transformers import AutoTokenizer
 
+from finetune.demo.build import build_demo_model
 from finetune.demo.random_model import build_random_model
 from finetune.demo.skills import SKILLS, generate_splits, write_jsonl
 from serving.vllm.engine import VllmEngine, _sse_lines, _upstream_error
 from tests.finetune.conftest import wait_for_job
-from tests.serving.conftest import LIMITS, RunningGateway, make_adapter, running_gateway
+from tests.serving.conftest import (
+    LIMITS,
+    UPPER_SPEC,
+    RunningGateway,
+    continuation_logprob,
+    make_adapter,
+    multiple_choice_accuracy,
+    running_gateway,
+)
+from tests.serving.test_completions import hf_continuation_logprob
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -45,12 +56,16 @@ def vllm_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGa
         "models": [
             {"model": "demo", "replicas": 2, **SERVER},
             {"model": "sharded", "tensor_parallel_size": 2, **SERVER},
+            {"model": "upper", **SERVER},
         ],
         "health_interval_s": 1.0,
     }
     limits = {**LIMITS, "max_tokens": 200}
+    upper = build_demo_model(root / "upper", UPPER_SPEC).output_dir
     with running_gateway(root / "home", model, limits=limits, vllm=vllm) as gw:
         registry = gw.registry
+        registry.register("upper", upper)
+        registry.set_alias("upper", "production", 1)
         registry.register("local-copy", model)
         registry.set_alias("local-copy", "production", 1)
         registry.register("sharded", model)
@@ -61,11 +76,11 @@ def vllm_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGa
         registry.set_alias("demo-lora", "production", adapter.version)
         # Launch both models' servers at once: the first request of each waits for them.
         client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key="unused", timeout=900)
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(3) as pool:
             list(
                 pool.map(
                     lambda m: client.completions.create(model=m, prompt=PROMPT, max_tokens=1),
-                    ["demo", "sharded"],
+                    ["demo", "sharded", "upper"],
                 )
             )
         yield gw
@@ -183,6 +198,37 @@ def test_a_fine_tuning_job_result_is_served_by_vllm_at_once(
     assert tuned_tokens == local_tokens
     assert tuned == pytest.approx(local, abs=2e-3)
     assert (tuned_tokens, pytest.approx(tuned, abs=2e-3)) != (base_tokens, base)
+
+
+def test_echoed_logprobs_equal_the_models(
+    vllm_gateway: RunningGateway, client: openai.OpenAI
+) -> None:
+    model_dir = vllm_gateway.registry.local_copy(vllm_gateway.registry.resolve("demo:1"))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    context = tokenizer(PROMPT).input_ids
+    continuation = tokenizer(" abcd", add_special_tokens=False).input_ids
+    served = continuation_logprob(client, "demo", context, continuation)
+    assert served == pytest.approx(
+        hf_continuation_logprob(model_dir, context, continuation), abs=1e-3
+    )
+    assert served == pytest.approx(
+        continuation_logprob(client, "local-copy", context, continuation), abs=1e-3
+    )
+
+
+def test_a_multiple_choice_question_the_model_knows(
+    vllm_gateway: RunningGateway, client: openai.OpenAI
+) -> None:
+    model_dir = vllm_gateway.registry.local_copy(vllm_gateway.registry.resolve("upper"))
+    assert multiple_choice_accuracy(client, "upper", model_dir) >= 0.8
+
+
+def test_several_prompts_on_vllm(client: openai.OpenAI) -> None:
+    reply = client.completions.create(
+        model="demo", prompt=["Sort: cba", PROMPT], max_tokens=5, temperature=0, n=2
+    )
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    assert reply.choices[2].text == _text(client, "demo", max_tokens=5)
 
 
 def test_tensor_parallel_two_matches_one(client: openai.OpenAI) -> None:
