@@ -2,6 +2,7 @@
 for bad input (1 for a broken state), tables and JSON output."""
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,12 +16,27 @@ def fail(prog: str, message: str, code: int) -> int:
     return code
 
 
+JSON_FLAG = "--json"
+
+
+def _json_first(argv: Sequence[str]) -> list[str]:
+    """`--json` anywhere before a `--` moved to the front, where every command group of the
+    stack takes it: `llm-registry list --json` as users type it."""
+    args = list(argv)
+    end = args.index("--") if "--" in args else len(args)
+    if JSON_FLAG in args[:end]:
+        args.remove(JSON_FLAG)
+        args.insert(0, JSON_FLAG)
+    return args
+
+
 def run(group: click.Group, prog: str, argv: Sequence[str] | None = None) -> int:
     """Run a click group; bad input (a usage error or a StackError) prints one line and
     returns 2, never a traceback. An error of the stack's state (an integrity check that
     failed, a schema this release cannot use) returns 1."""
+    args = _json_first(sys.argv[1:] if argv is None else argv)
     try:
-        return group.main(args=argv, prog_name=prog, standalone_mode=False) or 0
+        return group.main(args=args, prog_name=prog, standalone_mode=False) or 0
     except click.UsageError as err:
         hint = (
             f" (see `{prog} --help`)"

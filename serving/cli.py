@@ -50,9 +50,17 @@ def _ensure_demo_model(registry: Registry, name: str) -> None:
 @click.group(invoke_without_command=True, help=__doc__)
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Serving YAML.")
 @click.option("--host", help="Address to listen on (overrides the config).")
-@click.option("--port", type=int, help="Port to listen on (overrides the config).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, host: str | None, port: int | None) -> None:
+def cli(
+    ctx: click.Context,
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    as_json: bool,
+) -> None:
+    ctx.obj = as_json
     if ctx.invoked_subcommand is not None:
         return
     logging.basicConfig(
@@ -100,8 +108,8 @@ def keys() -> None:
 @click.option("--rpm", type=click.IntRange(1, MAX_RATE), help="Requests per minute.")
 @click.option("--tpm", type=click.IntRange(1, MAX_RATE), help="Tokens per minute.")
 @click.option("--no-traffic-log", is_flag=True, help="Do not log this key's traffic.")
-@click.option("--json", "as_json", is_flag=True)
-def keys_create(name, models, admin, rpm, tpm, no_traffic_log, as_json) -> None:
+@click.pass_obj
+def keys_create(as_json, name, models, admin, rpm, tpm, no_traffic_log) -> None:
     """Create a key; its secret is printed once."""
     key, secret = _keys().create(
         name,
@@ -120,8 +128,8 @@ def keys_create(name, models, admin, rpm, tpm, no_traffic_log, as_json) -> None:
 
 @keys.command(name="list")
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
-@click.option("--json", "as_json", is_flag=True)
-def keys_list(include_revoked: bool, as_json: bool) -> None:
+@click.pass_obj
+def keys_list(as_json: bool, include_revoked: bool) -> None:
     found = _keys().list_keys(include_revoked=include_revoked)
     if as_json:
         print_json([KeyObject.model_validate(k).model_dump(mode="json") for k in found])
@@ -146,9 +154,13 @@ def keys_list(include_revoked: bool, as_json: bool) -> None:
 
 @keys.command(name="revoke")
 @click.argument("key_id")
-def keys_revoke(key_id: str) -> None:
+@click.pass_obj
+def keys_revoke(as_json: bool, key_id: str) -> None:
     key = _keys().revoke(key_id)
-    click.echo(f"revoked {key.id} ({key.name})")
+    if as_json:
+        print_json(KeyObject.model_validate(key).model_dump(mode="json"))
+    else:
+        click.echo(f"revoked {key.id} ({key.name})")
 
 
 def main(argv: list[str] | None = None) -> None:
