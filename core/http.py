@@ -7,9 +7,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.errors import StackError
 
@@ -65,13 +67,27 @@ async def _stack_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_TYPE_NAMES = {"int", "str", "float", "bool", "dict", "list", "none"}
+
+
+def _is_field(part: object) -> bool:
+    """Whether a part of pydantic's error location names a field or an index (not the
+    request section, nor the member of a union that was tried)."""
+    if isinstance(part, int):
+        return True
+    text = str(part)
+    return text not in ("body", "query", "path") and not (
+        text in _TYPE_NAMES or any(c in text for c in "-[]'(")
+    )
+
+
 _NOT_AN_OBJECT = {"model_type", "model_attributes_type", "dict_type", "missing"}
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    location = [str(part) for part in first.get("loc", ()) if _is_field(part)]
     param = ".".join(location) or None
     detail = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
@@ -85,10 +101,20 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, message, code="invalid_request", param=param)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
-    return error_response(exc.status_code, str(exc.detail), code=code, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Every method the path takes, not only those of the first route that matched it.
+        methods = {
+            method
+            for route in request.app.router.routes
+            if route.matches(request.scope)[0] is not Match.NONE
+            for method in getattr(route, "methods", None) or ()
+        }
+        headers["Allow"] = ", ".join(sorted(methods))
+    return error_response(exc.status_code, str(exc.detail), code=code, headers=headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -96,6 +122,34 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(
         500, "internal error; the server log has the details", code="internal_error"
     )
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make the application's OpenAPI document say what it does: validation errors are 400
+    in the error envelope (FastAPI documents them as 422 with its own schema)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            bad_request = {
+                "description": "Bad Request",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}
+                },
+            }
+            for path_item in schema["paths"].values():
+                for operation in path_item.values():
+                    responses = operation["responses"]
+                    if "HTTPValidationError" in str(responses.get("422", "")):
+                        del responses["422"]
+                    responses.setdefault("400", bad_request)
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -15,15 +15,24 @@ DEFAULT_ALIAS = "production"
 FINE_TUNED_PREFIX = "ft:"
 MAX_NAME_LENGTH = 128
 MAX_ALIAS_LENGTH = 64
-# Patterns for OpenAPI documents and validators; each matches a whole value.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
+_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_ALIAS_RE = r"[a-z][a-z0-9_-]{0,63}"
+_VERSION_RE = r"[1-9][0-9]{0,8}"  # fits the 32-bit columns
+_SUFFIX_RE = r"[a-z0-9][a-z0-9_-]{0,39}"
+_JOB_RE = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+# The same rules as patterns for OpenAPI documents (each matches a whole value).
+NAME_PATTERN = f"^{_NAME_RE}$"
+ALIAS_PATTERN = f"^{_ALIAS_RE}$"
+VERSION_REF_PATTERN = f"^{_NAME_RE}:{_VERSION_RE}$"
+REF_PATTERN = (
+    f"^(?:ft:{_NAME_RE}:(?:{_SUFFIX_RE})?:{_JOB_RE}|{_NAME_RE}(?::{_VERSION_RE}|@{_ALIAS_RE})?)$"
+)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ALIAS = re.compile(r"[a-z][a-z0-9_-]*")
-_VERSION = re.compile(r"[1-9][0-9]{0,8}")  # fits the 32-bit columns
-_SUFFIX = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}|")
-_JOB = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_VERSION = re.compile(_VERSION_RE)
+_SUFFIX = re.compile(f"(?:{_SUFFIX_RE})?")
+_JOB = re.compile(_JOB_RE)
 
 
 def _invalid(message: str, param: str) -> StackError:
@@ -38,10 +47,10 @@ def validate_name(name: str, param: str = "name") -> str:
         raise _invalid(
             f"model name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}", param
         )
-    if not _NAME.fullmatch(name) or ".." in name:
+    if not _NAME.fullmatch(name):
         raise _invalid(
             f"invalid model name {name!r}: use letters, digits, '.', '_' and '-', starting "
-            "with a letter or digit, and no '..'",
+            "with a letter or digit",
             param,
         )
     return name
@@ -85,7 +94,7 @@ def fine_tuned_name(base: str, suffix: str | None, job_id: str) -> str:
 
 def parse_ref(ref: str, param: str = "model") -> ModelRef:
     """Parse a reference (see the module's docstring); INVALID says what is wrong."""
-    if ref.startswith(FINE_TUNED_PREFIX):
+    if ref.startswith(FINE_TUNED_PREFIX) and ref.count(":") >= 3:
         parts = ref.split(":")
         if len(parts) != 4 or not _SUFFIX.fullmatch(parts[2]) or not _JOB.fullmatch(parts[3]):
             raise _invalid(

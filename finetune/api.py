@@ -9,11 +9,12 @@
 The `FineTuningService` on the application (`app.state.fine_tuning`) does the work; a job's
 `fine_tuned_model` (`ft:<base>:<suffix>:<job-id>`) is servable as soon as it succeeds."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 
 from core.callers import Caller, current_caller
+from core.http import error_responses
 from core.listing import MAX_PAGE, ListPage
 from finetune.protocol import (
     CheckpointObject,
@@ -25,7 +26,9 @@ from finetune.protocol import (
 )
 from finetune.service import FineTuningService
 
-router = APIRouter(prefix="/v1", tags=["fine-tuning"])
+router = APIRouter(
+    prefix="/v1", tags=["fine-tuning"], responses=error_responses(400, 401, 403, 404, 413, 429)
+)
 
 
 def get_service(request: Request) -> FineTuningService:
@@ -42,7 +45,7 @@ async def upload_file(
     service: Service,
     who: Who,
     file: Annotated[UploadFile, File()],
-    purpose: Annotated[str, Form()],
+    purpose: Annotated[Literal["fine-tune"], Form(description="Only fine-tune is supported.")],
 ) -> FileObject:
     return await service.upload(who, file, purpose)
 

@@ -5,33 +5,24 @@ import json
 import secrets
 from pathlib import Path
 
-from core.errors import ErrorCode
-from finetune.errors import FinetuneError, RecipeError
+from finetune.errors import RecipeError
 from finetune.protocol import JobHyperparameters, JobRequest
 from finetune.recipe import Recipe, parse_recipe
 from finetune.settings import FinetuneSettings
 
 
 def resolve_hyperparameters(request: JobRequest, settings: FinetuneSettings) -> JobHyperparameters:
-    """The request's hyperparameters with `auto` replaced; 400 naming one out of range."""
+    """The request's hyperparameters (validated by their bounds) with `auto` replaced."""
     given = request.given_hyperparameters()
-    checks = {
-        "n_epochs": (given.n_epochs, settings.api_n_epochs, 1, 50),
-        "batch_size": (given.batch_size, settings.api_batch_size, 1, 256),
-        "learning_rate_multiplier": (given.learning_rate_multiplier, 1.0, 1e-3, 100.0),
-    }
-    resolved = {}
-    for key, (value, default, low, high) in checks.items():
-        value = default if value == "auto" else value
-        if not low <= value <= high:
-            raise FinetuneError(
-                ErrorCode.INVALID,
-                f"hyperparameters.{key} is {value}; use 'auto' or a value from {low} to {high}",
-                param=f"hyperparameters.{key}",
-                api_code="invalid_request",
-            )
-        resolved[key] = value
-    return JobHyperparameters(**resolved)
+
+    def value(given_value: float | str, auto: float) -> float:
+        return auto if given_value == "auto" else given_value  # type: ignore[return-value]
+
+    return JobHyperparameters(
+        n_epochs=value(given.n_epochs, settings.api_n_epochs),
+        batch_size=value(given.batch_size, settings.api_batch_size),
+        learning_rate_multiplier=value(given.learning_rate_multiplier, 1.0),
+    )
 
 
 def api_recipe(

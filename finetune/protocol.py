@@ -1,7 +1,7 @@
 """OpenAI's files and fine-tuning API, request and response models field by field (see
 https://platform.openai.com/docs/api-reference/fine-tuning). Extras are marked as such."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,9 +28,13 @@ class FileDeleted(BaseModel):
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_epochs: int | Literal["auto"] = Field("auto", description="Passes over the training file.")
-    batch_size: int | Literal["auto"] = Field("auto", description="Rows per optimizer step.")
-    learning_rate_multiplier: float | Literal["auto"] = Field(
+    n_epochs: Annotated[int, Field(ge=1, le=50)] | Literal["auto"] = Field(
+        "auto", description="Passes over the training file."
+    )
+    batch_size: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        "auto", description="Rows per optimizer step."
+    )
+    learning_rate_multiplier: Annotated[float, Field(ge=1e-3, le=100.0)] | Literal["auto"] = Field(
         "auto", description="Scales the gateway's base learning rate for LoRA."
     )
 

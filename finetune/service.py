@@ -12,7 +12,7 @@ from fastapi import UploadFile
 
 from core.callers import Caller
 from core.database import utc_now
-from core.errors import ErrorCode
+from core.errors import ErrorCode, StackError
 from core.listing import ListPage, page
 from core.refs import fine_tuned_name, parse_ref
 from finetune.data import DataError, read_rows
@@ -20,7 +20,6 @@ from finetune.errors import FinetuneError, file_not_found, job_not_found, quota_
 from finetune.hyperparameters import api_recipe, resolve_hyperparameters
 from finetune.jobs import Job, JobStore, StoredFile
 from finetune.protocol import (
-    PURPOSE,
     CheckpointObject,
     FileDeleted,
     FileObject,
@@ -97,14 +96,6 @@ class FineTuningService:
     # -- files ----------------------------------------------------------------------------
 
     async def upload(self, caller: Caller, upload: UploadFile, purpose: str) -> FileObject:
-        if purpose != PURPOSE:
-            raise FinetuneError(
-                ErrorCode.INVALID,
-                f"purpose {purpose!r} is not supported; this gateway stores files with "
-                f"purpose {PURPOSE!r}",
-                param="purpose",
-                api_code="invalid_purpose",
-            )
         settings = self.runner.settings
         stored = self.store.list_files(caller.key_id)  # made without keys: owner None
         if len(stored) >= settings.max_files_per_key:
@@ -169,8 +160,13 @@ class FineTuningService:
                 param="model",
                 api_code="model_not_allowed",
             )
-        base = self.registry.resolve(request.model)
-        if not caller.sees_model(base.owner):
+        try:
+            base = self.registry.resolve(request.model)
+        except StackError as err:
+            if err.code is not ErrorCode.INVALID:
+                raise
+            base = None  # not a model name at all: no such model, as for an unknown name
+        if base is None or not caller.sees_model(base.owner):
             raise RegistryError(
                 ErrorCode.NOT_FOUND,
                 f"model {request.model!r} does not exist; GET /v1/models lists yours",

@@ -6,17 +6,20 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from core.callers import Caller, admin_caller
 from core.errors import ErrorCode
-from core.http import install_error_handlers
+from core.http import error_responses, install_error_handlers
 from core.listing import MAX_PAGE, ListPage, page
+from core.refs import ALIAS_PATTERN, NAME_PATTERN, REF_PATTERN
 from registry.entities import VersionKind
 from registry.errors import RegistryError
 from registry.protocol import (
     MAX_EVENT_ID,
+    MAX_REASON,
     AliasEventObject,
     AliasObject,
     AliasRequest,
@@ -32,7 +35,28 @@ from registry.protocol import (
 )
 from registry.service import Registry
 
-router = APIRouter(prefix="/v1/registry", tags=["registry"])
+router = APIRouter(
+    prefix="/v1/registry",
+    tags=["registry"],
+    responses=error_responses(400, 401, 403, 404, 409, 413),
+)
+Name = Annotated[str, PathParam(pattern=NAME_PATTERN, description="A model's name.")]
+AliasName = Annotated[str, PathParam(pattern=ALIAS_PATTERN, description="An alias, e.g. staging.")]
+Ref = Annotated[
+    str,
+    PathParam(
+        pattern=REF_PATTERN,
+        description="name (its production alias), name:version, name@alias or ft:<base>:...",
+    ),
+]
+VersionRef = Annotated[
+    str | None,
+    Query(
+        pattern=f"^{NAME_PATTERN[1:-1]}:[1-9][0-9]{{0,8}}$",
+        description="The last ref of the previous page.",
+    ),
+]
+BROKEN_STORE = error_responses(500)  # the stored files fail their digests
 
 
 def get_registry(request: Request, caller: Annotated[Caller, Depends(admin_caller)]) -> Registry:
@@ -49,7 +73,9 @@ def list_models(
     registry: RegistryDep,
     q: Annotated[str | None, Query(description="Keep names containing this.")] = None,
     limit: Limit = 20,
-    after: Annotated[str | None, Query(description="The last name of the previous page.")] = None,
+    after: Annotated[
+        str | None, Query(pattern=NAME_PATTERN, description="The last name of the previous page.")
+    ] = None,
 ) -> ListPage[ModelObject]:
     found = registry.list_models(q, limit=limit + 1, after=after)
     held: dict[str, dict[str, int]] = {}
@@ -65,12 +91,12 @@ def list_models(
 @router.get("/models/{name}/versions")
 def list_versions(
     registry: RegistryDep,
-    name: str,
+    name: Name,
     kind: VersionKind | None = None,
     tag: Annotated[list[str], Query(description="KEY=VALUE the versions must carry")] = [],  # noqa: B006
     include_archived: bool = False,
     limit: Limit = 20,
-    after: Annotated[str | None, Query(description="The last ref of the previous page.")] = None,
+    after: VersionRef = None,
 ) -> ListPage[VersionObject]:
     tags: dict[str, str | None] = dict(t.partition("=")[::2] for t in tag)
     found = registry.list_versions(
@@ -85,7 +111,7 @@ def list_versions(
 
 
 @router.post("/models/{name}/versions", status_code=201)
-def register(registry: RegistryDep, name: str, body: RegisterRequest) -> VersionObject:
+def register(registry: RegistryDep, name: Name, body: RegisterRequest) -> VersionObject:
     """Register a folder of the server's import root (off unless LLMOPS_IMPORT_ROOT is set)."""
     source = registry.importable(body.source_dir)
     version = registry.register(name, source, **body.model_dump(exclude={"source_dir"}))
@@ -95,7 +121,7 @@ def register(registry: RegistryDep, name: str, body: RegisterRequest) -> Version
 @router.post("/models/{name}/versions/upload", status_code=201)
 def register_upload(
     registry: RegistryDep,
-    name: str,
+    name: Name,
     archive: Annotated[UploadFile, File(description="A tar (or .tar.gz) of the files.")],
     metadata: Annotated[str, Form(description="VersionFields as JSON.")] = "{}",
 ) -> VersionObject:
@@ -113,7 +139,7 @@ def register_upload(
 
 
 @router.get("/versions/{ref}")
-def show(registry: RegistryDep, ref: str) -> VersionDetailsObject:
+def show(registry: RegistryDep, ref: Ref) -> VersionDetailsObject:
     details = registry.show(ref)
     return VersionDetailsObject(
         **VersionObject.model_validate(details.version).model_dump(exclude={"object"}),
@@ -122,66 +148,90 @@ def show(registry: RegistryDep, ref: str) -> VersionDetailsObject:
     )
 
 
-@router.get("/versions/{ref}/files")
-def list_files(registry: RegistryDep, ref: str) -> ListPage[FileObject]:
+@router.get("/versions/{ref}/files", responses=BROKEN_STORE)
+def list_files(registry: RegistryDep, ref: Ref) -> ListPage[FileObject]:
     manifest = registry.artifacts.load_manifest(registry.resolve(ref).artifact_digest)
     return page([FileObject.model_validate(f) for f in manifest.files], None, lambda f: f.path)
 
 
-@router.get("/versions/{ref}/files/{path:path}", response_class=FileResponse)
-def download_file(registry: RegistryDep, ref: str, path: str) -> FileResponse:
+@router.get(
+    "/versions/{ref}/files/{path:path}",
+    response_class=FileResponse,
+    responses={
+        **BROKEN_STORE,
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
+    },
+)
+def download_file(
+    registry: RegistryDep, ref: Ref, path: Annotated[str, PathParam(max_length=1024)]
+) -> FileResponse:
     """One file of a version, verified against its digest before it is sent."""
     digest = registry.resolve(ref).artifact_digest
-    return FileResponse(registry.artifacts.verified_file(digest, path), filename=Path(path).name)
+    return FileResponse(
+        registry.artifacts.verified_file(digest, path),
+        filename=Path(path).name,
+        media_type="application/octet-stream",
+    )
 
 
-@router.post("/versions/{ref}/verify")
-def verify(registry: RegistryDep, ref: str) -> VerifyResult:
+@router.post("/versions/{ref}/verify", responses=BROKEN_STORE)
+def verify(registry: RegistryDep, ref: Ref) -> VerifyResult:
     manifest = registry.verify(ref)
     return VerifyResult(ref=ref, ok=True, files=len(manifest.files), bytes=manifest.total_size)
 
 
 @router.post("/versions/{ref}/archive")
-def archive(registry: RegistryDep, ref: str) -> VersionObject:
+def archive(registry: RegistryDep, ref: Ref) -> VersionObject:
     return VersionObject.model_validate(registry.archive(ref))
 
 
 @router.get("/models/{name}/aliases")
-def list_aliases(registry: RegistryDep, name: str) -> ListPage[AliasObject]:
+def list_aliases(registry: RegistryDep, name: Name) -> ListPage[AliasObject]:
     registry.store.get_model(name)
     aliases = [AliasObject.model_validate(a) for a in registry.aliases(name)]
     return page(aliases, None, lambda a: a.alias)
 
 
 @router.put("/models/{name}/aliases/{alias}")
-def set_alias(registry: RegistryDep, name: str, alias: str, body: AliasRequest) -> AliasEventObject:
+def set_alias(
+    registry: RegistryDep, name: Name, alias: AliasName, body: AliasRequest
+) -> AliasEventObject:
     event = registry.set_alias(name, alias, body.version, reason=body.reason)
     return AliasEventObject.model_validate(event)
 
 
 @router.delete("/models/{name}/aliases/{alias}")
 def delete_alias(
-    registry: RegistryDep, name: str, alias: str, reason: str = ""
+    registry: RegistryDep,
+    name: Name,
+    alias: AliasName,
+    reason: Annotated[str, Query(max_length=MAX_REASON)] = "",
 ) -> AliasEventObject:
     return AliasEventObject.model_validate(registry.delete_alias(name, alias, reason=reason))
 
 
-@router.post("/models/{name}/aliases/{alias}/promote")
-def promote(registry: RegistryDep, name: str, alias: str, body: PromoteRequest) -> AliasEventObject:
-    event = registry.promote(f"{name}:{body.version}", alias, reason=body.reason, force=body.force)
+@router.post("/models/{name}/aliases/{alias}/promote", responses=error_responses(422))
+def promote(
+    registry: RegistryDep, name: Name, alias: AliasName, body: PromoteRequest
+) -> AliasEventObject:
+    forced = body.force_reason is not None
+    reason = body.force_reason if forced else body.reason
+    event = registry.promote(f"{name}:{body.version}", alias, reason=reason, force=forced)
     return AliasEventObject.model_validate(event)
 
 
 @router.post("/models/{name}/aliases/{alias}/rollback")
-def rollback(registry: RegistryDep, name: str, alias: str, body: ReasonRequest) -> AliasEventObject:
+def rollback(
+    registry: RegistryDep, name: Name, alias: AliasName, body: ReasonRequest
+) -> AliasEventObject:
     return AliasEventObject.model_validate(registry.rollback(name, alias, reason=body.reason))
 
 
 @router.get("/models/{name}/history")
 def history(
     registry: RegistryDep,
-    name: str,
-    alias: str | None = None,
+    name: Name,
+    alias: Annotated[str | None, Query(pattern=ALIAS_PATTERN)] = None,
     limit: Limit = 20,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_EVENT_ID, description="The last id of the previous page.")

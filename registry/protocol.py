@@ -4,7 +4,7 @@ Responses are built from the registry's entities by attribute."""
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from registry.entities import AliasAction, VersionFormat, VersionKind
 
@@ -108,7 +108,7 @@ class VersionFields(BaseModel):
     dataset_digests: list[str] = Field(default_factory=list)
     source: str = ""
     description: str = ""
-    allow_pickle: bool = False
+    allow_pickle: StrictBool = False
     expected_digest: str | None = Field(
         None,
         description="The artifact digest the files must hash to (`llm-registry` prints it); "
@@ -130,7 +130,12 @@ class AliasRequest(BaseModel):
 
 
 class PromoteRequest(AliasRequest):
-    force: bool = Field(False, description="Override a failing gate; needs a reason.")
+    force_reason: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_REASON,
+        description="Override a failing gate, saying why (recorded in the audit log).",
+    )
 
 
 class ReasonRequest(BaseModel):

@@ -345,7 +345,7 @@ class Registry:
             last = events[-1] if events else None
             if last is None or last.to_version is None or last.from_version is None:
                 raise RegistryError(
-                    ErrorCode.INVALID,
+                    ErrorCode.CONFLICT,
                     f"{name}@{alias} has no previous version to roll back to; "
                     f"`llm-registry history {name}` shows its moves",
                     param="alias",

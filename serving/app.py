@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from core.http import install_error_handlers
+from core.http import document_errors, install_error_handlers
 from finetune import api as fine_tuning_api
 from registry import api as registry_api
 from serving.api import keys, openai, ops
@@ -36,6 +36,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.fine_tuning = gateway.fine_tuning
     app.state.authenticate = gateway.auth.caller
     install_error_handlers(app)
+    document_errors(app)
     app.add_middleware(
         GatewayMiddleware,
         max_body_bytes=gateway.config.limits.max_body_bytes,

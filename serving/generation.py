@@ -349,10 +349,7 @@ class Generator:
     async def chat(
         self, req: ChatCompletionRequest, ctx: RequestContext
     ) -> ChatCompletionResponse | AsyncIterator[bytes]:
-        try:
-            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        except ValueError as err:
-            raise bad_request(str(err), param="messages") from None
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
 
         def prompts_of(resolved: ResolvedModel) -> list[Prompt]:
             try:

@@ -5,14 +5,14 @@ the gateway's own key management API."""
 import time
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
-    field_validator,
     model_validator,
 )
 
@@ -35,7 +35,7 @@ class OpenAIModel(BaseModel):
 
 
 class StreamOptions(OpenAIModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 MAX_STOP = 4  # stop sequences per request, as OpenAI allows
@@ -51,22 +51,15 @@ class SamplingFields(OpenAIModel):
     n: int = Field(1, ge=1, le=16)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
-    stop: Stop | list[Stop] | None = Field(
+    seed: int | None = Field(None, ge=-(2**53), le=2**53)  # exact in every JSON parser
+    stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOP)] | None = Field(
         None, description=f"Up to {MAX_STOP} sequences of up to {MAX_STOP_LENGTH} characters."
     )
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-
-    @field_validator("stop")
-    @classmethod
-    def _few_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(stop, list) and len(stop) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
-        return stop
 
     @property
     def stop_sequences(self) -> list[str]:
@@ -93,7 +86,7 @@ class CompletionRequest(SamplingFields):
         16, ge=0, le=MAX_TOKENS, description="0 with `echo` scores the prompt, generating nothing."
     )
     logprobs: int | None = Field(None, ge=0, le=20)
-    echo: bool = False
+    echo: StrictBool = False
 
     @model_validator(mode="after")
     def _few_choices(self) -> "CompletionRequest":
@@ -113,27 +106,29 @@ class CompletionRequest(SamplingFields):
         return list(self.prompt)  # type: ignore[arg-type]
 
 
+class TextPart(BaseModel):
+    """A content part; text is the only kind these models read."""
+
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(OpenAIModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[TextPart] | None = None
     name: str | None = None
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        parts = []
-        for part in self.content:
-            if part.get("type") != "text":
-                raise ValueError(f"content part of type {part.get('type')!r} is not supported")
-            parts.append(part.get("text", ""))
-        return "".join(parts)
+        return "".join(part.text for part in self.content)
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description="Deprecated by OpenAI.")
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    logprobs: bool = False
+    logprobs: StrictBool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
     @property
@@ -255,10 +250,10 @@ class KeyRequest(BaseModel):
     models: list[str] = Field(
         default_factory=lambda: ["*"], description="Allowed model names; '*' allows all."
     )
-    admin: bool = Field(False, description="May use the registry and key routes.")
+    admin: StrictBool = Field(False, description="May use the registry and key routes.")
     rpm: int | None = Field(None, gt=0, le=MAX_RATE, description="Requests per minute.")
     tpm: int | None = Field(None, gt=0, le=MAX_RATE, description="Tokens per minute.")
-    log_traffic: bool = Field(True, description="Whether this key's requests are logged.")
+    log_traffic: StrictBool = Field(True, description="Whether this key's requests are logged.")
 
 
 class KeyObject(BaseModel):

@@ -8,6 +8,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError
 
 from core.database import dispose_engines, engine_for, open_database
 from core.migrations import installed_chains, status
@@ -89,3 +90,14 @@ def test_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
         assert [m.name for m in registry.list_models()] == ["demo"]
         assert keys.authenticate(secret) is not None
         assert time.monotonic() - started < 5  # SQLite's busy timeout is 60 s
+
+
+@pytest.mark.postgres
+def test_postgres_connections_time_out(postgres_url: str) -> None:
+    """A hung query or an unreachable server fails the operation instead of holding a worker
+    or a request forever; a URL may set its own limits."""
+    with engine_for(postgres_url).connect() as conn:
+        assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "1min"
+    short = engine_for(f"{postgres_url}?options=-c%20statement_timeout%3D100")
+    with short.connect() as conn, pytest.raises(OperationalError, match="statement timeout"):
+        conn.exec_driver_sql("SELECT pg_sleep(2)")

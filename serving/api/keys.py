@@ -3,11 +3,17 @@
 from fastapi import APIRouter, Depends
 
 from core.callers import admin_caller
+from core.http import error_responses
 from core.listing import ListPage, page
 from serving.api.deps import GatewayDep
 from serving.protocol import CreatedKey, KeyObject, KeyRequest
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(admin_caller)])
+router = APIRouter(
+    prefix="/v1/keys",
+    tags=["keys"],
+    dependencies=[Depends(admin_caller)],
+    responses=error_responses(400, 401, 403, 413),
+)
 
 
 @router.post("", status_code=201)
@@ -29,6 +35,6 @@ def list_keys(gateway: GatewayDep) -> ListPage[KeyObject]:
     return page(keys, None, lambda k: k.id)
 
 
-@router.delete("/{key_id}")
+@router.delete("/{key_id}", responses=error_responses(404))
 def revoke_key(gateway: GatewayDep, key_id: str) -> KeyObject:
     return KeyObject.model_validate(gateway.keys.revoke(key_id))

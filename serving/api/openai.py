@@ -7,13 +7,27 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
+from core.http import error_responses
 from serving.api.deps import GatewayDep, KeyDep
 from serving.catalog import model_cards
 from serving.gateway import Gateway
 from serving.generation import RequestContext
-from serving.protocol import ChatCompletionRequest, CompletionRequest, ModelList
+from serving.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelList,
+)
 
-router = APIRouter(tags=["openai"])
+router = APIRouter(tags=["openai"], responses=error_responses(400, 401, 403))
+GENERATION = {
+    **error_responses(404, 413, 429, 500, 502, 503),
+    200: {
+        "description": "The answer, or with `stream` its server-sent events",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+}
 
 
 @router.get("/v1/models")
@@ -22,13 +36,17 @@ def list_models(gateway: GatewayDep, key: KeyDep) -> ModelList:
     return ModelList(data=[c for c in cards if key is None or key.allows(c.id)])
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses=GENERATION,
+)
 async def chat(gateway: GatewayDep, body: ChatCompletionRequest, request: Request) -> Response:
     ctx = await _context(gateway, request, body.model, "chat")
     return _respond(await gateway.generator.chat(body, ctx))
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=CompletionResponse, responses=GENERATION)
 async def completions(gateway: GatewayDep, body: CompletionRequest, request: Request) -> Response:
     ctx = await _context(gateway, request, body.model, "completions")
     return _respond(await gateway.generator.complete(body, ctx))

@@ -1,26 +1,34 @@
 """Health, readiness and Prometheus metrics, for load balancers and monitoring."""
 
-from fastapi import APIRouter
-from fastapi.responses import Response
+from typing import Literal
 
-from core.http import error_response
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel
+
+from core.http import error_response, error_responses
 from serving.api.deps import GatewayDep
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], responses=error_responses(400))
+
+
+class Status(BaseModel):
+    status: Literal["ok", "ready"]
 
 
 @router.get("/health")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+async def health() -> Status:
+    return Status(status="ok")
 
 
-@router.get("/ready", response_model=None)
+@router.get("/ready", response_model=Status, responses=error_responses(503))
 async def ready(gateway: GatewayDep) -> Response:
     if gateway.is_ready():
         return Response('{"status":"ready"}', media_type="application/json")
     return error_response(503, "the model backend is not ready yet", code="not_ready")
 
 
-@router.get("/metrics", response_class=Response)
-async def metrics(gateway: GatewayDep) -> Response:
-    return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(gateway: GatewayDep) -> PlainTextResponse:
+    """Prometheus' text format."""
+    return PlainTextResponse(gateway.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -87,7 +87,7 @@ def test_a_bad_file_is_refused_with_its_line_numbers(client: openai.OpenAI) -> N
     assert "train.jsonl:2: not JSON" in error["message"]
     assert "train.jsonl:3: `messages` is missing or empty" in error["message"]
 
-    with pytest.raises(openai.BadRequestError, match="purpose 'assistants' is not supported"):
+    with pytest.raises(openai.BadRequestError, match="purpose: Input should be 'fine-tune'"):
         client.files.create(file=("x.jsonl", io.BytesIO(b"{}")), purpose="assistants")
 
 

@@ -59,9 +59,13 @@ def test_round_trip(client: TestClient, model_dir: Path, other_model_dir: Path) 
 def test_errors_use_the_openai_envelope(client: TestClient, model_dir: Path) -> None:
     error = _error(client.get("/v1/registry/versions/nope:1"), 404, "model_not_found")
     assert "does not exist" in error["message"] and error["type"] == "invalid_request_error"
-    _error(client.get("/v1/registry/versions/bad%20name:1"), 400, "invalid")
+    # The OpenAPI document's patterns refuse bad references before any lookup.
+    assert (
+        _error(client.get("/v1/registry/versions/bad%20name:1"), 400, "invalid_request")["param"]
+        == "ref"
+    )
     # Integers that do not fit the database's columns are refused, not a server error.
-    _error(client.get("/v1/registry/versions/demo:99999999999"), 400, "invalid")
+    _error(client.get("/v1/registry/versions/demo:99999999999"), 400, "invalid_request")
     r = client.get("/v1/registry/models/demo/history", params={"after": 2**40})
     _error(r, 400, "invalid_request")
     r = client.put("/v1/registry/models/demo/aliases/production", json={"version": 2**40})
@@ -83,9 +87,10 @@ def test_errors_use_the_openai_envelope(client: TestClient, model_dir: Path) -> 
     )
     _error(r, 400, "invalid_request")
     r = client.post(
-        "/v1/registry/models/demo/aliases/production/promote", json={"version": 1, "force": True}
+        "/v1/registry/models/demo/aliases/production/promote",
+        json={"version": 1, "force_reason": ""},
     )
-    assert "needs a reason" in _error(r, 400, "invalid")["message"]
+    assert _error(r, 400, "invalid_request")["param"] == "force_reason"
     r = client.get("/v1/registry/versions/demo:1/files/missing.txt")
     _error(r, 404, "file_not_found")
 
@@ -100,6 +105,9 @@ def test_gate_failure_is_422(
     registry.promote("demo:1", "production")
     r = client.post("/v1/registry/models/demo/aliases/production/promote", json={"version": 2})
     assert "failed gate" in _error(r, 422, "gate_failed")["message"]
+    body = {"version": 2, "force_reason": "the metric is wrong for this release"}
+    r = client.post("/v1/registry/models/demo/aliases/production/promote", json=body)
+    assert r.json()["forced"] is True and r.json()["reason"] == body["force_reason"]
 
 
 def _tar(files: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:

@@ -114,7 +114,7 @@ def test_rollback_needs_a_previous_version(registry: Registry, model_dir: Path) 
     registry.set_alias("demo", "staging", 1)
     with pytest.raises(RegistryError, match="no previous version") as err:
         registry.rollback("demo", "staging")
-    assert _code(err) is ErrorCode.INVALID
+    assert _code(err) is ErrorCode.CONFLICT
     with pytest.raises(RegistryError, match="no previous version"):
         registry.rollback("demo", "production")
 

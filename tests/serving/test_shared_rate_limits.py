@@ -1,6 +1,8 @@
 """Two real gateway processes share a key's rate limit through Redis."""
 
+import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,11 +13,12 @@ import httpx
 import pytest
 import redis
 
-from core.database import open_database
+from core.database import open_database, utc_now
 from core.settings import StackSettings
 from registry.service import open_registry
-from serving.keys import KeyStore
-from serving.ratelimit import WINDOW_S
+from serving.errors import ServingError
+from serving.keys import ApiKey, KeyStore
+from serving.ratelimit import WINDOW_S, RedisRateLimiter
 from serving.tables import CHAIN
 from serving.vllm.engine import free_port
 
@@ -101,3 +104,25 @@ def test_two_replicas_never_exceed_a_key_limit(two_gateways: list[str], tmp_path
     # Both replicas served some of the ten, and both refused once the shared count was reached.
     assert {statuses[i] for i in range(0, 30, 2)} == {200, 429}
     assert {statuses[i] for i in range(1, 30, 2)} == {200, 429}
+
+
+def test_a_redis_that_does_not_answer_fails_requests_with_503() -> None:
+    """Requests are not let through uncounted, nor held forever."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts connections, never answers
+    limiter = RedisRateLimiter(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", timeout_s=0.5)
+    key = ApiKey("key_x", "x", "llmops-x", ("*",), False, 10, None, True, utc_now(), None)
+
+    async def reserve() -> None:
+        try:
+            await limiter.reserve(key, 1)
+        finally:
+            await limiter.aclose()
+
+    started = time.monotonic()
+    with pytest.raises(ServingError) as refused:
+        asyncio.run(reserve())
+    silent.close()
+    assert refused.value.http_status == 503 and refused.value.headers["Retry-After"]
+    assert time.monotonic() - started < 10
