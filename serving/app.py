@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from core.http import document_errors, install_error_handlers
+from evals.explain import api as explanations_api
 from finetune import api as fine_tuning_api
 from registry import api as registry_api
 from serving.api import keys, openai, ops
@@ -20,6 +21,7 @@ ROUTERS = (
     keys.router,
     registry_api.router,
     fine_tuning_api.router,
+    explanations_api.router,
 )
 
 
@@ -34,6 +36,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.gateway = gateway
     app.state.registry = gateway.registry
     app.state.fine_tuning = gateway.fine_tuning
+    app.state.explanations = gateway.explanations
     app.state.authenticate = gateway.auth.caller
     install_error_handlers(app)
     document_errors(app)

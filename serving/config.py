@@ -50,6 +50,26 @@ class LocalBackendConfig(_Config):
     dtype: str = Field("auto", description="Weights dtype: auto, float32, bfloat16, float16.")
 
 
+class ExplanationsConfig(_Config):
+    max_prompt_tokens: int = Field(
+        512, gt=0, le=65_536, description="Longest prompt an explanation takes (400)."
+    )
+    max_tokens_per_explanation: int = Field(
+        2_000_000,
+        gt=0,
+        le=10**9,
+        description="Tokens one explanation may run through the model, all its forward "
+        "passes together (400 beyond; they count against the key's tokens per minute).",
+    )
+    max_batch_tokens: int = Field(
+        8192,
+        gt=0,
+        le=1 << 20,
+        description="Tokens in one forward pass: how many perturbations share a pass, and "
+        "the longest that generation waits for an explanation.",
+    )
+
+
 class RateLimitConfig(_Config):
     backend: Literal["memory", "redis"] = Field(
         "memory", description="memory: per gateway process; redis: shared by all replicas."
@@ -145,6 +165,7 @@ class ServingConfig(_Config):
     rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     local: LocalBackendConfig = Field(default_factory=LocalBackendConfig)
+    explanations: ExplanationsConfig = Field(default_factory=ExplanationsConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
 
 

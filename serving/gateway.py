@@ -1,6 +1,6 @@
 """The gateway's services, built on one database: the registry, keys, engines, generation,
-rate limits, metrics, the traffic log and the fine-tuning jobs. `serving.app` mounts the
-routers that use them."""
+rate limits, metrics, the traffic log, the fine-tuning jobs and explanations. `serving.app`
+mounts the routers that use them."""
 
 import asyncio
 import logging
@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from core.database import open_database
 from core.settings import StackSettings
+from evals.explain.service import ExplainLimits, ExplanationService
 from finetune.runner import JobRunner
 from finetune.service import FineTuningService
 from registry.service import Registry, open_registry
@@ -17,6 +18,7 @@ from serving.auth import Authenticator, is_loopback
 from serving.catalog import served_bases
 from serving.config import ServingConfig
 from serving.engine import EngineClient
+from serving.explanations import GatewayModelHost
 from serving.generation import Generator, Limits
 from serving.keys import KeyStore
 from serving.local.engine import LocalEngine, LocalEngineConfig
@@ -45,6 +47,7 @@ class Gateway:
     metrics: GatewayMetrics
     jobs: JobRunner
     fine_tuning: FineTuningService
+    explanations: ExplanationService
     upload_limits: dict[str, int]  # path pattern -> largest body, beyond `limits`
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -134,6 +137,10 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         metrics=metrics,
         jobs=jobs,
         fine_tuning=FineTuningService(jobs, registry),
+        explanations=ExplanationService(
+            GatewayModelHost(resolver, local, keys, limiter),
+            ExplainLimits(**config.explanations.model_dump()),
+        ),
         upload_limits={
             "/v1/files": jobs.settings.max_file_bytes,
             "/v1/registry/models/[^/]+/versions/upload": registry_settings.max_upload_bytes,

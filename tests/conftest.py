@@ -1,4 +1,5 @@
-"""Fixtures shared by every package's tests: the databases the stores run on."""
+"""Fixtures shared by every package's tests: the databases the stores run on, and a tiny
+untrained model with the demo tokenizer."""
 
 import os
 import uuid
@@ -10,6 +11,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from core.database import dispose_engines
+from finetune.demo.random_model import build_random_model
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "LLMOPS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -46,3 +48,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'registry.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_random_model(tmp_path_factory.mktemp("models") / "random")

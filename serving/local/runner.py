@@ -41,7 +41,7 @@ class ModelRunner:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.max_len = model.config.max_position_embeddings
         self._adapters: dict[str, str] = {}  # adapter key -> PEFT adapter name
-        self._model_lock = threading.Lock()  # adapters are loaded between steps, never during
+        self.model_lock = threading.Lock()  # held by each step, adapter loads and lent passes
         self._cond = threading.Condition()
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
@@ -87,7 +87,7 @@ class ModelRunner:
 
     def adapter_name(self, key: str, path: str) -> str:
         """Load the PEFT adapter at `path` once, under a name derived from `key`."""
-        with self._model_lock:
+        with self.model_lock:
             if key not in self._adapters:
                 name = "".join(c if c.isalnum() else "_" for c in key)
                 if isinstance(self.model, PeftModel):
@@ -115,7 +115,7 @@ class ModelRunner:
                     if not seq.aborted:
                         admitted.append(seq)
             try:
-                with self._model_lock, torch.inference_mode():
+                with self.model_lock, torch.inference_mode():
                     if admitted:
                         self._prefill(admitted)
                         self._drop_finished()

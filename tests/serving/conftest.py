@@ -15,7 +15,6 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.settings import StackSettings
-from finetune.demo.random_model import build_random_model
 from finetune.demo.skills import SKILLS, generate_splits
 from finetune.demo.spec import TINY
 from registry.service import Registry
@@ -23,11 +22,6 @@ from serving.app import create_app
 from serving.config import ServingConfig
 from serving.gateway import Gateway, build_gateway
 from serving.vllm.engine import free_port
-
-
-@pytest.fixture(scope="session")
-def random_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_random_model(tmp_path_factory.mktemp("models") / "random")
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Attribution explanations: which parts of a prompt made a model give its answer (Captum)."""
