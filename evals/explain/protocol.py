@@ -10,6 +10,7 @@ from evals.explain.attribution import Method
 from evals.explain.features import Granularity
 
 MAX_PROMPT_CHARS = 16_384
+Text = Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
 
 
 class ExplainMessage(BaseModel):
@@ -20,18 +21,22 @@ class ExplainMessage(BaseModel):
 
 
 class ExplanationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # One of `messages` or `prompt`; an optional field may be left out but is never null.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["messages"]}, {"required": ["prompt"]}]},
+    )
 
     model: Annotated[str, Field(pattern=REF_PATTERN, max_length=256)] = Field(
         description="A model the gateway serves: `demo`, `demo@staging`, `demo:3`, `ft:...`."
     )
-    messages: Annotated[list[ExplainMessage], Field(min_length=1, max_length=64)] | None = Field(
+    messages: Annotated[list[ExplainMessage], Field(min_length=1)] = Field(  # type: ignore
         None, description="A chat prompt, rendered with the model's chat template."
     )
-    prompt: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = Field(
+    prompt: Text = Field(  # type: ignore
         None, description="A plain text prompt (instead of `messages`)."
     )
-    target: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = Field(
+    target: Text = Field(  # type: ignore
         None,
         description="The answer to explain; by default the model's own greedy answer. Give "
         "another answer to ask why the model would (not) say it.",

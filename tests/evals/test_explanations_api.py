@@ -29,6 +29,7 @@ def explaining(
 
 def _explain(gw: RunningGateway, key: str | None = None, **body) -> httpx.Response:
     body = {"model": "demo", "messages": PROMPT, **body}
+    body = {name: value for name, value in body.items() if value is not None}
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.post(f"{gw.base_url}/v1/explanations", json=body, headers=headers, timeout=120)
 
