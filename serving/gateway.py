@@ -125,6 +125,11 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         config.limits.max_concurrent_per_key,
     )
     generator = Generator(resolver, engine_for, metrics, limits, limiter, traffic)
+    explanations = ExplanationService(
+        GatewayModelHost(resolver, local, keys, limiter),
+        ExplainLimits(**config.explanations.model_dump()),
+    )
+    metrics.explanations_running.set_function(lambda: explanations.running)
     return Gateway(
         config=config,
         registry=registry,
@@ -137,10 +142,7 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         metrics=metrics,
         jobs=jobs,
         fine_tuning=FineTuningService(jobs, registry),
-        explanations=ExplanationService(
-            GatewayModelHost(resolver, local, keys, limiter),
-            ExplainLimits(**config.explanations.model_dump()),
-        ),
+        explanations=explanations,
         upload_limits={
             "/v1/files": jobs.settings.max_file_bytes,
             "/v1/registry/models/[^/]+/versions/upload": registry_settings.max_upload_bytes,

@@ -55,6 +55,12 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.explanations_running = Gauge(
+            "llmops_explanations_running",
+            "Explanations running forward passes.",
+            registry=self.registry,
+        )
+
     def watch_queue(self, backend: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(backend).set_function(depth)
 

@@ -1,7 +1,7 @@
 """A prompt's interpretable features for Captum: spans of its token ids (a token, a word, or a
 whole message), each replaced by a baseline token when absent.
 
-The chat template's own tokens are never features. A perturbation keeps the prompt's length,
+The chat template's own tokens are never features, nor are tokens of whitespace alone. A perturbation keeps the prompt's length,
 so the forward passes of a batch share one shape and every row shares the prompt up to its
 first absent feature."""
 
@@ -136,7 +136,8 @@ def prompt_features(
     labels: list[str] = []
     if granularity == "tokens":
         for position, (start, end) in enumerate(offsets):
-            if end > start and any(a <= start and end <= b for a, b in regions):
+            inside = any(a <= start and end <= b for a, b in regions)
+            if inside and text[start:end].strip():  # whitespace alone is no feature
                 spans.append([position])
                 labels.append(text[start:end])
     else:

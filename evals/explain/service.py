@@ -88,6 +88,7 @@ class ExplanationService:
     def __init__(self, host: ModelHost, limits: ExplainLimits | None = None):
         self.host = host
         self.limits = limits or ExplainLimits()
+        self.running = 0  # explanations whose forward passes have not stopped yet
 
     async def explain(
         self,
@@ -166,8 +167,7 @@ class ExplanationService:
             )
         return features
 
-    @staticmethod
-    async def _run(loaded, features, answer, settings, is_disconnected) -> Explanation:
+    async def _run(self, loaded, features, answer, settings, is_disconnected) -> Explanation:
         """Explain off the event loop; a client that goes away stops it at the next pass."""
         cancelled = threading.Event()
         work = asyncio.ensure_future(
@@ -182,6 +182,8 @@ class ExplanationService:
                 cancelled,
             )
         )
+        self.running += 1
+        work.add_done_callback(self._stopped)
         try:
             while not work.done():
                 await asyncio.wait({work}, timeout=0.25)
@@ -194,6 +196,9 @@ class ExplanationService:
             ) from None
         finally:
             cancelled.set()
+
+    def _stopped(self, _work: asyncio.Future) -> None:
+        self.running -= 1
 
 
 def _response(request, loaded, features, answer, result: Explanation) -> ExplanationResponse:

@@ -2,6 +2,7 @@
 method's shape, adapters, 4-bit weights, limits, access and bad input."""
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def test_tokens_words_and_segments(explaining: RunningGateway) -> None:
     segments = _explain(explaining, messages=two, granularity="segments", target="red").json()
     assert segments["input_features"] == ["Answer briefly.", "What colour is the zorblax?"]
     tokens = _explain(explaining, messages=two, granularity="tokens", target="red").json()
-    assert "".join(tokens["input_features"]) == "Answer briefly.What colour is the zorblax?"
+    spelled = "".join(tokens["input_features"]).replace(" ", "")
+    assert spelled == "Answerbriefly.Whatcolouristhezorblax?"
     prompt = _explain(
         explaining, messages=None, prompt="First line.\nSecond one? Yes.", granularity="segments"
     ).json()
@@ -211,3 +213,29 @@ def test_a_4bit_version_is_explained(tmp_path: Path, random_model_dir: Path) -> 
         # silently zero, so a gradient method is refused with the reason
         error = _error(_explain(gw, method="integrated_gradients"), 400, "method_not_supported")
         assert "4-bit" in error["message"] and error["param"] == "method"
+
+
+def test_a_client_that_goes_away_stops_its_explanation(
+    tmp_path: Path, random_model_dir: Path
+) -> None:
+    # one perturbation per forward pass, 500 x 25 of them: about a minute uninterrupted
+    slow = {"max_batch_tokens": 48, "max_tokens_per_explanation": 10**8}
+    question = [{"role": "user", "content": "What colour is the zorblax " * 5}]
+    with running_gateway(
+        tmp_path / "home", random_model_dir, limits=LIMITS, explanations=slow
+    ) as gw:
+        service = gw.gateway.explanations
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{gw.base_url}/v1/explanations",
+                json={"model": "demo", "messages": question, "method": "shapley",
+                      "n_samples": 500, "granularity": "tokens", "target": "red"},
+                timeout=2.0,
+            )  # fmt: skip
+        assert service.running == 1
+        deadline = time.monotonic() + 3
+        while service.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service.running == 0
+        metrics = httpx.get(f"{gw.base_url}/metrics").text
+        assert "llmops_explanations_running 0.0" in metrics
