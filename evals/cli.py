@@ -30,8 +30,9 @@ def cli(ctx: click.Context, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--model", required=True, help="demo, demo@staging, demo:3, ft:...")
-@click.option("--prompt", help="A plain text prompt.")
+@click.option("--prompt", help="A user message, rendered with the model's chat template.")
 @click.option("--message", "messages", multiple=True, help="ROLE:CONTENT, repeatable (chat).")
+@click.option("--raw-prompt", help="A plain text prompt, without the chat template.")
 @click.option("--target", help="The answer to explain (default: the model's greedy answer).")
 @click.option("--method", type=click.Choice(METHODS), default="feature_ablation", show_default=True)
 @click.option("--granularity", type=click.Choice(GRANULARITIES), default="words", show_default=True)
@@ -44,12 +45,13 @@ def cli(ctx: click.Context, as_json: bool) -> None:
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write a heat map.")
 @click.option("--png", "png_path", type=click.Path(path_type=Path), help="Write a heat map.")
 @click.pass_obj
-def explain(as_json: bool, model, prompt, messages, target, method, granularity, baseline,
-            samples, steps, max_tokens, top_k, seed, html_path, png_path) -> None:  # fmt: skip
+def explain(as_json: bool, model, prompt, messages, raw_prompt, target, method,
+            granularity, baseline, samples, steps, max_tokens, top_k, seed, html_path,
+            png_path) -> None:  # fmt: skip
     """Attribute the answer of MODEL to the prompt's features; print the top ones."""
-    if (prompt is None) == (not messages):
-        raise click.UsageError("give exactly one of --prompt or --message")
-    chat = None
+    if sum(given is not None for given in (prompt, raw_prompt, messages or None)) != 1:
+        raise click.UsageError("give exactly one of --prompt, --message or --raw-prompt")
+    chat = None if prompt is None else [{"role": "user", "content": prompt}]
     if messages:
         chat = []
         for message in messages:
@@ -58,11 +60,12 @@ def explain(as_json: bool, model, prompt, messages, target, method, granularity,
                 raise click.BadParameter(f"{message!r} is not ROLE:CONTENT", param_hint="--message")
             chat.append({"role": role, "content": content})
     try:
-        request = ExplanationRequest(
-            model=model, prompt=prompt, messages=chat, target=target, method=method,
+        fields = dict(
+            model=model, prompt=raw_prompt, messages=chat, target=target, method=method,
             granularity=granularity, baseline=baseline, n_samples=samples, n_steps=steps,
             max_tokens=max_tokens, top_k=top_k, seed=seed,
         )  # fmt: skip
+        request = ExplanationRequest(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -1,9 +1,9 @@
 """A prompt's interpretable features for Captum: spans of its token ids (a token, a word, or a
 whole message), each replaced by a baseline token when absent.
 
-The chat template's own tokens are never features, nor are tokens of whitespace alone. A perturbation keeps the prompt's length,
-so the forward passes of a batch share one shape and every row shares the prompt up to its
-first absent feature."""
+The chat template's own tokens are never features, nor are tokens of whitespace alone. A
+perturbation keeps the prompt's length, so the forward passes of a batch share one shape and
+every row shares the prompt up to its first absent feature."""
 
 import re
 from dataclasses import dataclass

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 from core.callers import Caller
 from evals.explain.service import Bill, LoadedModel, ModelHost
@@ -19,6 +20,7 @@ class RegistryModelHost(ModelHost):
         self.registry = registry
 
     async def load(self, model: str, caller: Caller) -> LoadedModel:
+        transformers_logging.disable_progress_bar()  # stderr is for one-line errors
         version = self.registry.resolve(model)
         base = self.registry.base_of(version)
         path = self.registry.local_copy(base)
