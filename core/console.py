@@ -2,6 +2,7 @@
 for bad input (1 for a broken state), tables and JSON output."""
 
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,10 @@ def fail(prog: str, message: str, code: int) -> int:
 
 
 JSON_FLAG = "--json"
+# bitsandbytes warns on import, on every CPU with AVX512-BF16, that it could not fetch an
+# optional kernel from the Hugging Face hub; stderr is for the command's own messages. Set
+# here, on import: every command line imports this module before anything imports bitsandbytes.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def _json_first(argv: Sequence[str]) -> list[str]:
