@@ -102,7 +102,9 @@ def test_a_target_is_explained_instead_of_the_answer(explaining: RunningGateway)
 def test_an_adapter_version_is_explained_through_its_adapter(
     explaining: RunningGateway, random_model_dir: Path, tmp_path: Path
 ) -> None:
-    adapter = make_adapter(random_model_dir, tmp_path / "adapter", seed=3)
+    # LoRA on the embeddings too, as the reverse recipe trains (vLLM cannot load it)
+    targets = ("q_proj", "v_proj", "embed_tokens")
+    adapter = make_adapter(random_model_dir, tmp_path / "adapter", seed=3, targets=targets)
     registry = explaining.registry
     version = registry.register(
         "demo-tuned", adapter, kind="adapter", format="peft-lora", parent="demo:1"
@@ -124,6 +126,9 @@ def test_an_adapter_version_is_explained_through_its_adapter(
         local.attribution.sequence.tolist(), abs=1e-4
     )
     assert tuned["sequence_attributions"] != pytest.approx(base["sequence_attributions"], abs=1e-3)
+    gradients = _explain(explaining, model=version.ref, method="integrated_gradients", target="red")
+    assert gradients.status_code == 200, gradients.text
+    assert any(abs(v) > 0 for v in gradients.json()["sequence_attributions"])
 
 
 def test_bad_requests_are_clear_errors(explaining: RunningGateway) -> None:
