@@ -1,4 +1,5 @@
-"""`llm-evals`: explain why a version answered as it did (attribution heat maps)."""
+"""`llm-evals`: run evaluation suites on versions or servers, show and compare runs, and
+explain why a version answered as it did (attribution heat maps)."""
 
 import asyncio
 import sys
@@ -8,14 +9,17 @@ import click
 from pydantic import ValidationError
 
 from core.callers import Caller
-from core.console import print_json, run
+from core.console import print_json, print_table, run
 from core.settings import StackSettings
+from evals.compare import Comparison
 from evals.explain.attribution import METHODS
 from evals.explain.features import GRANULARITIES
 from evals.explain.heatmap import write_html, write_png
 from evals.explain.protocol import ExplanationRequest
 from evals.explain.service import ExplanationService
 from evals.explain.standalone import RegistryModelHost
+from evals.runs import EvalRun
+from evals.service import Evaluations, HttpOptions
 from registry.service import open_registry
 
 PROG = "llm-evals"
@@ -26,6 +30,116 @@ PROG = "llm-evals"
 @click.pass_context
 def cli(ctx: click.Context, as_json: bool) -> None:
     ctx.obj = as_json
+
+
+def _interval(value: dict[str, float]) -> str:
+    return f"{value['value']:.4g} [{value['low']:.4g}, {value['high']:.4g}]"
+
+
+def _print_run(run: EvalRun) -> None:
+    scored = run.version or run.model
+    click.echo(f"{run.id}  {run.suite} on {scored} ({run.target}): {run.status.value}")
+    if run.error:
+        click.echo(f"error: {run.error}")
+    print_table(
+        ("metric", "value [95% interval]"),
+        [(name, _interval(value)) for name, value in run.metrics.items()],
+    )
+
+
+def _run_json(run: EvalRun) -> dict:
+    return {**run.__dict__, "status": run.status.value}
+
+
+@cli.command("run")
+@click.argument("suite")
+@click.option("--model", required=True, help="demo, demo@staging, demo:3, ft:..., a served name.")
+@click.option("--base-url", help="Score an OpenAI-compatible server instead of loading the model.")
+@click.option("--api-key", envvar="OPENAI_API_KEY", default="unused", show_default=False)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--reuse", is_flag=True, help="Return a finished run of this suite and version.")
+@click.pass_obj
+def run_suite(as_json: bool, suite, model, base_url, api_key, concurrency, reuse) -> None:
+    """Score SUITE (a name in configs/evals/ or a YAML path) on a model; record the run."""
+    evaluations = Evaluations.open()
+    http = None if base_url is None else HttpOptions(base_url, api_key, concurrency)
+    result = evaluations.run(
+        evaluations.suite(suite), model, http=http, progress=not as_json, reuse=reuse
+    )
+    print_json(_run_json(result)) if as_json else _print_run(result)
+
+
+@cli.command("show")
+@click.argument("run_id")
+@click.option("--examples", type=click.IntRange(0, 100_000), default=0, help="Print N outputs.")
+@click.pass_obj
+def show(as_json: bool, run_id, examples) -> None:
+    """A run's metrics with their intervals (and outputs with --examples)."""
+    evaluations = Evaluations.open()
+    found = evaluations.runs.get(run_id)
+    outputs = evaluations.runs.examples(found)[:examples] if examples else []
+    if as_json:
+        print_json({**_run_json(found), "examples": outputs})
+        return
+    _print_run(found)
+    for output in outputs:
+        click.echo(f"{output['id']}: {output['prediction']!r} (reference {output['reference']!r})")
+
+
+@cli.command("list")
+@click.option("--version", help="Only runs that scored this version (demo:3).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.pass_obj
+def list_runs(as_json: bool, version, limit) -> None:
+    """Evaluation runs, newest first (running ones included)."""
+    found = Evaluations.open().runs.list_runs(limit, version)
+    if as_json:
+        print_json([_run_json(r) for r in found])
+        return
+    print_table(
+        ("id", "suite", "scored", "status", "created"),
+        [
+            (r.id, r.suite, r.version or r.model, r.status.value, f"{r.created_at:%Y-%m-%d %H:%M}")
+            for r in found
+        ],
+    )
+
+
+def _print_comparison(comparison: Comparison, changed: int) -> None:
+    a, b = comparison.a, comparison.b
+    click.echo(f"A {a.id} ({a.version or a.model})  vs  B {b.id} ({b.version or b.model})")
+    print_table(
+        ("metric", "a", "b", "b - a [95% interval]", "p", "test"),
+        [
+            (d.metric, f"{d.a:.4g}", f"{d.b:.4g}", _interval(d.paired.delta.to_dict()),
+             f"{d.paired.p_value:.3g}", d.paired.test)
+            for d in comparison.deltas
+        ],
+    )  # fmt: skip
+    click.echo(f"{len(comparison.changed)} examples changed")
+    for example in comparison.changed[:changed]:
+        click.echo(f"  {example['id']}: {example['a']!r} -> {example['b']!r}")
+
+
+@cli.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--changed", type=click.IntRange(0, 100_000), default=10, show_default=True)
+@click.pass_obj
+def compare(as_json: bool, run_a, run_b, changed) -> None:
+    """Per-metric deltas (B minus A) with paired tests, and the examples that changed."""
+    comparison = Evaluations.open().compare(run_a, run_b)
+    if as_json:
+        print_json(
+            {
+                "a": comparison.a.id,
+                "b": comparison.b.id,
+                "deltas": [d.to_dict() for d in comparison.deltas],
+                "changed": comparison.changed,
+            }
+        )
+        return
+    _print_comparison(comparison, changed)
 
 
 @cli.command()

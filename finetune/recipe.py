@@ -3,13 +3,13 @@
 Keys follow axolotl / LLaMA-Factory names. An unknown key is an error that suggests the
 nearest valid name."""
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.configs import unknown_key
 from finetune.errors import RecipeError
 
 
@@ -96,14 +96,6 @@ class Recipe(_Strict):
         return self
 
 
-def _unknown_key(key: str, choices: list[str], where: str) -> str:
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
-    hint = (
-        f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(choices))}"
-    )
-    return f"unknown key {where}{key!r}{hint}"
-
-
 def parse_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate recipe data; RecipeError names the first wrong key."""
     if not isinstance(data, dict):
@@ -116,7 +108,7 @@ def parse_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
         if first["type"] == "extra_forbidden":
             model = DatasetSpec if loc[0] == "datasets" else Recipe
             prefix = f"in datasets[{loc[1]}]: " if loc[0] == "datasets" else ""
-            message = _unknown_key(loc[-1], list(model.model_fields), prefix)
+            message = unknown_key(loc[-1], list(model.model_fields), prefix)
         else:
             where = ".".join(loc) or "recipe"
             message = f"{where}: {first['msg']}"

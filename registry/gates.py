@@ -1,8 +1,9 @@
 """Promotion gates: the check a candidate must pass before an alias moves to it.
 
-A gate is any callable `(candidate, champion) -> GateResult`; `champion` is the version the
-alias points at now, or None. Evaluation suites plug in their own gates; the registry ships
-`NoGate` and `MetricGate`.
+A gate is any callable `(candidate, champion, alias) -> GateResult`; `champion` is the version
+the alias points at now, or None. Evaluation suites plug in their own gates
+(`evals.gates:eval_gate`); the registry ships `NoGate` and `MetricGate`. A failing gate's
+`details["reason"]` is what the refusal says.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -23,13 +24,17 @@ class GateResult:
 
 
 class Gate(Protocol):
-    def __call__(self, candidate: ModelVersion, champion: ModelVersion | None) -> GateResult: ...
+    def __call__(
+        self, candidate: ModelVersion, champion: ModelVersion | None, alias: str
+    ) -> GateResult: ...
 
 
 class NoGate:
     """Passes everything; recorded as such, so the audit log shows no gate was in force."""
 
-    def __call__(self, candidate: ModelVersion, champion: ModelVersion | None) -> GateResult:
+    def __call__(
+        self, candidate: ModelVersion, champion: ModelVersion | None, alias: str
+    ) -> GateResult:
         return GateResult("none", True, {"reason": "no promotion gate is configured"})
 
 
@@ -42,7 +47,9 @@ class MetricGate:
     tolerance: float = 0.0
     higher_is_better: bool = True
 
-    def __call__(self, candidate: ModelVersion, champion: ModelVersion | None) -> GateResult:
+    def __call__(
+        self, candidate: ModelVersion, champion: ModelVersion | None, alias: str
+    ) -> GateResult:
         name = f"metric:{self.metric}"
         value = candidate.metrics.get(self.metric)
         if value is None:

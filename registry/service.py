@@ -313,12 +313,13 @@ class Registry:
         def attempt() -> AliasEvent:
             current = self._current(candidate.name, alias)
             champion = self.store.get_version(candidate.name, current) if current else None
-            result = self.gate(candidate, champion)
+            result = self.gate(candidate, champion, alias)
             if not result.passed and not force:
                 raise RegistryError(
                     ErrorCode.GATE_FAILED,
                     f"promotion of {candidate.ref} to {candidate.name}@{alias} failed gate "
-                    f"{result.gate}: {result.details}; improve the candidate, or pass --force "
+                    f"{result.gate}: {result.details.get('reason', result.details)}; improve the "
+                    "candidate, or pass --force "
                     "with --reason to override",
                 )
             return self.store.move_alias(

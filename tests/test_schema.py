@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from core.database import dispose_engines, engine_for, open_database
 from core.migrations import installed_chains, status
 from core.settings import StackSettings
+from evals import tables as evals_tables
 from finetune import tables as finetune_tables
 from registry import tables as registry_tables
 from registry.service import open_registry
@@ -24,6 +25,7 @@ CHAINS = {
     "registry": (registry_tables.CHAIN, registry_tables.metadata),
     "finetune": (finetune_tables.CHAIN, finetune_tables.metadata),
     "serving": (serving_tables.CHAIN, serving_tables.metadata),
+    "evals": (evals_tables.CHAIN, evals_tables.metadata),
 }
 
 

@@ -5,13 +5,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging as transformers_logging
 
 from core.callers import Caller
 from evals.explain.service import Bill, LoadedModel, ModelHost
-from registry.entities import VersionKind
+from evals.loading import load_version
 from registry.service import Registry
 
 
@@ -20,14 +17,8 @@ class RegistryModelHost(ModelHost):
         self.registry = registry
 
     async def load(self, model: str, caller: Caller) -> LoadedModel:
-        transformers_logging.disable_progress_bar()  # stderr is for one-line errors
-        version = self.registry.resolve(model)
-        base = self.registry.base_of(version)
-        path = self.registry.local_copy(base)
-        loaded = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
-        if version.kind is VersionKind.ADAPTER:
-            loaded = PeftModel.from_pretrained(loaded, self.registry.local_copy(version)).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        found = load_version(self.registry, model)
+        version, loaded, tokenizer = found.version, found.model, found.tokenizer
 
         async def answer(ids: list[int], max_tokens: int) -> list[int]:
             with torch.no_grad():

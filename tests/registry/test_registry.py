@@ -152,7 +152,7 @@ def test_gate_sees_candidate_and_champion(
 ) -> None:
     seen = []
 
-    def gate(candidate, champion):
+    def gate(candidate, champion, alias):
         seen.append((candidate.ref, champion.ref if champion else None))
         return GateResult("custom", True)
 

@@ -1,0 +1,45 @@
+"""Messages for configuration files (recipes, suites, policies) that do not validate: the key
+that is wrong, and the nearest valid one."""
+
+import difflib
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+
+def unknown_key(key: str, choices: list[str], where: str = "") -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    hint = (
+        f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(choices))}"
+    )
+    return f"unknown key {where}{key!r}{hint}"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds, directly, in a list or in an optional."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            if (found := _model_in(arg)) is not None:
+                return found
+    return None
+
+
+def validation_message(err: ValidationError, root: type[BaseModel]) -> str:
+    """One line for the first error (a misspelt key first, since it usually explains a missing
+    one): `where: what`, with the nearest key for an unknown one."""
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = [str(part) for part in first["loc"]]
+    where = ".".join(loc[:-1])
+    if first["type"] == "extra_forbidden":
+        model: type[BaseModel] | None = root
+        for part in first["loc"][:-1]:
+            if isinstance(part, str) and model is not None and part in model.model_fields:
+                model = _model_in(model.model_fields[part].annotation)
+        choices = list(model.model_fields) if model is not None else []
+        return unknown_key(loc[-1], choices, f"in {where}: " if where else "")
+    return f"{'.'.join(loc) or 'top level'}: {first['msg']}"

@@ -1,0 +1,29 @@
+"""A registry version loaded in this process: its weights (with its adapter applied) and its
+tokenizer, from verified local copies, safetensors only."""
+
+from dataclasses import dataclass
+
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
+
+from registry.entities import ModelVersion, VersionKind
+from registry.service import Registry
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    version: ModelVersion
+    model: object  # a causal LM, or a PeftModel around one
+    tokenizer: PreTrainedTokenizerBase
+
+
+def load_version(registry: Registry, ref: str) -> LoadedVersion:
+    transformers_logging.disable_progress_bar()  # stderr is for the command's own messages
+    version = registry.resolve(ref)
+    base = registry.base_of(version)
+    path = registry.local_copy(base)
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+    if version.kind is VersionKind.ADAPTER:
+        model = PeftModel.from_pretrained(model, registry.local_copy(version)).eval()
+    return LoadedVersion(version, model, AutoTokenizer.from_pretrained(path))

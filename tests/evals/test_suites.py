@@ -1,0 +1,157 @@
+"""Evaluation suites on the demo model: the same numbers in process and through the gateway,
+runs recorded with their outputs, comparisons, and bad suites refused before anything runs."""
+
+from pathlib import Path
+
+import pytest
+
+from core.errors import StackError
+from core.settings import StackSettings
+from evals.cli import main
+from evals.service import Evaluations, HttpOptions
+from evals.suites import load_suite
+from tests.serving.conftest import running_gateway
+
+pytestmark = pytest.mark.slow
+
+SUITE = """
+name: small-skills
+tasks:
+  - name: add
+    data: {demo: add, count: 24}
+    generation: {max_tokens: 8}
+    metrics: [exact_match, latency_s, completion_tokens]
+  - name: lookup
+    data: {demo: lookup, count: 24}
+    generation: {max_tokens: 8}
+    metrics: [exact_match, rouge_l]
+  - name: reverse
+    data: {demo: reverse, count: 16}
+    generation: {max_tokens: 10}
+    metrics: [normalized_match]
+  - name: colours
+    data: {path: colours.jsonl}
+    metrics: [choice_accuracy, perplexity]
+"""
+CHOICES = [
+    '{"messages": [{"role": "user", "content": "What colour is the zorblax?"}], '
+    '"choices": ["blue", "red", "green"], "answer": 1}',
+    '{"messages": [{"role": "user", "content": "Which colour is the gubbin?"}], '
+    '"choices": ["black", "white"], "answer": 0}',
+    '{"messages": [{"role": "user", "content": "Name the colour of the wuzzle."}], '
+    '"choices": ["pink", "teal", "gold"], "answer": 1}',
+]
+
+
+@pytest.fixture
+def suites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "suites"
+    folder.mkdir()
+    (folder / "small-skills.yaml").write_text(SUITE)
+    (folder / "colours.jsonl").write_text("\n".join(CHOICES) + "\n")
+    monkeypatch.setenv("LLMOPS_EVALS_SUITES_DIR", str(folder))
+    return folder
+
+
+def test_a_suite_gives_the_same_numbers_in_process_and_through_the_gateway(
+    tmp_path: Path, demo_model_dir: Path, suites: Path
+) -> None:
+    home = tmp_path / "home"
+    with running_gateway(home, demo_model_dir) as gw:
+        evaluations = Evaluations.open(StackSettings(home=home))
+        suite = evaluations.suite("small-skills")
+        local = evaluations.run(suite, "demo", progress=False)
+        remote = evaluations.run(
+            suite, "demo", http=HttpOptions(f"{gw.base_url}/v1", concurrency=4), progress=False
+        )
+    assert local.version == "demo:1" and remote.version is None and remote.target.endswith("/v1")
+    exact = {k: v for k, v in local.metrics.items() if not k.endswith(("latency_s", "tokens"))}
+    assert exact == {k: remote.metrics[k] for k in exact}
+    # the demo model knows add and lookup, not reverse; the choices are right
+    assert local.metrics["add/exact_match"]["value"] >= 0.9
+    assert local.metrics["lookup/exact_match"]["value"] >= 0.9
+    assert local.metrics["reverse/normalized_match"]["value"] <= 0.2
+    assert local.metrics["colours/choice_accuracy"]["value"] == 1.0
+    assert 1.0 <= local.metrics["colours/perplexity"]["value"] < 2.0
+    interval = local.metrics["add/exact_match"]
+    assert interval["low"] <= interval["value"] <= interval["high"]
+    outputs = evaluations.runs.examples(local)
+    assert len(outputs) == 24 + 24 + 16 + 3
+    first = outputs[0]
+    assert first["id"] == "add/0" and first["prediction"] == first["reference"]
+    assert evaluations.runs.fresh(suite.digest, "demo:1").id == local.id
+    comparison = evaluations.compare(local.id, remote.id)
+    assert comparison.changed == []
+    assert all(d.paired.delta.value == 0 for d in comparison.deltas if "exact" in d.metric)
+
+
+def test_the_command_line_runs_shows_and_compares(
+    tmp_path: Path, demo_model_dir: Path, suites: Path, monkeypatch, capsys
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("LLMOPS_HOME", str(home))
+    with running_gateway(home, demo_model_dir):
+        pass  # registers demo:1 in this home
+    ids = []
+    for _ in range(2):
+        with pytest.raises(SystemExit) as code:
+            main(["run", "small-skills", "--model", "demo", "--json"])
+        assert code.value.code == 0
+        ids.append(__import__("json").loads(capsys.readouterr().out)["id"])
+    with pytest.raises(SystemExit) as code:
+        main(["show", ids[0], "--examples", "2"])
+    out = capsys.readouterr().out
+    assert code.value.code == 0 and "add/exact_match" in out and "add/0:" in out
+    with pytest.raises(SystemExit) as code:
+        main(["compare", ids[0], ids[1]])
+    out = capsys.readouterr().out
+    assert "0 examples changed" in out and "mcnemar" in out
+    with pytest.raises(SystemExit) as code:
+        main(["list"])
+    assert ids[1] in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "says"),
+    [
+        ("name: x\ntasks:\n  - name: t\n    data: {demo: add}\n    metrics: [bleurt]\n",
+         "unknown metric 'bleurt'"),
+        ("name: x\ntasks:\n  - name: t\n    data: {demo: add}\n    metrcs: [exact_match]\n",
+         "did you mean 'metrics'?"),
+        ("name: x\ntasks:\n  - name: t\n    data: {demo: add, cuont: 3}\n    metrics: [exact]\n",
+         "did you mean 'count'?"),
+        ("name: x\ntasks:\n  - name: t\n    data: {demo: juggle}\n    metrics: [exact_match]\n",
+         "unknown demo skill 'juggle'"),
+        ("name: x\ntasks:\n  - name: t\n    data: {path: gone.jsonl}\n    metrics: [exact_match]\n",
+         "cannot be read"),
+        ("name: x\ntasks:\n  - name: t\n    data: {path: bad.jsonl}\n    metrics: [exact_match]\n",
+         "bad.jsonl:2: not JSON"),
+        ("name: x\ntasks:\n  - name: t\n    data: {path: bad.jsonl}\n    metrics: [my.m:nothing]\n",
+         "cannot be loaded"),
+    ],
+)  # fmt: skip
+def test_bad_suites_are_refused_with_the_reason(tmp_path: Path, yaml_text: str, says: str) -> None:
+    (tmp_path / "bad.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]}'
+        "\nnot json\n"
+    )
+    (tmp_path / "suite.yaml").write_text(yaml_text)
+    with pytest.raises(StackError) as err:
+        load_suite(str(tmp_path / "suite.yaml"), tmp_path)
+    assert says in err.value.message
+
+
+def test_an_unknown_suite_or_model_is_a_clear_error_and_records_nothing(
+    tmp_path: Path, suites: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "home"))
+    for argv, says in (
+        (["run", "no-such-suite", "--model", "demo"], "small-skills"),
+        (["run", "small-skills", "--model", "nope"], "nope"),
+        (["show", "evalrun-missing"], "no evaluation run"),
+    ):
+        with pytest.raises(SystemExit) as code:
+            main(argv)
+        err = capsys.readouterr().err
+        assert code.value.code == 2 and says in err and len(err.splitlines()) == 1, err
+    assert Evaluations.open().runs.list_runs() == []
