@@ -16,6 +16,7 @@ from evals.settings import EvalsSettings
 from evals.suites import Suite, load_suite
 from evals.targets import HttpTarget, InProcessTarget, Target
 from registry.service import Registry, open_registry
+from registry.settings import RegistrySettings
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,9 @@ class Evaluations:
     @classmethod
     def open(cls, stack: StackSettings | None = None) -> "Evaluations":
         stack = stack or StackSettings()
+        # Evaluations never promote, and the eval gate opens them: their registry has no gate.
         return cls(
-            open_registry(stack),
+            open_registry(stack, RegistrySettings(promotion_gate=None)),
             RunStore.open(stack.resolved_database_url, stack.home),
             EvalsSettings(),
             stack.actor,
