@@ -80,7 +80,10 @@ class Evaluations:
 
     def _target(self, model: str, http: HttpOptions | None) -> Target:
         if http is None:
-            return InProcessTarget(load_version(self.registry, model), self.settings.batch_size)
+            loaded = load_version(self.registry, model)
+            return InProcessTarget(
+                loaded.model, loaded.tokenizer, loaded.version.ref, self.settings.batch_size
+            )
         tokenizer = None
         try:  # a model registered here too: score log-likelihoods with its tokenizer
             version = self.registry.resolve(model)

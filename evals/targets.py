@@ -9,6 +9,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 import torch
@@ -16,7 +17,6 @@ from transformers import PreTrainedTokenizerBase
 
 from core.errors import ErrorCode
 from evals.errors import EvalsError
-from evals.loading import LoadedVersion
 from evals.suites import GenerationSpec
 
 Messages = list[dict[str, str]]
@@ -60,10 +60,12 @@ def _truncate(text: str, stop: list[str]) -> str:
 class InProcessTarget(Target):
     """A registry version run here, many prompts per forward pass (never one at a time)."""
 
-    def __init__(self, loaded: LoadedVersion, batch_size: int = 32):
-        self.model = loaded.model
-        self.tokenizer = loaded.tokenizer
-        self.label = self.version_ref = loaded.version.ref
+    def __init__(
+        self, model: Any, tokenizer: PreTrainedTokenizerBase, ref: str, batch_size: int = 32
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.label = self.version_ref = ref
         self.batch_size = batch_size
         self.pad_id = self.tokenizer.pad_token_id or 0
 

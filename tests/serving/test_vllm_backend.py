@@ -16,6 +16,9 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from evals.runs import RunStore
+from evals.service import Evaluations, HttpOptions
+from evals.settings import EvalsSettings
 from finetune.demo.build import build_demo_model
 from finetune.demo.random_model import build_random_model
 from finetune.demo.skills import SKILLS, generate_splits, write_jsonl
@@ -438,3 +441,27 @@ def test_idle_servers_of_versions_no_alias_needs_are_stopped(
         time.sleep(0.2)
     assert all(s.exited() for s in sharded)
     assert "demo:1" in engine._groups  # still needed: kept, however idle
+
+
+def test_a_suite_scores_vllm_as_it_scores_the_version_in_process(
+    vllm_gateway: RunningGateway, tmp_path: Path
+) -> None:
+    (tmp_path / "upper.yaml").write_text(
+        "name: upper\ntasks:\n  - name: upper\n    data: {demo: upper, count: 20}\n"
+        "    generation: {max_tokens: 12}\n    metrics: [exact_match, normalized_match]\n"
+    )
+    evaluations = Evaluations(
+        vllm_gateway.registry,
+        RunStore.open(f"sqlite:///{tmp_path / 'runs.db'}", tmp_path),
+        EvalsSettings(suites_dir=tmp_path),
+        "tests",
+    )
+    suite = evaluations.suite("upper")
+    here = evaluations.run(suite, "upper", progress=False)
+    served = evaluations.run(
+        suite, "upper", http=HttpOptions(f"{vllm_gateway.base_url}/v1"), progress=False
+    )
+    assert _metric(vllm_gateway.base_url, "llmops_requests_total",
+                   backend="vllm", endpoint="chat", model="upper:1") >= 20  # fmt: skip
+    changed = evaluations.compare(here.id, served.id).changed
+    assert len(changed) <= 1, changed  # greedy on both; float rounding may flip one answer
