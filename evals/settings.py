@@ -18,5 +18,5 @@ class EvalsSettings(BaseSettings):
         description="Which suites guard which aliases of which models (the eval gate).",
     )
     batch_size: int = Field(
-        default=32, ge=1, le=4096, description="Prompts per forward pass, in process."
+        default=64, ge=1, le=4096, description="Prompts per forward pass, in process."
     )

@@ -61,7 +61,7 @@ class InProcessTarget(Target):
     """A registry version run here, many prompts per forward pass (never one at a time)."""
 
     def __init__(
-        self, model: Any, tokenizer: PreTrainedTokenizerBase, ref: str, batch_size: int = 32
+        self, model: Any, tokenizer: PreTrainedTokenizerBase, ref: str, batch_size: int = 64
     ):
         self.model = model
         self.tokenizer = tokenizer
