@@ -54,6 +54,7 @@ def test_opening_again_in_a_new_process_changes_nothing(database_url: str) -> No
     dispose_engines()  # as a new process would, look at the schema afresh
     engine = open_database(database_url, chain)
     assert [(s.name, s.current) for s in status(engine)] == [
+        ("evals", None),
         ("finetune", None),
         ("registry", chain.head()),
         ("serving", None),

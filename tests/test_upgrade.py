@@ -123,17 +123,19 @@ def test_the_explicit_upgrade_reports_each_package(
         monkeypatch.setenv(key, value)
     assert run(registry_cli.cli, registry_cli.PROG, ["--json", "db", "status"]) == 0
     before = {s["chain"]: s["current"] for s in json.loads(capsys.readouterr().out)}
-    # Release 0.1.0 kept the registry's revision in alembic's default table.
-    assert before == {"finetune": "f0001", "registry": "0001", "serving": "s0001"}
+    # Release 0.1.0 kept the registry's revision in alembic's default table, and had no
+    # evaluation tables.
+    assert before == {"evals": None, "finetune": "f0001", "registry": "0001", "serving": "s0001"}
     assert run(registry_cli.cli, registry_cli.PROG, ["--json", "db", "upgrade"]) == 0
     moved = {s["chain"]: (s["from"], s["to"]) for s in json.loads(capsys.readouterr().out)}
     assert moved == {
+        "evals": (None, "e0001"),
         "finetune": ("f0001", "f0002"),
         "registry": ("0001", "0002"),
         "serving": ("s0001", "s0002"),
     }
     assert run(registry_cli.cli, registry_cli.PROG, ["db", "upgrade"]) == 0
-    assert capsys.readouterr().out.count("up to date") == 3
+    assert capsys.readouterr().out.count("up to date") == 4
 
 
 def test_a_schema_newer_than_the_code_is_refused(tmp_path: Path, capsys) -> None:
