@@ -1,10 +1,21 @@
-"""The evaluation tables, prefixed `evals_`, in the stack's database, with their own migration
-chain in `evals/migrations`. A run's per-example outputs are an artifact file, named here by
-path and digest."""
+"""The evaluation tables (runs, feedback), prefixed `evals_`, in the stack's database, with
+their own migration chain in `evals/migrations`. A run's per-example outputs are an artifact
+file, named here by path and digest."""
 
 from pathlib import Path
 
-from sqlalchemy import JSON, Column, DateTime, Float, Index, MetaData, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 from core.migrations import MigrationChain
 
@@ -33,4 +44,18 @@ runs = Table(
     Column("seconds", Float, nullable=True),
     Column("error", Text, nullable=True),
     Index("evals_runs_by_version", "suite_digest", "version", "status"),
+)
+
+feedback = Table(
+    "evals_feedback",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("request_id", String(64), nullable=False),  # the traffic log's request id
+    Column("owner", String(32), nullable=True),  # the API key that made the request
+    Column("version", String(160), nullable=False),  # the version that answered
+    Column("rating", Integer, nullable=True),  # 1 (bad) to 5 (good)
+    Column("correction", Text, nullable=True),  # the answer it should have given
+    Index("evals_feedback_by_request", "request_id"),
+    Index("evals_feedback_by_owner", "owner", "created_at"),
 )

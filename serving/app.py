@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from core.http import document_errors, install_error_handlers
 from evals.explain import api as explanations_api
+from evals.feedback import api as feedback_api
 from finetune import api as fine_tuning_api
 from registry import api as registry_api
 from serving.api import keys, openai, ops
@@ -22,6 +23,7 @@ ROUTERS = (
     registry_api.router,
     fine_tuning_api.router,
     explanations_api.router,
+    feedback_api.router,
 )
 
 
@@ -37,6 +39,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.registry = gateway.registry
     app.state.fine_tuning = gateway.fine_tuning
     app.state.explanations = gateway.explanations
+    app.state.feedback = gateway.feedback
     app.state.authenticate = gateway.auth.caller
     install_error_handlers(app)
     document_errors(app)

@@ -1,6 +1,6 @@
 """The gateway's services, built on one database: the registry, keys, engines, generation,
-rate limits, metrics, the traffic log, the fine-tuning jobs and explanations. `serving.app`
-mounts the routers that use them."""
+rate limits, metrics, the traffic log, the fine-tuning jobs, explanations and feedback.
+`serving.app` mounts the routers that use them."""
 
 import asyncio
 import logging
@@ -9,7 +9,9 @@ from datetime import timedelta
 
 from core.database import open_database
 from core.settings import StackSettings
+from evals import tables as evals_tables
 from evals.explain.service import ExplainLimits, ExplanationService
+from evals.feedback.service import FeedbackService, ServedRequest
 from finetune.runner import JobRunner
 from finetune.service import FineTuningService
 from registry.service import Registry, open_registry
@@ -48,6 +50,7 @@ class Gateway:
     jobs: JobRunner
     fine_tuning: FineTuningService
     explanations: ExplanationService
+    feedback: FeedbackService
     upload_limits: dict[str, int]  # path pattern -> largest body, beyond `limits`
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -130,6 +133,11 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         ExplainLimits(**config.explanations.model_dump()),
     )
     metrics.explanations_running.set_function(lambda: explanations.running)
+
+    def served_requests(request_id: str) -> list[ServedRequest]:
+        records = traffic.find(request_id) if traffic is not None else []
+        return [ServedRequest(r.request_id, r.key_id, r.version) for r in records]
+
     return Gateway(
         config=config,
         registry=registry,
@@ -143,6 +151,9 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         jobs=jobs,
         fine_tuning=FineTuningService(jobs, registry),
         explanations=explanations,
+        feedback=FeedbackService(
+            open_database(stack.resolved_database_url, evals_tables.CHAIN), served_requests
+        ),
         upload_limits={
             "/v1/files": jobs.settings.max_file_bytes,
             "/v1/registry/models/[^/]+/versions/upload": registry_settings.max_upload_bytes,

@@ -59,4 +59,5 @@ traffic = Table(
     Column("finish_reason", String(16), nullable=True),
     Index("ix_serving_traffic_created_at", "created_at"),
     Index("ix_serving_traffic_version_created_at", "version", "created_at"),
+    Index("ix_serving_traffic_request_id", "request_id"),
 )

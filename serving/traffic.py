@@ -113,6 +113,14 @@ class TrafficLog:
         self._queue.put(None)
         self._writer.join(timeout=30)
 
+    def find(self, request_id: str, limit: int = 64) -> list[TrafficRecord]:
+        """The records of a request id, oldest first, once what is queued is stored. Clients
+        may choose their request ids, so several keys' requests may share one."""
+        self.flush()
+        stmt = select(traffic).where(traffic.c.request_id == request_id).order_by(traffic.c.id)
+        with reading(self.engine) as conn:
+            return [_record(row) for row in conn.execute(stmt.limit(limit))]
+
     def window(
         self,
         start: datetime,

@@ -1,4 +1,4 @@
-"""Evaluation runs.
+"""Evaluation runs and feedback.
 
 Revision ID: e0001
 Revises:
@@ -33,8 +33,21 @@ def upgrade() -> None:
         sa.Column("error", sa.Text, nullable=True),
     )
     op.create_index("evals_runs_by_version", "evals_runs", ["suite_digest", "version", "status"])
+    op.create_table(
+        "evals_feedback",
+        sa.Column("id", sa.String(40), primary_key=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("request_id", sa.String(64), nullable=False),
+        sa.Column("owner", sa.String(32), nullable=True),
+        sa.Column("version", sa.String(160), nullable=False),
+        sa.Column("rating", sa.Integer, nullable=True),
+        sa.Column("correction", sa.Text, nullable=True),
+    )
+    op.create_index("evals_feedback_by_request", "evals_feedback", ["request_id"])
+    op.create_index("evals_feedback_by_owner", "evals_feedback", ["owner", "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_table("evals_feedback")
     op.drop_index("evals_runs_by_version", "evals_runs")
     op.drop_table("evals_runs")
