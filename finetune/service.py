@@ -195,15 +195,8 @@ class FineTuningService:
                 f"this key has {active} queued or running jobs, its limit; wait for one to "
                 "end or cancel one"
             )
-        hyper = resolve_hyperparameters(request, self.runner.settings)
-        recipe = api_recipe(
-            request,
-            base.ref,
-            self.registry.local_copy(base),
-            data,
-            hyper,
-            self.runner.settings,
-        )
+        hyper = resolve_hyperparameters(request, training.rows)
+        recipe = api_recipe(request, base.ref, self.registry.local_copy(base), data, hyper)
         job = self.runner.submit(
             recipe,
             request.model,

@@ -34,8 +34,3 @@ class FinetuneSettings(BaseSettings):
     max_active_jobs_per_key: int = Field(
         4, gt=0, description="Queued and running jobs one API key may have."
     )
-    api_learning_rate: float = Field(
-        1e-3, gt=0, description="Learning rate of API jobs at learning_rate_multiplier 1."
-    )
-    api_batch_size: int = Field(8, gt=0, description="batch_size of API jobs when 'auto'.")
-    api_n_epochs: int = Field(3, gt=0, description="n_epochs of API jobs when 'auto'.")

@@ -1,5 +1,5 @@
-"""Fixtures shared by every package's tests: the databases the stores run on, and a tiny
-untrained model with the demo tokenizer."""
+"""Fixtures shared by every package's tests: the databases the stores run on, a tiny
+untrained model with the demo tokenizer, and the demo model itself."""
 
 import os
 import uuid
@@ -11,7 +11,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from core.database import dispose_engines
+from finetune.demo.build import DemoBuild, build_demo_model
 from finetune.demo.random_model import build_random_model
+from finetune.demo.spec import FULL
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "LLMOPS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -53,3 +55,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def random_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_random_model(tmp_path_factory.mktemp("models") / "random")
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory: pytest.TempPathFactory) -> DemoBuild:
+    """The demo model `llm-serve` serves (FULL spec: add, upper and lookup learned), built
+    once for the session: two to four minutes on two cores."""
+    return build_demo_model(tmp_path_factory.mktemp("demo") / "model", FULL)
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(demo_build: DemoBuild) -> Path:
+    return demo_build.output_dir
