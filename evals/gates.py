@@ -18,7 +18,7 @@ suite on the same version are reused."""
 
 import fnmatch
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -26,10 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from core.configs import validation_message
 from evals.compare import MetricDelta
 from evals.errors import invalid
-from evals.service import Evaluations
 from evals.settings import EvalsSettings
 from registry.entities import ModelVersion
 from registry.gates import GateResult
+
+if TYPE_CHECKING:
+    from evals.service import Evaluations
 
 
 class _Strict(BaseModel):
@@ -91,9 +93,20 @@ def judge(deltas: list[MetricDelta], config: AliasGate) -> list[str]:
 
 
 class EvalGate:
-    def __init__(self, evaluations: Evaluations, gates_file: Path):
-        self.evaluations = evaluations
+    """Loaded with every registry, so it opens its evaluations (and their model-loading
+    imports) only when a promotion first needs them."""
+
+    def __init__(self, gates_file: Path, evaluations: "Evaluations | None" = None):
         self.gates_file = gates_file
+        self._evaluations = evaluations
+
+    @property
+    def evaluations(self) -> "Evaluations":
+        if self._evaluations is None:
+            from evals.service import Evaluations
+
+            self._evaluations = Evaluations.open()
+        return self._evaluations
 
     def __call__(
         self, candidate: ModelVersion, champion: ModelVersion | None, alias: str
@@ -129,4 +142,4 @@ class EvalGate:
 
 def eval_gate() -> EvalGate:
     """The factory `LLMOPS_PROMOTION_GATE=evals.gates:eval_gate` names."""
-    return EvalGate(Evaluations.open(), EvalsSettings().gates_file)
+    return EvalGate(EvalsSettings().gates_file)

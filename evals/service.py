@@ -4,7 +4,7 @@ run, and compare runs. The command line and the promotion gate go through here."
 import asyncio
 from dataclasses import dataclass
 
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from core.errors import StackError
 from core.settings import StackSettings
@@ -84,13 +84,17 @@ class Evaluations:
             return InProcessTarget(
                 loaded.model, loaded.tokenizer, loaded.version.ref, self.settings.batch_size
             )
-        tokenizer = None
-        try:  # a model registered here too: score log-likelihoods with its tokenizer
-            version = self.registry.resolve(model)
-            base = self.registry.local_copy(self.registry.base_of(version))
-            tokenizer = AutoTokenizer.from_pretrained(base)
-        except StackError:
-            pass
+
+        def tokenizer() -> PreTrainedTokenizerBase | None:
+            """A model registered here too: score log-likelihoods with its tokenizer (fetched
+            only when a task needs it)."""
+            try:
+                version = self.registry.resolve(model)
+                base = self.registry.local_copy(self.registry.base_of(version))
+            except StackError:
+                return None
+            return AutoTokenizer.from_pretrained(base)
+
         # The server may serve another registry's versions: none is recorded as scored.
         return HttpTarget(
             http.base_url,

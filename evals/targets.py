@@ -5,6 +5,7 @@ Both render chat prompts the way the gateway does (the model's chat template, th
 without added special tokens), so the same suite gives the same greedy numbers either way."""
 
 import asyncio
+import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -145,8 +146,9 @@ class InProcessTarget(Target):
 
 
 class HttpTarget(Target):
-    """An OpenAI-compatible server; `tokenizer` (the served model's) is needed only to score
-    log-likelihoods, through the completions API's echoed prompt log-probabilities."""
+    """An OpenAI-compatible server. Scoring log-likelihoods (through the completions API's
+    echoed prompt log-probabilities) needs the served model's tokenizer, which `tokenizer`
+    returns (None where it is not known); it is asked for only then."""
 
     def __init__(
         self,
@@ -155,7 +157,7 @@ class HttpTarget(Target):
         *,
         api_key: str = "unused",
         concurrency: int = 8,
-        tokenizer: PreTrainedTokenizerBase | None = None,
+        tokenizer: Callable[[], PreTrainedTokenizerBase | None] = lambda: None,
         timeout_s: float = 120.0,
     ):
         self.client = openai.AsyncOpenAI(
@@ -164,7 +166,7 @@ class HttpTarget(Target):
         self.model = model
         self.label = f"{model} at {base_url}"
         self.version_ref = None
-        self.tokenizer = tokenizer
+        self.tokenizer = functools.cache(tokenizer)
         self.slots = asyncio.Semaphore(concurrency)
 
     async def answer(self, prompts, generation, progress) -> list[Answer]:
@@ -186,7 +188,7 @@ class HttpTarget(Target):
         return await self._gather([one(p) for p in prompts])
 
     async def loglik(self, prompts, continuations, progress) -> list[tuple[float, int]]:
-        tokenizer = self.tokenizer
+        tokenizer = self.tokenizer()
         if tokenizer is None:
             raise EvalsError(
                 ErrorCode.INVALID,

@@ -3,8 +3,9 @@ key that made the request (or an admin) may give or read feedback on it; to anyo
 request does not exist."""
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine, select
 
@@ -40,14 +41,14 @@ def request_not_found(request_id: str) -> EvalsError:
     )
 
 
-def _object(row) -> FeedbackObject:
+def _object(row: Mapping[str, Any]) -> FeedbackObject:
     return FeedbackObject(
-        id=row.id,
-        created_at=int(as_utc(row.created_at).timestamp()),
-        request_id=row.request_id,
-        model=row.version,
-        rating=row.rating,
-        correction=row.correction,
+        id=row["id"],
+        created_at=int(as_utc(row["created_at"]).timestamp()),
+        request_id=row["request_id"],
+        model=row["version"],
+        rating=row["rating"],
+        correction=row["correction"],
     )
 
 
@@ -74,11 +75,6 @@ class FeedbackService:
         }
         with self.engine.begin() as conn:
             conn.execute(feedback.insert().values(**row))
-        return self.get(row["id"])
-
-    def get(self, feedback_id: str) -> FeedbackObject:
-        with reading(self.engine) as conn:
-            row = conn.execute(select(feedback).where(feedback.c.id == feedback_id)).one()
         return _object(row)
 
     def list_feedback(
@@ -91,5 +87,5 @@ class FeedbackService:
         if request_id is not None:
             query = query.where(feedback.c.request_id == request_id)
         with reading(self.engine) as conn:
-            rows = [_object(r) for r in conn.execute(query)]
+            rows = [_object(r._mapping) for r in conn.execute(query)]
         return page(rows, limit, lambda f: f.id)
