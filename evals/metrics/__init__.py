@@ -1,10 +1,12 @@
 """Metrics of evaluation suites, scored per example (intervals and paired tests need them).
 
 Text metrics are Hugging Face `evaluate` modules shipped in this folder (no hub is needed) and
-loaded from their path; `choice_accuracy` and `perplexity` come from the model's
-log-likelihoods, `latency_s` and `completion_tokens` from the answers; and a suite may name
-any `package.module:callable` taking `(prediction, reference)` and returning a number."""
+loaded from their path (`bleu` too, as sentence BLEU of each example); `choice_accuracy` and
+`perplexity` come from the model's log-likelihoods, `latency_s` and `completion_tokens` from
+the answers; and a suite may name any `package.module:callable` taking `(prediction, reference)`
+and returning a number."""
 
+import difflib
 import functools
 import re
 from collections.abc import Callable
@@ -44,6 +46,22 @@ def _rouge(predictions: list[str], references: list[str]) -> list[float]:
     return [float(v) for v in result["rougeL"]]
 
 
+def _bleu(predictions: list[str], references: list[str]) -> list[float]:
+    # Sentence BLEU: the module's corpus formula over one example at a time, with its defaults
+    # (13a tokens, up to 4-grams, no smoothing), so that scores have a mean, an interval and
+    # paired tests like every other metric's. A text with no 4-gram in common scores 0.
+    module = _module("bleu")
+    scores = []
+    for p, r in zip(predictions, references, strict=True):
+        try:
+            result = module._compute(predictions=[p], references=[[r]])
+        except ZeroDivisionError:  # no tokens on one side: the formula divides by lengths
+            scores.append(0.0)
+            continue
+        scores.append(float(result["bleu"]))
+    return scores
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -62,6 +80,7 @@ TEXT_METRICS: dict[str, Metric] = {
         ),
     ),
     "rouge_l": Metric("rouge_l", "text", _rouge),
+    "bleu": Metric("bleu", "text", _bleu),
 }
 OTHER_METRICS: dict[str, Metric] = {
     "choice_accuracy": Metric("choice_accuracy", "choice"),
@@ -84,8 +103,10 @@ def resolve_metric(name: str) -> Metric:
             return [float(scorer(p, r)) for p, r in zip(predictions, references, strict=True)]
 
         return Metric(name, "text", score)
+    close = difflib.get_close_matches(name, list(BUILT_IN), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? Or " if close else ""
     raise invalid(
-        f"unknown metric {name!r}; choose one of {', '.join(BUILT_IN)}, or name a "
+        f"unknown metric {name!r}; {hint}choose one of {', '.join(BUILT_IN)}, or name a "
         "`package.module:callable` that scores (prediction, reference)",
         param="metrics",
     )

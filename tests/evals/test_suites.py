@@ -2,6 +2,7 @@
 runs recorded with their outputs, comparisons, and bad suites refused before anything runs."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from core.errors import StackError
 from core.settings import StackSettings
 from evals.cli import main
+from evals.metrics import resolve_metric
 from evals.service import Evaluations, HttpOptions
 from evals.suites import load_suite
 from tests.serving.conftest import running_gateway
@@ -158,3 +160,60 @@ def test_an_unknown_suite_or_model_is_a_clear_error_and_records_nothing(
         err = capsys.readouterr().err
         assert code.value.code == 2 and says in err and len(err.splitlines()) == 1, err
     assert Evaluations.open().runs.list_runs() == []
+
+
+def test_bleu_is_sentence_bleu_of_each_example() -> None:
+    bleu = resolve_metric("bleu")
+    assert bleu.kind == "text" and bleu.higher_is_better
+    assert bleu.score is not None
+    reference = "the cat sat on the mat"
+    scores = bleu.score(
+        [
+            reference,  # identical
+            "a dog ran in a park",  # no word in common
+            "the cat sat on the",  # every n-gram matches; brevity penalty exp(1 - 6/5)
+            "the cat sat on the mat today",  # 6/7, 5/6, 4/5 and 3/4 of the n-grams match
+            "",  # no answer
+        ],
+        [reference] * 5,
+    )
+    assert scores[0] == pytest.approx(1.0)
+    assert scores[1] == 0.0
+    assert scores[2] == pytest.approx(math.exp(-0.2))
+    assert scores[3] == pytest.approx((6 / 7 * 5 / 6 * 4 / 5 * 3 / 4) ** 0.25)  # (3/7)^(1/4)
+    assert scores[4] == 0.0
+
+
+def test_bleu_is_a_suite_metric_and_a_misspelt_one_suggests_it(tmp_path: Path) -> None:
+    task = "name: x\ntasks:\n  - name: t\n    data: {demo: add, count: 2}\n    metrics: [%s]\n"
+    (tmp_path / "ok.yaml").write_text(task % "bleu")
+    assert [m.name for m in load_suite(str(tmp_path / "ok.yaml"), tmp_path).tasks[0].metrics] == [
+        "bleu"
+    ]
+    (tmp_path / "bad.yaml").write_text(task % "bleurt")
+    with pytest.raises(StackError) as err:
+        load_suite(str(tmp_path / "bad.yaml"), tmp_path)
+    assert "unknown metric 'bleurt'; did you mean 'bleu'?" in err.value.message
+
+
+def test_bleu_loads_from_the_package_offline(tmp_path: Path) -> None:
+    # A fresh process and modules cache: evaluate copies nmt_bleu.py from evals/metrics/bleu/
+    # rather than downloading it, with every Hugging Face hub and download switched off.
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_EVALUATE_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+    }
+    code = (
+        "from evals.metrics import resolve_metric\n"
+        "print(resolve_metric('bleu').score(['hello there general kenobi'], "
+        "['hello there general kenobi']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[1.0]"
+    assert list((tmp_path / "modules").rglob("nmt_bleu.py"))
