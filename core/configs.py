@@ -1,12 +1,18 @@
-"""Messages for configuration files (recipes, suites, policies) that do not validate: the key
-that is wrong, and the nearest valid one."""
+"""Configuration files (recipes, suites, gates, policies): loading them, and messages for
+those that do not validate: the key that is wrong, and the nearest valid one."""
 
 import difflib
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ValidationError
+
+from core.errors import ErrorCode, StackError
+
+M = typing.TypeVar("M", bound=BaseModel)
 
 
 def unknown_key(key: str, choices: list[str], where: str = "") -> str:
@@ -43,3 +49,20 @@ def validation_message(err: ValidationError, root: type[BaseModel]) -> str:
         choices = list(model.model_fields) if model is not None else []
         return unknown_key(loc[-1], choices, f"in {where}: " if where else "")
     return f"{'.'.join(loc) or 'top level'}: {first['msg']}"
+
+
+def load_yaml_config(path: Path, model: type[M], what: str) -> M:
+    """`path` validated as `model`; StackError (INVALID) names `what` and the first problem."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise StackError(ErrorCode.INVALID, f"{what} {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise StackError(
+            ErrorCode.INVALID, f"{what} {path.name} is not valid YAML: {err}"
+        ) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        message = validation_message(err, model)
+        raise StackError(ErrorCode.INVALID, f"{what} {path.name}: {message}") from None

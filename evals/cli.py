@@ -1,5 +1,6 @@
-"""`llm-evals`: run evaluation suites on versions or servers, show and compare runs, and
-explain why a version answered as it did (attribution heat maps)."""
+"""`llm-evals`: run evaluation suites on versions or servers, show and compare runs, watch
+traffic for drift and retrain on it (the continuous loop), and explain why a version
+answered as it did (attribution heat maps)."""
 
 import asyncio
 import sys
@@ -12,6 +13,8 @@ from core.callers import Caller
 from core.console import print_json, print_table, run
 from core.settings import StackSettings
 from evals.compare import Comparison
+from evals.continuous import cli as loop_cli
+from evals.drift import cli as drift_cli
 from evals.explain.attribution import METHODS
 from evals.explain.features import GRANULARITIES
 from evals.explain.heatmap import write_html, write_png
@@ -204,6 +207,11 @@ def explain(as_json: bool, model, prompt, messages, raw_prompt, target, method,
         f"faithfulness: top {faith.k} removed -{faith.top_k_drop:.2f}, random -"
         f"{faith.random_drop:.2f} (score {faith.score:+.2f})"
     )
+
+
+cli.add_command(drift_cli.monitor)
+cli.add_command(drift_cli.drift)
+cli.add_command(loop_cli.loop)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,12 +20,10 @@ import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from core.configs import validation_message
+from core.configs import load_yaml_config
 from evals.compare import MetricDelta
-from evals.errors import invalid
 from evals.settings import EvalsSettings
 from registry.entities import ModelVersion
 from registry.gates import GateResult
@@ -56,12 +54,7 @@ class GatesConfig(_Strict):
 def load_gates(path: Path) -> GatesConfig:
     if not path.is_file():
         return GatesConfig()
-    try:
-        return GatesConfig.model_validate(yaml.safe_load(path.read_text()) or {})
-    except yaml.YAMLError as err:
-        raise invalid(f"gate config {path.name} is not valid YAML: {err}") from None
-    except ValidationError as err:
-        raise invalid(f"gate config {path.name}: {validation_message(err, GatesConfig)}") from None
+    return load_yaml_config(path, GatesConfig, "gate config")
 
 
 def _matches(metric: str, selector: str) -> bool:
@@ -114,30 +107,40 @@ class EvalGate:
         config = load_gates(self.gates_file).models.get(candidate.name, {}).get(alias)
         if config is None:
             return GateResult("eval", True, {"reason": f"no suites guard {candidate.name}@{alias}"})
-        runs: dict[str, dict[str, str]] = {}
-        deltas: list[MetricDelta] = []
-        for name in config.suites:
-            suite = self.evaluations.suite(name)
-            ran = self.evaluations.run(suite, candidate.ref, progress=False, reuse=True)
-            runs[suite.name] = {"candidate": ran.id}
-            if champion is not None:
-                base = self.evaluations.run(suite, champion.ref, progress=False, reuse=True)
-                runs[suite.name]["champion"] = base.id
-                deltas += self.evaluations.compare(base.id, ran.id).deltas
-        problems = judge(deltas, config) if champion is not None else []
-        details: dict[str, Any] = {
-            "runs": runs,
-            "deltas": [d.to_dict() for d in deltas],
-            "alpha": config.alpha,
-            "reason": "; ".join(problems)
-            if problems
-            else (
-                f"no guarded metric regressed against {champion.ref}"
-                if champion is not None
-                else "no current version to compare with"
-            ),
-        }
-        return GateResult("eval", not problems, details)
+        return gate_result(self.evaluations, candidate, champion, config)
+
+
+def gate_result(
+    evaluations: "Evaluations",
+    candidate: ModelVersion,
+    champion: ModelVersion | None,
+    config: AliasGate,
+) -> GateResult:
+    """Score both on the config's suites (fresh runs reused) and judge the deltas."""
+    runs: dict[str, dict[str, str]] = {}
+    deltas: list[MetricDelta] = []
+    for name in config.suites:
+        suite = evaluations.suite(name)
+        ran = evaluations.run(suite, candidate.ref, progress=False, reuse=True)
+        runs[suite.name] = {"candidate": ran.id}
+        if champion is not None:
+            base = evaluations.run(suite, champion.ref, progress=False, reuse=True)
+            runs[suite.name]["champion"] = base.id
+            deltas += evaluations.compare(base.id, ran.id).deltas
+    problems = judge(deltas, config) if champion is not None else []
+    details: dict[str, Any] = {
+        "runs": runs,
+        "deltas": [d.to_dict() for d in deltas],
+        "alpha": config.alpha,
+        "reason": "; ".join(problems)
+        if problems
+        else (
+            f"no guarded metric regressed against {champion.ref}"
+            if champion is not None
+            else "no current version to compare with"
+        ),
+    }
+    return GateResult("eval", not problems, details)
 
 
 def eval_gate() -> EvalGate:

@@ -11,7 +11,8 @@ from evals.suites import Suite, Task
 from evals.targets import Target
 
 
-def _work(task: Task) -> int:
+def work_units(task: Task) -> int:
+    """How many steps scoring a task takes (the progress total)."""
     kinds = {m.kind for m in task.metrics}
     units = len(task.examples) if kinds & {"text", "answer"} else 0
     if "choice" in kinds:
@@ -26,7 +27,7 @@ async def score_suite(
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Metrics (`task/metric` -> value, low, high) and the per-example records."""
     bar = tqdm(
-        total=sum(_work(t) for t in suite.tasks),
+        total=sum(work_units(t) for t in suite.tasks),
         desc=f"{suite.name} on {target.label}",
         unit="ex",
         disable=not progress,

@@ -1,27 +1,72 @@
-"""Evaluation runs: their records (`evals_runs`) and per-example outputs (JSONL artifacts)."""
+"""Evaluation runs: their records (`evals_runs`) and per-example outputs (JSONL artifacts).
+
+A run is `queued` (started over HTTP, waiting for a worker thread), `running`, then
+`succeeded`, `failed` or `canceled`. Every change of status is a conditional update from an
+active status, so a run that was cancelled (or failed by a gateway that stopped) stays so
+whatever its worker does next. Each run records the process that runs it (`worker`: host,
+pid and the pid's start time), so that a later process can tell a run whose process died."""
 
 import json
 import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Engine, Row, and_, or_, select
 
 from core.database import as_utc, open_database, reading, utc_now
 from core.digests import file_digest
 from core.errors import ErrorCode
 from evals.errors import EvalsError
 from evals.tables import CHAIN, runs
+from finetune.runner import process_alive, process_start
 
 
 class RunStatus(StrEnum):
+    QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def active(self) -> bool:
+        return self in ACTIVE
+
+
+ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
+_ACTIVE_VALUES = tuple(s.value for s in ACTIVE)
+
+
+class _Everyone:
+    """`owner=EVERYONE`: runs of every owner (None is the runs no key owns)."""
+
+
+EVERYONE = _Everyone()
+
+
+def this_worker() -> str:
+    """This process, as a run records it: host, pid and the pid's start time."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{process_start(pid) or 0}"
+
+
+def worker_gone(worker: str | None) -> bool:
+    """Whether the process `worker` names is known to have stopped: it ran on this host and
+    no process with its pid and start time runs now. A process on another host may be
+    alive; a run recorded before runs named their process (None) is not."""
+    if worker is None:
+        return True
+    host, _, rest = worker.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    known = int(started) if started.isdigit() and int(started) > 0 else None
+    return not process_alive(int(pid), known)
 
 
 @dataclass(frozen=True)
@@ -41,6 +86,11 @@ class EvalRun:
     finished_at: datetime | None = None
     seconds: float | None = None
     error: str | None = None
+    owner: str | None = None  # the API key that started it over HTTP
+    worker: str | None = None  # the process that runs it (see `this_worker`)
+    name: str | None = None
+    metadata: dict[str, str] | None = None
+    summary: dict[str, Any] | None = None  # see `evals.grading.summarize`
 
 
 def _run(row: Row) -> EvalRun:
@@ -71,8 +121,10 @@ class RunStore:
 
     def create(
         self, *, suite: str, suite_digest: str, model: str, version: str | None, target: str,
-        created_by: str,
+        created_by: str, status: RunStatus = RunStatus.RUNNING, owner: str | None = None,
+        name: str | None = None, metadata: dict[str, str] | None = None,
     ) -> EvalRun:  # fmt: skip
+        """Record a run, `running` in this process (or `queued` for a worker thread)."""
         run = EvalRun(
             id=f"evalrun-{secrets.token_hex(12)}",
             suite=suite,
@@ -80,19 +132,37 @@ class RunStore:
             model=model,
             version=version,
             target=target,
-            status=RunStatus.RUNNING,
+            status=status,
             created_by=created_by,
             created_at=utc_now(),
+            owner=owner,
+            worker=this_worker(),
+            name=name,
+            metadata=metadata,
         )
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(**{**run.__dict__, "status": run.status.value}))
         return run
 
+    def start(self, run: EvalRun) -> EvalRun | None:
+        """queued -> running; None when the run is no longer queued (cancelled)."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                runs.update()
+                .where(runs.c.id == run.id, runs.c.status == RunStatus.QUEUED.value)
+                .values(status=RunStatus.RUNNING.value)
+            ).rowcount
+        return self.get(run.id) if changed else None
+
     def succeed(
-        self, run: EvalRun, metrics: dict[str, dict[str, float]], examples: list[dict[str, Any]]
+        self,
+        run: EvalRun,
+        metrics: dict[str, dict[str, float]],
+        examples: list[dict[str, Any]],
+        summary: dict[str, Any] | None = None,
     ) -> EvalRun:
         """Store the per-example outputs (written in full before the record points at them),
-        then the metrics."""
+        then the metrics. A run cancelled meanwhile stays cancelled, without outputs."""
         relative = Path("evals") / "runs" / f"{run.id}.jsonl"
         path = self.home / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,15 +174,19 @@ class RunStore:
             os.fsync(f.fileno())
         partial.replace(path)
         finished = utc_now()
-        return self._finish(
+        done = self._finish(
             run,
             status=RunStatus.SUCCEEDED.value,
             metrics=metrics,
+            summary=summary,
             examples_path=str(relative),
             examples_digest=file_digest(path),
             finished_at=finished,
             seconds=(finished - run.created_at).total_seconds(),
         )
+        if done.status is not RunStatus.SUCCEEDED:
+            path.unlink(missing_ok=True)
+        return done
 
     def fail(self, run: EvalRun, error: str) -> EvalRun:
         finished = utc_now()
@@ -124,10 +198,55 @@ class RunStore:
             seconds=(finished - run.created_at).total_seconds(),
         )
 
-    def _finish(self, run: EvalRun, **values: Any) -> EvalRun:
+    def cancel(self, run: EvalRun) -> bool:
+        """queued or running -> canceled; False when the run had finished already."""
+        finished = utc_now()
         with self.engine.begin() as conn:
-            conn.execute(runs.update().where(runs.c.id == run.id).values(**values))
+            return bool(
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.id == run.id, runs.c.status.in_(_ACTIVE_VALUES))
+                    .values(
+                        status=RunStatus.CANCELED.value,
+                        finished_at=finished,
+                        seconds=(finished - run.created_at).total_seconds(),
+                    )
+                ).rowcount
+            )
+
+    def _finish(self, run: EvalRun, **values: Any) -> EvalRun:
+        """Only an active run finishes: a cancelled or failed one keeps its status."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run.id, runs.c.status.in_(_ACTIVE_VALUES))
+                .values(**values)
+            )
         return self.get(run.id)
+
+    def status(self, run_id: str) -> RunStatus:
+        with reading(self.engine) as conn:
+            found = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
+        if found is None:
+            raise run_not_found(run_id)
+        return RunStatus(found)
+
+    def recover(self) -> list[EvalRun]:
+        """Fail every queued or running run whose process stopped (see `worker_gone`)."""
+        query = select(runs).where(runs.c.status.in_(_ACTIVE_VALUES))
+        with reading(self.engine) as conn:
+            active = [_run(row) for row in conn.execute(query)]
+        failed = []
+        for run in active:
+            if not worker_gone(run.worker):
+                continue
+            if run.worker is None:
+                why = "an earlier release of the stack left it unfinished"
+            else:
+                host, pid = run.worker.split(":")[:2]
+                why = f"the process that ran it (pid {pid} on {host}) stopped before it finished"
+            failed.append(self.fail(run, f"{why}; start the run again"))
+        return failed
 
     def get(self, run_id: str) -> EvalRun:
         with reading(self.engine) as conn:
@@ -136,12 +255,38 @@ class RunStore:
             raise run_not_found(run_id)
         return _run(row)
 
-    def list_runs(self, limit: int = 100, version: str | None = None) -> list[EvalRun]:
-        query = select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+    def list_runs(
+        self,
+        limit: int = 100,
+        version: str | None = None,
+        *,
+        suite: str | None = None,
+        owner: str | _Everyone | None = EVERYONE,
+        statuses: tuple[RunStatus, ...] | None = None,
+        after: EvalRun | None = None,
+        ascending: bool = False,
+    ) -> list[EvalRun]:
+        """Runs, newest first (or oldest first), those after the run `after` in that order;
+        of one suite, version, owner (None: no key's) or statuses when given."""
+        created, ident = runs.c.created_at, runs.c.id
+        if ascending:
+            query = select(runs).order_by(created.asc(), ident.asc())
+        else:
+            query = select(runs).order_by(created.desc(), ident.desc())
         if version is not None:
             query = query.where(runs.c.version == version)
+        if suite is not None:
+            query = query.where(runs.c.suite == suite)
+        if not isinstance(owner, _Everyone):
+            query = query.where(runs.c.owner == owner)  # (== None is IS NULL)
+        if statuses is not None:
+            query = query.where(runs.c.status.in_([s.value for s in statuses]))
+        if after is not None:
+            beyond = (created > after.created_at) if ascending else (created < after.created_at)
+            later = (ident > after.id) if ascending else (ident < after.id)
+            query = query.where(or_(beyond, and_(created == after.created_at, later)))
         with reading(self.engine) as conn:
-            return [_run(row) for row in conn.execute(query)]
+            return [_run(row) for row in conn.execute(query.limit(limit))]
 
     def fresh(self, suite_digest: str, version: str) -> EvalRun | None:
         """The newest succeeded run of this very suite on this version, if any."""

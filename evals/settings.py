@@ -20,3 +20,23 @@ class EvalsSettings(BaseSettings):
     batch_size: int = Field(
         default=64, ge=1, le=4096, description="Prompts per forward pass, in process."
     )
+    traffic_source: str = Field(
+        default="serving.traffic:open_traffic_reader",
+        description="What reads the gateway's traffic log for the drift monitor and the loop "
+        "when they run outside the gateway: 'package.module:callable' taking the stack's "
+        "settings (the gateway hands over its own log).",
+    )
+    max_running_runs: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Runs the gateway scores at once (started over HTTP, each on a worker "
+        "thread with a copy of its model).",
+    )
+    max_queued_runs: int = Field(
+        default=4,
+        ge=0,
+        le=1000,
+        description="Runs started over HTTP that wait for a worker; beyond them, starting a run "
+        "is refused with 429 until one finishes.",
+    )

@@ -1,16 +1,19 @@
-"""The evaluation tables (runs, feedback), prefixed `evals_`, in the stack's database, with
-their own migration chain in `evals/migrations`. A run's per-example outputs are an artifact
-file, named here by path and digest."""
+"""The evaluation tables (runs, feedback, drift checks and their embeddings, the loop's
+events), prefixed `evals_`, in the stack's database, with their own migration chain in
+`evals/migrations`. A run's per-example outputs are an artifact file, named by path and
+digest."""
 
 from pathlib import Path
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -34,7 +37,7 @@ runs = Table(
     Column("model", String(256), nullable=False),  # as asked: demo@staging, a URL's model
     Column("version", String(160), nullable=True),  # the registry version scored, when known
     Column("target", String(512), nullable=False),  # in process, or the server's URL
-    Column("status", String(16), nullable=False),  # running, succeeded, failed
+    Column("status", String(16), nullable=False),  # queued, running, succeeded, failed, canceled
     Column("metrics", JSON, nullable=False),  # "task/metric" -> {value, low, high}
     Column("examples_path", String(512), nullable=True),  # relative to LLMOPS_HOME
     Column("examples_digest", String(71), nullable=True),
@@ -43,7 +46,13 @@ runs = Table(
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("seconds", Float, nullable=True),
     Column("error", Text, nullable=True),
+    Column("owner", String(32), nullable=True),  # the API key that started it over HTTP
+    Column("worker", String(160), nullable=True),  # host:pid:start of the process running it
+    Column("name", String(256), nullable=True),  # a name given over HTTP
+    Column("metadata", JSON, nullable=True),  # key-value labels given over HTTP
+    Column("summary", JSON, nullable=True),  # pass/fail counts and usage, when it finished
     Index("evals_runs_by_version", "suite_digest", "version", "status"),
+    Index("evals_runs_by_suite", "suite", "created_at"),
 )
 
 feedback = Table(
@@ -58,4 +67,44 @@ feedback = Table(
     Column("correction", Text, nullable=True),  # the answer it should have given
     Index("evals_feedback_by_request", "request_id"),
     Index("evals_feedback_by_owner", "owner", "created_at"),
+)
+
+embeddings = Table(
+    "evals_embeddings",
+    metadata,
+    Column("digest", String(64), primary_key=True),  # sha256 of the text
+    Column("model", String(64), nullable=False),  # the sentence-embedding model
+    Column("vector", LargeBinary, nullable=False),  # float16
+)
+
+drift_checks = Table(
+    "evals_drift_checks",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("model", String(256), nullable=False),
+    Column("version", String(160), nullable=False),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("window_n", Integer, nullable=False),
+    Column("reference", JSON, nullable=False),  # what the window was compared with
+    Column("signals", JSON, nullable=False),  # per signal: effect, p-value, sample sizes
+    Column("score", Float, nullable=False),
+    Column("drifted", Boolean, nullable=False),
+    Column("alarms", JSON, nullable=False),  # the signals that raised it
+    Index("evals_drift_checks_by_model", "model", "created_at"),
+)
+
+loop_events = Table(
+    "evals_loop_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("cycle", String(40), nullable=False),  # one pass drift -> ... -> promotion
+    Column("model", String(256), nullable=False),
+    Column("policy", String(128), nullable=False),
+    Column("step", String(32), nullable=False),
+    Column("ref", String(256), nullable=True),  # the check, run, job, version or alias event
+    Column("detail", JSON, nullable=False),
+    Index("evals_loop_events_by_model", "model", "created_at"),
 )

@@ -70,6 +70,12 @@ class Registry:
         registry.actor = actor
         return registry
 
+    def gated_by(self, gate: Gate) -> "Registry":
+        """This registry, with promotions judged by `gate` (a loop's policy gate)."""
+        registry = copy.copy(self)
+        registry.gate = gate
+        return registry
+
     # -- versions -------------------------------------------------------------------------
 
     def register(

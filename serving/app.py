@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from core.http import document_errors, install_error_handlers
+from evals import api as evals_api
 from evals.explain import api as explanations_api
 from evals.feedback import api as feedback_api
 from finetune import api as fine_tuning_api
@@ -24,6 +25,7 @@ ROUTERS = (
     fine_tuning_api.router,
     explanations_api.router,
     feedback_api.router,
+    evals_api.router,
 )
 
 
@@ -40,6 +42,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.fine_tuning = gateway.fine_tuning
     app.state.explanations = gateway.explanations
     app.state.feedback = gateway.feedback
+    app.state.evaluations = gateway.evaluations
     app.state.authenticate = gateway.auth.caller
     install_error_handlers(app)
     document_errors(app)

@@ -6,6 +6,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from evals.drift.config import DriftConfig
+
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -90,6 +92,15 @@ class TrafficConfig(_Config):
     )
 
 
+class DriftMonitorConfig(DriftConfig):
+    enabled: bool = Field(
+        True, description="Check each served version's traffic for drift now and then."
+    )
+    every_s: float = Field(
+        60.0, ge=1, description="How often versions that answered since the last time are checked."
+    )
+
+
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
@@ -166,6 +177,7 @@ class ServingConfig(_Config):
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     local: LocalBackendConfig = Field(default_factory=LocalBackendConfig)
     explanations: ExplanationsConfig = Field(default_factory=ExplanationsConfig)
+    drift: DriftMonitorConfig = Field(default_factory=DriftMonitorConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
 
 

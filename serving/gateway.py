@@ -1,17 +1,24 @@
 """The gateway's services, built on one database: the registry, keys, engines, generation,
-rate limits, metrics, the traffic log, the fine-tuning jobs, explanations and feedback.
+rate limits, metrics, the traffic log, the fine-tuning jobs, explanations, feedback and the
+drift monitor.
 `serving.app` mounts the routers that use them."""
 
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from core.database import open_database
+from core.database import open_database, utc_now
 from core.settings import StackSettings
 from evals import tables as evals_tables
+from evals.drift.checks import DriftCheck
+from evals.drift.monitor import DriftMonitor, TemplateRenderer
 from evals.explain.service import ExplainLimits, ExplanationService
 from evals.feedback.service import FeedbackService, ServedRequest
+from evals.handlers import EvalHandlers
+from evals.runs import RunStore
+from evals.service import Evaluations
+from evals.settings import EvalsSettings
 from finetune.runner import JobRunner
 from finetune.service import FineTuningService
 from registry.service import Registry, open_registry
@@ -51,6 +58,8 @@ class Gateway:
     fine_tuning: FineTuningService
     explanations: ExplanationService
     feedback: FeedbackService
+    evaluations: EvalHandlers  # the Evals API: runs on worker threads of this process
+    drift: DriftMonitor | None  # None when the traffic log or the monitor is off
     upload_limits: dict[str, int]  # path pattern -> largest body, beyond `limits`
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -61,7 +70,11 @@ class Gateway:
     async def start(self) -> None:
         for engine in self.engines:
             await engine.start()
+        for run in await asyncio.to_thread(self.evaluations.recover):
+            log.warning("evaluation run %s failed: %s", run.id, run.error)
         self._tasks = [asyncio.create_task(self._watch_jobs())]
+        if self.drift is not None:
+            self._tasks.append(asyncio.create_task(self._watch_drift()))
 
     async def _watch_jobs(self) -> None:
         """Now and then: resume or fail jobs whose worker died, and start queued ones."""
@@ -73,6 +86,29 @@ class Gateway:
                 log.exception("recovering fine-tuning jobs failed; trying again later")
             await asyncio.sleep(self.jobs.settings.recover_every_s)
 
+    async def _watch_drift(self) -> None:
+        since = utc_now()
+        while True:
+            await asyncio.sleep(self.config.drift.every_s)
+            now = utc_now()
+            try:
+                await asyncio.to_thread(self.check_drift, since)
+                since = now
+            except Exception:
+                log.exception("checking traffic for drift failed; trying again later")
+
+    def check_drift(self, since: datetime) -> list[DriftCheck]:
+        """Check every version that answered since then; export each score."""
+        assert self.drift is not None and self.traffic is not None
+        checks = []
+        for version in self.traffic.versions(since):
+            check = self.drift.check(version, self.config.drift)
+            if check is not None:
+                self.metrics.drift_score.labels(check.model, version).set(check.score)
+                self.metrics.drift_alarm.labels(check.model, version).set(int(check.drifted))
+                checks.append(check)
+        return checks
+
     def is_ready(self) -> bool:
         return all(engine.is_ready() for engine in self.engines)
 
@@ -81,6 +117,7 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self.evaluations.close)
         try:
             for engine in self.engines:
                 await engine.aclose()
@@ -138,6 +175,11 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         records = traffic.find(request_id) if traffic is not None else []
         return [ServedRequest(r.request_id, r.key_id, r.version) for r in records]
 
+    evals_database = open_database(stack.resolved_database_url, evals_tables.CHAIN)
+    drift = None
+    if traffic is not None and config.drift.enabled:
+        drift = DriftMonitor(traffic, evals_database, TemplateRenderer(registry))
+
     return Gateway(
         config=config,
         registry=registry,
@@ -151,9 +193,13 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         jobs=jobs,
         fine_tuning=FineTuningService(jobs, registry),
         explanations=explanations,
-        feedback=FeedbackService(
-            open_database(stack.resolved_database_url, evals_tables.CHAIN), served_requests
+        feedback=FeedbackService(evals_database, served_requests),
+        evaluations=EvalHandlers.create(
+            Evaluations(
+                registry, RunStore(evals_database, stack.home), EvalsSettings(), stack.actor
+            )
         ),
+        drift=drift,
         upload_limits={
             "/v1/files": jobs.settings.max_file_bytes,
             "/v1/registry/models/[^/]+/versions/upload": registry_settings.max_upload_bytes,

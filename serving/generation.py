@@ -62,8 +62,9 @@ class RequestContext:
 
 @dataclass(frozen=True)
 class Prompt:
-    text: str  # as the client gave it (token ids decoded)
+    text: str  # as the client gave it (token ids decoded), or the chat template's rendering
     ids: list[int]
+    messages: list[dict[str, str]] | None = None  # a chat request's, as the client sent them
 
 
 @dataclass
@@ -336,6 +337,7 @@ class Generator:
                     completion_tokens=sum(c.completion_tokens for c in choices),
                     latency_ms=round(elapsed * 1000),
                     finish_reason=choices[0].finish_reason or "cancelled",
+                    messages=prompt.messages,
                 )
             )
 
@@ -360,7 +362,8 @@ class Generator:
                 raise bad_request(
                     f"the messages do not fit the model's chat template: {err}", param="messages"
                 ) from None
-            return [Prompt(text, resolved.tokenizer(text, add_special_tokens=False).input_ids)]
+            ids = resolved.tokenizer(text, add_special_tokens=False).input_ids
+            return [Prompt(text, ids, messages)]
 
         top = (req.top_logprobs or 0) if req.logprobs else None
         chars = sum(len(m["content"]) for m in messages)

@@ -61,6 +61,20 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.drift_score = Gauge(
+            "llmops_drift_score",
+            "The newest drift check's score: the largest effect among its deciding signals "
+            "(0 = like the reference, 1 = disjoint).",
+            ("model", "version"),
+            registry=self.registry,
+        )
+        self.drift_alarm = Gauge(
+            "llmops_drift_alarm",
+            "1 when the newest drift check found drift.",
+            ("model", "version"),
+            registry=self.registry,
+        )
+
     def watch_queue(self, backend: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(backend).set_function(depth)
 

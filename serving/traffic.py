@@ -15,9 +15,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, Row, select
 
-from core.database import as_utc, reading, utc_now
+from core.database import as_utc, open_database, reading, utc_now
 from core.plugins import load_plugin
-from serving.tables import traffic
+from core.settings import StackSettings
+from serving.tables import CHAIN, traffic
 
 log = logging.getLogger(__name__)
 Redactor = Callable[[str], str]
@@ -55,6 +56,34 @@ class TrafficRecord:
     completion_tokens: int
     latency_ms: int
     finish_reason: str | None
+    messages: list[dict[str, str]] | None = None  # a chat request's
+
+
+_COLUMNS = (
+    "request_id",
+    "prompt",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "finish_reason",
+)
+
+
+@dataclass(frozen=True)
+class TrafficColumns:
+    """Many records' fields as columns, for analysis (the drift monitor)."""
+
+    start: datetime | None  # the first record's time
+    end: datetime | None  # the last record's
+    request_id: list[str]
+    prompt: list[str]
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+    latency_ms: list[int]
+    finish_reason: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.request_id)
 
 
 def _record(row: Row) -> TrafficRecord:
@@ -71,7 +100,94 @@ class Retention:
     every_s: float = 60.0  # how often old records are deleted
 
 
-class TrafficLog:
+class TrafficReader:
+    """Reads the traffic log. The evaluation package reads it through this (the gateway hands
+    its log over; `llm-evals` opens one with `open_traffic_reader`), never the table."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def flush(self) -> None:
+        """Wait for what is queued to be stored (nothing is, here: the log's writer
+        overrides this), so that every read sees what was recorded before it."""
+
+    def find(self, request_id: str, limit: int = 64) -> list[TrafficRecord]:
+        """The records of a request id, oldest first, once what is queued is stored. Clients
+        may choose their request ids, so several keys' requests may share one."""
+        self.flush()
+        stmt = select(traffic).where(traffic.c.request_id == request_id).order_by(traffic.c.id)
+        with reading(self.engine) as conn:
+            return [_record(row) for row in conn.execute(stmt.limit(limit))]
+
+    def window(
+        self,
+        start: datetime,
+        end: datetime | None = None,
+        *,
+        version: str | None = None,
+        limit: int | None = None,
+    ) -> list[TrafficRecord]:
+        """Records with `start <= created_at < end`, oldest first, optionally of one version."""
+        self.flush()
+        stmt = select(traffic).where(traffic.c.created_at >= start).order_by(traffic.c.created_at)
+        if end is not None:
+            stmt = stmt.where(traffic.c.created_at < end)
+        if version is not None:
+            stmt = stmt.where(traffic.c.version == version)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with reading(self.engine) as conn:
+            return [_record(row) for row in conn.execute(stmt)]
+
+    def columns(
+        self,
+        version: str,
+        *,
+        newest: int | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int | None = None,
+    ) -> TrafficColumns:
+        """A version's records as columns, in the order they were stored: its `newest` ones,
+        or the first `limit` with `start <= created_at < end`. Reads no more than analysis
+        needs, so that a window of 100,000 records takes well under a second."""
+        self.flush()
+        stmt = select(traffic.c.id, *(traffic.c[name] for name in _COLUMNS))
+        stmt = stmt.where(traffic.c.version == version)
+        if start is not None:
+            stmt = stmt.where(traffic.c.created_at >= start)
+        if end is not None:
+            stmt = stmt.where(traffic.c.created_at < end)
+        if newest is not None:
+            stmt = stmt.order_by(traffic.c.id.desc()).limit(newest)
+        else:
+            stmt = stmt.order_by(traffic.c.id).limit(limit)
+        with reading(self.engine) as conn:
+            rows = conn.execute(stmt).all()
+            if not rows:
+                return TrafficColumns(None, None, *([] for _ in _COLUMNS))
+            if newest is not None:
+                rows.reverse()
+            bounds = select(traffic.c.id, traffic.c.created_at).where(
+                traffic.c.id.in_({rows[0][0], rows[-1][0]})
+            )
+            times = dict(conn.execute(bounds).all())
+        ids, *fields = (list(column) for column in zip(*rows, strict=True))
+        return TrafficColumns(as_utc(times[ids[0]]), as_utc(times[ids[-1]]), *fields)
+
+    def versions(self, since: datetime) -> list[str]:
+        """The versions that answered since then."""
+        self.flush()
+        stmt = select(traffic.c.version).where(traffic.c.created_at >= since).distinct()
+        with reading(self.engine) as conn:
+            return sorted(conn.execute(stmt).scalars())
+
+
+def open_traffic_reader(stack: StackSettings) -> TrafficReader:
+    return TrafficReader(open_database(stack.resolved_database_url, CHAIN))
+
+
+class TrafficLog(TrafficReader):
     """Records are queued (up to `max_queue`; beyond it they are dropped and counted through
     `on_drop`, so a slow database never holds requests up) and written by one thread."""
 
@@ -86,7 +202,7 @@ class TrafficLog:
         linger_s: float = 0.2,
         max_queue: int = 10_000,
     ):
-        self.engine = engine
+        super().__init__(engine)
         self.redact = redact
         self.retention = retention or Retention()
         self.on_drop = on_drop
@@ -112,33 +228,6 @@ class TrafficLog:
         """Store what is queued, then stop the writer."""
         self._queue.put(None)
         self._writer.join(timeout=30)
-
-    def find(self, request_id: str, limit: int = 64) -> list[TrafficRecord]:
-        """The records of a request id, oldest first, once what is queued is stored. Clients
-        may choose their request ids, so several keys' requests may share one."""
-        self.flush()
-        stmt = select(traffic).where(traffic.c.request_id == request_id).order_by(traffic.c.id)
-        with reading(self.engine) as conn:
-            return [_record(row) for row in conn.execute(stmt.limit(limit))]
-
-    def window(
-        self,
-        start: datetime,
-        end: datetime | None = None,
-        *,
-        version: str | None = None,
-        limit: int | None = None,
-    ) -> list[TrafficRecord]:
-        """Records with `start <= created_at < end`, oldest first, optionally of one version."""
-        stmt = select(traffic).where(traffic.c.created_at >= start).order_by(traffic.c.created_at)
-        if end is not None:
-            stmt = stmt.where(traffic.c.created_at < end)
-        if version is not None:
-            stmt = stmt.where(traffic.c.version == version)
-        if limit is not None:
-            stmt = stmt.limit(limit)
-        with reading(self.engine) as conn:
-            return [_record(row) for row in conn.execute(stmt)]
 
     def prune(self, now: datetime | None = None) -> int:
         """Delete records past the retention (too old, or beyond the newest `max_rows`);
@@ -210,6 +299,10 @@ class TrafficLog:
         if self.redact is not None:
             row["prompt"] = self.redact(row["prompt"])
             row["output"] = self.redact(row["output"])
+            if row["messages"] is not None:
+                row["messages"] = [
+                    {**m, "content": self.redact(m["content"])} for m in row["messages"]
+                ]
         return row
 
     def _insert(self, rows: list[dict]) -> None:

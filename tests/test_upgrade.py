@@ -129,10 +129,10 @@ def test_the_explicit_upgrade_reports_each_package(
     assert run(registry_cli.cli, registry_cli.PROG, ["--json", "db", "upgrade"]) == 0
     moved = {s["chain"]: (s["from"], s["to"]) for s in json.loads(capsys.readouterr().out)}
     assert moved == {
-        "evals": (None, "e0001"),
+        "evals": (None, "e0003"),
         "finetune": ("f0001", "f0002"),
         "registry": ("0001", "0002"),
-        "serving": ("s0001", "s0003"),
+        "serving": ("s0001", "s0004"),
     }
     assert run(registry_cli.cli, registry_cli.PROG, ["db", "upgrade"]) == 0
     assert capsys.readouterr().out.count("up to date") == 4
