@@ -16,11 +16,12 @@ from tests.serving.conftest import running_gateway
 
 
 def test_the_auto_rule() -> None:
-    assert (auto_batch_size(300), auto_epochs(300, 4)) == (4, 4)  # about 300 steps
+    assert (auto_batch_size(300), auto_epochs(300, 4)) == (4, 8)  # about 600 steps
     assert (auto_batch_size(20), auto_epochs(20, 4)) == (4, 25)  # at most 25 passes
     assert (auto_batch_size(100_000), auto_epochs(100_000, 64)) == (64, 1)
-    assert auto_learning_rate(128) == 5e-3  # the demo model
-    assert auto_learning_rate(4096) == pytest.approx(1.5625e-4)  # a 7B Llama
+    assert auto_learning_rate(128) == 2.5e-3  # the demo model
+    assert auto_learning_rate(1024) == pytest.approx(3.125e-4)
+    assert auto_learning_rate(4096) == 1e-4  # a 7B Llama
     assert auto_learning_rate(16_384) == 1e-4
 
 
@@ -67,6 +68,6 @@ def test_an_api_job_with_auto_settings_teaches_a_new_phrasing(
         job = wait_for_job(client, job.id, timeout=600)
         took = time.monotonic() - started
         assert job.status == "succeeded", job.error
-        assert (job.hyperparameters.batch_size, job.hyperparameters.n_epochs) == (4, 4)
+        assert (job.hyperparameters.batch_size, job.hyperparameters.n_epochs) == (4, 8)
         before, after = exact_match("demo"), exact_match(job.fine_tuned_model)
     assert before < 0.3 and after >= 0.9, (before, after, took)
