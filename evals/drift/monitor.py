@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from core.database import utc_now
+from core.refs import parse_ref
 from evals.drift.checks import DriftCheck, DriftStore, new_check_id
 from evals.drift.config import DriftConfig
 from evals.drift.embeddings import EmbeddingCache
@@ -26,11 +27,6 @@ log = logging.getLogger(__name__)
 
 # (version, messages) -> the prompt as that version's chat template renders it, its tokens
 Renderer = Callable[[str, list[dict[str, str]]], tuple[str, int]]
-
-
-def model_of(version: str) -> str:
-    """demo:3 -> demo; ft:demo:sfx:job:1 -> ft:demo:sfx:job."""
-    return version.rpartition(":")[0]
 
 
 class TemplateRenderer:
@@ -81,7 +77,7 @@ class DriftMonitor:
         check = DriftCheck(
             id=new_check_id(),
             created_at=utc_now(),
-            model=model_of(version),
+            model=parse_ref(version).name,
             version=version,
             window_start=window.start,
             window_end=window.end,
