@@ -92,6 +92,22 @@ class TrafficConfig(_Config):
     )
 
 
+class OpenAIConfig(_Config):
+    unsupported_fields: Literal["reject", "warn"] = Field(
+        "reject",
+        description="A request field the gateway cannot honour: reject it with a 400 naming "
+        "it (as OpenAI does), or drop it with a logged warning.",
+    )
+    tool_call_parser: Literal["hermes", "llama3_json"] = Field(
+        "hermes",
+        description="The format in which models call tools: how calls are read from their "
+        "output and how a required call is enforced.",
+    )
+    tool_call_parsers: dict[str, Literal["hermes", "llama3_json"]] = Field(
+        default_factory=dict, description="Per registry model name, where it differs."
+    )
+
+
 class DriftMonitorConfig(DriftConfig):
     enabled: bool = Field(
         True, description="Check each served version's traffic for drift now and then."
@@ -173,6 +189,7 @@ class ServingConfig(_Config):
         "new requests within this time.",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     rate_limits: RateLimitConfig = Field(default_factory=RateLimitConfig)
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     local: LocalBackendConfig = Field(default_factory=LocalBackendConfig)

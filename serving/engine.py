@@ -13,14 +13,37 @@ class SamplingParams:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: every token
+    min_p: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # how many top alternatives to report per token; None: no logprobs
     prompt_logprobs: int | None = None  # the same for the prompt's tokens (scoring a text)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    min_tokens: int = 0  # the end of the sequence is impossible before this many tokens
+    ignore_eos: bool = False  # generate past the end-of-sequence token, up to max_tokens
+    # What the output must follow, enforced by constrained decoding: an EBNF grammar in
+    # xgrammar's dialect, which vLLM's structured outputs take as they are.
+    grammar: str | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def shapes_logits(self) -> bool:
+        """Whether anything changes the model's logits before a token is chosen."""
+        return bool(
+            self.frequency_penalty
+            or self.presence_penalty
+            or self.repetition_penalty != 1.0
+            or self.logit_bias
+            or self.min_tokens
+            or self.grammar is not None
+        )
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,7 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         config.limits.max_prompt_tokens,
         config.limits.max_concurrent_per_key,
     )
-    generator = Generator(resolver, engine_for, metrics, limits, limiter, traffic)
+    generator = Generator(resolver, engine_for, metrics, limits, limiter, traffic, config.openai)
     explanations = ExplanationService(
         GatewayModelHost(resolver, local, keys, limiter),
         ExplainLimits(**config.explanations.model_dump()),

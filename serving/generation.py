@@ -2,6 +2,8 @@
 limiting, `n` choices, streaming and non-streaming responses, metrics and the traffic log."""
 
 import asyncio
+import json
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +16,7 @@ import anyio
 
 from core.callers import Caller
 from core.errors import ErrorCode
+from serving.config import OpenAIConfig
 from serving.engine import EngineClient, GenerationChunk, SamplingParams, TokenLogprob
 from serving.errors import ServingError, bad_request, model_not_found
 from serving.keys import ApiKey
@@ -26,21 +29,27 @@ from serving.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatMessage,
     ChoiceLogprobs,
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
+    DeltaToolCall,
     SamplingFields,
+    ToolCall,
     TopLogprob,
     Usage,
 )
 from serving.protocol import TokenLogprob as ProtocolTokenLogprob
 from serving.ratelimit import RateLimiter, Reservation
 from serving.resolver import ModelResolver, ResolvedModel
+from serving.structured import output_grammar
+from serving.tool_calls import TOOL_FORMATS, ToolCallStream, ToolFormat, parse_tool_calls
 from serving.traffic import TrafficLog, TrafficRecord
 
+log = logging.getLogger(__name__)
 _TOKENIZE_INLINE_CHARS = 8192
 
 
@@ -64,7 +73,7 @@ class RequestContext:
 class Prompt:
     text: str  # as the client gave it (token ids decoded), or the chat template's rendering
     ids: list[int]
-    messages: list[dict[str, str]] | None = None  # a chat request's, as the client sent them
+    messages: list[dict[str, Any]] | None = None  # a chat request's, as the client sent them
 
 
 @dataclass
@@ -125,8 +134,10 @@ class Generator:
         limits: Limits,
         limiter: RateLimiter,
         traffic: TrafficLog | None = None,
+        openai: OpenAIConfig | None = None,
     ):
         self.resolver = resolver
+        self.openai = openai or OpenAIConfig()
         self.engine_for = engine_for
         self.metrics = metrics
         self.limits = limits
@@ -136,26 +147,48 @@ class Generator:
 
     # -- a request's life -------------------------------------------------------------------
 
-    async def _start(
-        self,
-        req: SamplingFields,
-        ctx: RequestContext,
-        prompts_of: Callable[[ResolvedModel], list[Prompt]],
-        prompt_chars: int,
-        requested: int | None,
-        logprobs: int | None,
-        prompt_logprobs: int | None = None,
-    ) -> Run:
+    async def _resolve(self, req: SamplingFields, ctx: RequestContext) -> ResolvedModel:
+        """The version `req.model` names, once the request is known to ask only for what the
+        gateway can honour."""
+        self._check_fields(req)
         resolved = self.resolver.cached(req.model) or await asyncio.to_thread(
             self.resolver.resolve, req.model
         )
         ctx.labels[METRICS_MODEL] = resolved.version.ref
         if not ctx.caller.sees_model(resolved.version.owner):
             raise model_not_found(req.model, "no model of that name is open to this API key")
+        return resolved
+
+    def _check_fields(self, req: SamplingFields) -> None:
+        unknown = req.unknown_fields()
+        if not unknown:
+            return
+        if self.openai.unsupported_fields == "warn":
+            log.warning("dropped request fields the gateway cannot honour: %s", ", ".join(unknown))
+            return
+        raise bad_request(
+            f"unrecognized request argument supplied: {unknown[0]}. This gateway cannot honour "
+            "it; remove it (or set openai.unsupported_fields: warn in the serving config to "
+            "have such fields dropped with a warning)",
+            param=unknown[0],
+        )
+
+    async def _start(
+        self,
+        req: SamplingFields,
+        ctx: RequestContext,
+        resolved: ResolvedModel,
+        prompts_of: Callable[[], list[Prompt]],
+        prompt_chars: int,
+        requested: int | None,
+        logprobs: int | None,
+        prompt_logprobs: int | None = None,
+        grammar: str | None = None,
+    ) -> Run:
         if prompt_chars < _TOKENIZE_INLINE_CHARS:
-            prompts = prompts_of(resolved)
+            prompts = prompts_of()
         else:  # long prompts are tokenized off the event loop
-            prompts = await asyncio.to_thread(prompts_of, resolved)
+            prompts = await asyncio.to_thread(prompts_of)
         limit = min(self.limits.max_prompt_tokens, resolved.max_model_len - 1)
         for prompt in prompts:
             if len(prompt.ids) > limit:
@@ -165,7 +198,7 @@ class Generator:
                     param="messages" if ctx.endpoint == "chat" else "prompt",
                 )
         params = [
-            self._params(req, requested, resolved, len(p.ids), logprobs, prompt_logprobs)
+            self._params(req, requested, resolved, len(p.ids), logprobs, prompt_logprobs, grammar)
             for p in prompts
         ]
         engine = self.engine_for(resolved)
@@ -229,6 +262,7 @@ class Generator:
         prompt_len: int,
         logprobs: int | None,
         prompt_logprobs: int | None,
+        grammar: str | None,
     ) -> SamplingParams:
         room = resolved.max_model_len - prompt_len
         if requested is not None and requested > self.limits.max_tokens:
@@ -243,14 +277,30 @@ class Generator:
                 f"{requested} to generate). Lower max_tokens or shorten the prompt.",
                 param="max_tokens",
             )
+        max_tokens = requested if requested is not None else min(room, self.limits.max_tokens)
+        if req.min_tokens > max_tokens:
+            raise bad_request(
+                f"min_tokens is {req.min_tokens}, more than the {max_tokens} tokens the answer "
+                "may have; lower min_tokens or raise max_tokens",
+                param="min_tokens",
+            )
         return SamplingParams(
-            max_tokens=requested if requested is not None else min(room, self.limits.max_tokens),
+            max_tokens=max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
+            top_k=max(req.top_k, 0),
+            min_p=req.min_p,
             seed=req.seed,
             stop=tuple(req.stop_sequences),
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
+            frequency_penalty=req.frequency_penalty,
+            presence_penalty=req.presence_penalty,
+            repetition_penalty=req.repetition_penalty,
+            logit_bias=_logit_bias(req.logit_bias, resolved),
+            min_tokens=req.min_tokens,
+            ignore_eos=req.ignore_eos,
+            grammar=grammar,
         )
 
     async def _chunks(self, run: Run) -> AsyncIterator[tuple[Choice, GenerationChunk]]:
@@ -351,12 +401,49 @@ class Generator:
     async def chat(
         self, req: ChatCompletionRequest, ctx: RequestContext
     ) -> ChatCompletionResponse | AsyncIterator[bytes]:
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        run, tool_format = await self._start_chat(req, ctx)
+        if req.stream:
+            return _event_stream(self._chat_chunks(req, run, tool_format))
+        await self._finish(run)
+        choices = []
+        for c in run.choices:
+            message, finish_reason = AssistantMessage(content=c.text), c.finish_reason
+            if req.calls_tools and (parsed := parse_tool_calls(tool_format, c.text)).tool_calls:
+                message = AssistantMessage(content=parsed.content, tool_calls=parsed.tool_calls)
+                finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+            choices.append(
+                ChatChoice(
+                    index=c.index,
+                    message=message,
+                    logprobs=_chat_logprobs(c.logprobs) if req.logprobs else None,
+                    finish_reason=finish_reason,
+                )
+            )
+        return ChatCompletionResponse(
+            id=f"chatcmpl-{ctx.request_id}", model=req.model, choices=choices, usage=run.usage
+        )
 
-        def prompts_of(resolved: ResolvedModel) -> list[Prompt]:
+    async def chat_chunks(
+        self, req: ChatCompletionRequest, ctx: RequestContext
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """A streamed chat's chunks as objects, for the APIs built on chat (Responses)."""
+        run, tool_format = await self._start_chat(req, ctx)
+        return self._chat_chunks(req, run, tool_format)
+
+    async def _start_chat(
+        self, req: ChatCompletionRequest, ctx: RequestContext
+    ) -> tuple[Run, ToolFormat]:
+        resolved = await self._resolve(req, ctx)
+        tool_format = self._tool_format(resolved)
+        messages = _template_messages(req.messages)
+        tools = (
+            [t.model_dump(exclude_none=True) for t in req.tools or []] if req.calls_tools else None
+        )
+
+        def prompts_of() -> list[Prompt]:
             try:
                 text = resolved.tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=False
+                    messages, tools=tools, add_generation_prompt=True, tokenize=False
                 )
             except Exception as err:  # the template's own message says what is wrong
                 raise bad_request(
@@ -366,68 +453,76 @@ class Generator:
             return [Prompt(text, ids, messages)]
 
         top = (req.top_logprobs or 0) if req.logprobs else None
-        chars = sum(len(m["content"]) for m in messages)
-        run = await self._start(req, ctx, prompts_of, chars, req.token_limit, top)
-        if req.stream:
-            return self._chat_stream(req, run)
-        await self._finish(run)
-        return ChatCompletionResponse(
-            id=f"chatcmpl-{ctx.request_id}",
-            model=req.model,
-            choices=[
-                ChatChoice(
-                    index=c.index,
-                    message=AssistantMessage(content=c.text),
-                    logprobs=_chat_logprobs(c.logprobs) if req.logprobs else None,
-                    finish_reason=c.finish_reason,
-                )
-                for c in run.choices
-            ],
-            usage=run.usage,
+        chars = sum(len(m.text()) for m in req.messages)
+        grammar = output_grammar(req, tool_format)
+        run = await self._start(
+            req, ctx, resolved, prompts_of, chars, req.token_limit, top, grammar=grammar
         )
+        return run, tool_format
 
-    async def _chat_stream(self, req: ChatCompletionRequest, run: Run) -> AsyncIterator[bytes]:
+    def _tool_format(self, resolved: ResolvedModel) -> ToolFormat:
+        parsers = self.openai.tool_call_parsers
+        return TOOL_FORMATS[parsers.get(resolved.version.name, self.openai.tool_call_parser)]
+
+    async def _chat_chunks(
+        self, req: ChatCompletionRequest, run: Run, tool_format: ToolFormat
+    ) -> AsyncIterator[ChatCompletionChunk]:
         created = int(time.time())
 
-        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
-            body = ChatCompletionChunk(
+        def chunk(
+            choices: list[ChatChunkChoice], usage: Usage | None = None
+        ) -> ChatCompletionChunk:
+            return ChatCompletionChunk(
                 id=f"chatcmpl-{run.context.request_id}",
                 created=created,
                 model=req.model,
                 choices=choices,
                 usage=usage,
             )
-            return _sse(body.model_dump_json(exclude_none=True))
 
         for c in run.choices:
             first = ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))
             yield chunk([first])
+        calls = {c.index: ToolCallStream(tool_format) for c in run.choices if req.calls_tools}
         # Closed on the way out, however this generator ends (finished, failed, cancelled or
         # closed by the server), not whenever the garbage collector gets to it.
         async with aclosing(self._chunks(run)) as chunks:
             async for choice, piece in chunks:
-                delta = DeltaMessage(content=piece.text) if piece.text else DeltaMessage()
-                logprobs = _chat_logprobs(piece.logprobs) if req.logprobs else None
-                yield chunk(
-                    [
-                        ChatChunkChoice(
-                            index=choice.index,
-                            delta=delta,
-                            logprobs=logprobs,
-                            finish_reason=piece.finish_reason,
-                        )
-                    ]
+                parser = calls.get(choice.index)
+                deltas = (
+                    _tool_deltas(parser, piece)
+                    if parser is not None
+                    else [DeltaMessage(content=piece.text)]
                 )
+                finish_reason = piece.finish_reason
+                if parser is not None and parser.calls and finish_reason == "stop":
+                    finish_reason = "tool_calls"
+                logprobs = _chat_logprobs(piece.logprobs) if req.logprobs else None
+                if not deltas and (finish_reason or logprobs):
+                    deltas = [DeltaMessage()]
+                for number, delta in enumerate(deltas):
+                    last = number == len(deltas) - 1
+                    yield chunk(
+                        [
+                            ChatChunkChoice(
+                                index=choice.index,
+                                delta=delta,
+                                logprobs=logprobs if number == 0 else None,
+                                finish_reason=finish_reason if last else None,
+                            )
+                        ]
+                    )
         if req.stream_options and req.stream_options.include_usage:
             yield chunk([], run.usage)
-        yield _sse("[DONE]")
 
     # -- completions ------------------------------------------------------------------------
 
     async def complete(
         self, req: CompletionRequest, ctx: RequestContext
     ) -> CompletionResponse | AsyncIterator[bytes]:
-        def prompts_of(resolved: ResolvedModel) -> list[Prompt]:
+        resolved = await self._resolve(req, ctx)
+
+        def prompts_of() -> list[Prompt]:
             tokenizer, prompts = resolved.tokenizer, []
             for given in req.prompts:
                 if isinstance(given, str):
@@ -444,7 +539,9 @@ class Generator:
 
         scored = req.logprobs if req.echo and req.logprobs is not None else None
         chars = sum(len(p) for p in req.prompts)
-        run = await self._start(req, ctx, prompts_of, chars, req.max_tokens, req.logprobs, scored)
+        run = await self._start(
+            req, ctx, resolved, prompts_of, chars, req.max_tokens, req.logprobs, scored
+        )
         if req.stream:
             return self._completion_stream(req, run)
         await self._finish(run)
@@ -532,6 +629,81 @@ class Generator:
             _append(result, score.token, score, offset)
             offset += len(score.token)
         return result
+
+
+def _logit_bias(
+    biases: dict[str, float] | None, resolved: ResolvedModel
+) -> tuple[tuple[int, float], ...]:
+    vocabulary = resolved.vocab_size
+    for token in biases or {}:
+        if int(token) >= vocabulary:
+            raise bad_request(
+                f"logit_bias names token {token}, outside this model's vocabulary of "
+                f"{vocabulary} tokens",
+                param="logit_bias",
+            )
+    return tuple((int(token), bias) for token, bias in (biases or {}).items())
+
+
+async def _event_stream(chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[bytes]:
+    """Chunks as server-sent events, ended as OpenAI ends them."""
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            yield _sse(chunk.model_dump_json(exclude_none=True))
+    yield _sse("[DONE]")
+
+
+def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """The messages as chat templates read them (Hugging Face's conventions: a tool call's
+    arguments as an object; `developer` is the system role of models without one of its own)."""
+    rendered = []
+    for number, message in enumerate(messages):
+        item: dict[str, Any] = {
+            "role": "system" if message.role == "developer" else message.role,
+            "content": message.text(),
+        }
+        if message.tool_calls:
+            item["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": _arguments(call, f"messages.{number}.tool_calls.{i}"),
+                    },
+                }
+                for i, call in enumerate(message.tool_calls)
+            ]
+        if message.tool_call_id is not None:
+            item["tool_call_id"] = message.tool_call_id
+        if message.name is not None:
+            item["name"] = message.name
+        rendered.append(item)
+    return rendered
+
+
+def _arguments(call: ToolCall, where: str) -> Any:
+    try:
+        return json.loads(call.function.arguments)
+    except json.JSONDecodeError as err:
+        raise bad_request(
+            f"{where}.function.arguments is not JSON ({err}); send the arguments the model "
+            "gave, as a JSON text",
+            param=f"{where}.function.arguments",
+        ) from None
+
+
+def _tool_deltas(parser: ToolCallStream, piece: GenerationChunk) -> list[DeltaMessage]:
+    deltas = []
+    for item in parser.feed(piece.text, final=piece.finish_reason is not None):
+        if isinstance(item, str):
+            deltas.append(DeltaMessage(content=item))
+        else:
+            call = DeltaToolCall(
+                index=parser.calls - 1, id=item.id, type="function", function=item.function
+            )
+            deltas.append(DeltaMessage(tool_calls=[call]))
+    return deltas
 
 
 def _append(result: CompletionLogprobs, token: str, score: TokenLogprob, offset: int) -> None:

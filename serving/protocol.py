@@ -5,14 +5,17 @@ the gateway's own key management API."""
 import time
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StrictBool,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -30,6 +33,19 @@ def _now() -> int:
 class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
+    def unknown_fields(self, prefix: str = "") -> list[str]:
+        """The fields given that this model does not define, here and in the models it holds,
+        by their paths (`messages.0.audio`)."""
+        found = [prefix + name for name in self.model_extra or {}]
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            items = enumerate(value) if isinstance(value, list) else [(None, value)]
+            for index, item in items:
+                if isinstance(item, OpenAIModel):
+                    where = name if index is None else f"{name}.{index}"
+                    found += item.unknown_fields(f"{prefix}{where}.")
+        return found
+
 
 # -- requests ---------------------------------------------------------------------------------
 
@@ -41,6 +57,8 @@ class StreamOptions(OpenAIModel):
 MAX_STOP = 4  # stop sequences per request, as OpenAI allows
 MAX_STOP_LENGTH = 256
 MAX_TOKENS = 1_000_000  # far above any model's context: the gateway's own cap applies first
+MAX_LOGIT_BIAS = 300  # tokens one request may bias, as OpenAI allows
+MAX_TOOLS = 128
 Stop = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_LENGTH)]
 
 
@@ -60,6 +78,50 @@ class SamplingFields(OpenAIModel):
     user: str | None = Field(None, max_length=256)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(
+        None,
+        max_length=MAX_LOGIT_BIAS,
+        description="Token id (as a string) -> a bias from -100 to 100 added to its logit.",
+    )
+    service_tier: Literal["auto", "default"] | None = Field(
+        None, description="Accepted for compatibility; every request gets the same service."
+    )
+    top_k: int = Field(
+        0, ge=-1, description="Extra (as vLLM): sample from the k likeliest; 0 or -1: all."
+    )
+    min_p: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Extra (as vLLM): drop tokens below min_p x the likeliest's probability.",
+    )
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0.0,
+        le=2.0,
+        description="Extra (as vLLM): > 1 discourages tokens of the prompt and output.",
+    )
+    min_tokens: int = Field(
+        0,
+        ge=0,
+        le=MAX_TOKENS,
+        description="Extra (as vLLM): tokens to generate before the end may come.",
+    )
+    ignore_eos: StrictBool = Field(
+        False, description="Extra (as vLLM): generate past the end-of-sequence token."
+    )
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _biases(cls, biases: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (biases or {}).items():
+            if not token.isdigit():
+                raise ValueError(
+                    f"the key {token!r} is not a token id; keys are token ids as strings"
+                )
+            if not -100 <= bias <= 100:
+                raise ValueError(f"the bias of token {token} is {bias}; biases go from -100 to 100")
+        return biases
 
     @property
     def stop_sequences(self) -> list[str]:
@@ -113,15 +175,102 @@ class TextPart(BaseModel):
     text: str
 
 
+ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class FunctionCall(OpenAIModel):
+    name: str
+    arguments: str = Field(description="The arguments as a JSON object, in text.")
+
+
+class ToolCall(OpenAIModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(OpenAIModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="An assistant's calls.")
+    tool_call_id: str | None = Field(None, description="The call a tool message answers.")
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
         return "".join(part.text for part in self.content)
+
+
+class FunctionDefinition(OpenAIModel):
+    name: ToolName
+    description: str | None = None
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="A JSON schema of the arguments; by default none.",
+    )
+    strict: bool | None = Field(None, description="Arguments always follow `parameters` here.")
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        return check_json_schema(schema)
+
+
+class ChatTool(OpenAIModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(OpenAIModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(OpenAIModel):
+    name: ToolName
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = Field(None, description="The answer always follows the schema here.")
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        return check_json_schema(schema)
+
+
+class ResponseFormat(OpenAIModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs its json_schema")
+        return self
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer must follow, if any."""
+        if self.type == "json_object":
+            return {"type": "object"}
+        return self.json_schema.schema_ if self.json_schema else None
+
+
+def check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` itself if it is a valid JSON schema; ValueError saying what is wrong if not."""
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as err:
+        where = "/".join(str(p) for p in err.path)
+        raise ValueError(
+            f"not a valid JSON schema: {err.message}" + (f" (at {where})" if where else "")
+        ) from None
+    return schema
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -130,10 +279,39 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     logprobs: StrictBool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[ChatTool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="By default 'auto' with tools, 'none' without."
+    )
+    parallel_tool_calls: StrictBool = True
+    store: Literal[False] | None = Field(
+        None, description="Chat completions are not stored here; use the Responses API."
+    )
+
+    @model_validator(mode="after")
+    def _tool_choice(self) -> "ChatCompletionRequest":
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) < len(names):
+            raise ValueError("tools: two tools have the same name; give each its own")
+        choice = self.tool_choice
+        if choice not in (None, "none", "auto") and not names:
+            raise ValueError("tool_choice asks for a tool call, but the request has no tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(
+                f"tool_choice names the function {choice.function.name!r}, which is not in "
+                f"tools ({', '.join(names)})"
+            )
+        return self
 
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model is offered tools (and may or must call them)."""
+        return bool(self.tools) and self.tool_choice != "none"
 
 
 # -- responses --------------------------------------------------------------------------------
@@ -187,13 +365,17 @@ class ChoiceLogprobs(OpenAIModel):
 class AssistantMessage(OpenAIModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ChatChoice(OpenAIModel):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionResponse(OpenAIModel):
@@ -205,16 +387,24 @@ class ChatCompletionResponse(OpenAIModel):
     usage: Usage
 
 
+class DeltaToolCall(OpenAIModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCall | None = None
+
+
 class DeltaMessage(OpenAIModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(OpenAIModel):
     index: int
     delta: DeltaMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(OpenAIModel):

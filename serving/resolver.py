@@ -25,6 +25,7 @@ class ResolvedModel:
     served: ServedModel
     tokenizer: PreTrainedTokenizerBase
     max_model_len: int
+    vocab_size: int  # the model's: token ids below it are valid
 
 
 class ModelResolver:
@@ -74,14 +75,17 @@ class ModelResolver:
             if base.ref not in self._tokenizers:
                 self._tokenizers[base.ref] = AutoTokenizer.from_pretrained(base_path)
         tokenizer = self._tokenizers[base.ref]
-        return ResolvedModel(name, version, served, tokenizer, _max_model_len(base_path))
+        config = json.loads((base_path / "config.json").read_text())
+        return ResolvedModel(
+            name,
+            version,
+            served,
+            tokenizer,
+            int(config.get("max_position_embeddings", 2048)),
+            int(config.get("vocab_size", len(tokenizer))),
+        )
 
     def local_path(self, version: ModelVersion) -> Path:
         """A verified local copy of the version's files, fetched once per artifact digest."""
         with self._lock:
             return self.registry.local_copy(version)
-
-
-def _max_model_len(path: Path) -> int:
-    config = json.loads((path / "config.json").read_text())
-    return int(config.get("max_position_embeddings", 2048))

@@ -14,15 +14,27 @@ ASSISTANT = "<|assistant|>"
 SPECIAL_TOKENS = (PAD, BOS, END, SYSTEM, USER, ASSISTANT)
 
 # `{% generation %}` marks the tokens that `return_assistant_tokens_mask` reports (for the loss).
+# Tools and tool calls use the Hermes format (`<tool_call>` around a JSON name and arguments),
+# which the gateway's `hermes` tool parser reads back.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}<|system|>Tools:"
+    "{% for tool in tools %}{{ '\\n' }}{{ tool.function.name }} "
+    "{{ tool.function.parameters | tojson }}{% endfor %}<|end|>{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "<|assistant|>{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}"
+    "<|assistant|>{% generation %}{{ message['content'] or '' }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    '<tool_call>\n{"name": "{{ call.function.name }}", "arguments": '
+    "{{ call.function.arguments | tojson }}}\n</tool_call>"
+    "{% endfor %}<|end|>{% endgeneration %}"
     "{% elif message['role'] in ['system', 'user'] %}"
     "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
+    "{% elif message['role'] == 'tool' %}"
+    "<|user|><tool_response>{{ message['content'] }}</tool_response><|end|>"
     "{% else %}"
-    "{{ raise_exception('unknown role ' ~ message['role'] ~ '; use system, user or assistant') }}"
+    "{{ raise_exception('unknown role ' ~ message['role'] ~ '; use system, user, assistant "
+    "or tool') }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"

@@ -116,6 +116,9 @@ class LocalEngine(EngineClient):
             adapter = await asyncio.to_thread(
                 runner.adapter_name, model.adapter_key, str(model.adapter_path)
             )
+        guide = None
+        if params.grammar is not None:
+            guide = await asyncio.to_thread(runner.grammars.guide, params.grammar)
         seed = params.seed if params.seed is not None else random.randrange(2**63)
         seq = Sequence(
             request_id=request_id,
@@ -126,6 +129,7 @@ class LocalEngine(EngineClient):
             queue=asyncio.Queue(),
             generator=None if params.greedy else torch.Generator().manual_seed(seed),
             stream=stream,
+            guide=guide,
         )
         runner.submit(seq)
         try:

@@ -13,7 +13,8 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from serving.errors import EngineError, overloaded
 from serving.local.batch import BatchCache
-from serving.local.sampling import next_token, prompt_token_logprobs
+from serving.local.grammar import Grammars
+from serving.local.sampling import next_token, prompt_token_logprobs, shape_logits
 from serving.local.sequence import Sequence
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class ModelRunner:
         self.eos_ids = {t for t in [*eos, tokenizer.eos_token_id] if t is not None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.max_len = model.config.max_position_embeddings
+        self.grammars = Grammars(tokenizer, model.config.vocab_size, self.eos_ids)
         self._adapters: dict[str, str] = {}  # adapter key -> PEFT adapter name
         self.model_lock = threading.Lock()  # held by each step, adapter loads and lent passes
         self._cond = threading.Condition()
@@ -185,14 +187,17 @@ class ModelRunner:
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         greedy = logits.argmax(dim=-1).tolist()  # one op for every greedy row
         for row, seq in enumerate(seqs):
-            if seq.params.max_tokens == 0:  # scoring the prompt only
+            params = seq.params
+            if params.max_tokens == 0:  # scoring the prompt only
                 seq.finish_without_tokens()
                 continue
-            token = (
-                greedy[row]
-                if seq.params.greedy
-                else next_token(logits[row], seq.params, seq.generator)
-            )
+            shaped = logits[row]
+            if params.shapes_logits:  # only these rows pay for it; the others share the batch
+                shaped = shape_logits(shaped, params, seq.prompt_ids, seq.output_ids, self.eos_ids)
+                if seq.guide is not None:
+                    seq.guide.mask(shaped)
+                greedy[row] = int(shaped.argmax())
+            token = greedy[row] if params.greedy else next_token(shaped, params, seq.generator)
             seq.append(token, logits[row], self.tokenizer, self.eos_ids, self.max_len)
 
     def _drop_finished(self) -> None:

@@ -5,15 +5,47 @@ import torch
 from serving.engine import SamplingParams
 
 
+def shape_logits(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    prompt_ids: list[int],
+    output_ids: list[int],
+    eos_ids: set[int],
+) -> torch.Tensor:
+    """A copy of one row of logits with the request's penalties, biases and minimum length
+    applied (as vLLM applies them: the repetition penalty over prompt and output, the
+    frequency and presence penalties over the output)."""
+    logits = logits.clone()
+    if params.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted({*prompt_ids, *output_ids}), dtype=torch.long)
+        scores = logits[seen]
+        penalty = params.repetition_penalty
+        logits[seen] = torch.where(scores > 0, scores / penalty, scores * penalty)
+    if output_ids and (params.frequency_penalty or params.presence_penalty):
+        tokens, counts = torch.tensor(output_ids).unique(return_counts=True)
+        logits[tokens] -= counts * params.frequency_penalty + params.presence_penalty
+    if params.logit_bias:
+        tokens, biases = zip(*params.logit_bias, strict=True)
+        logits[list(tokens)] += torch.tensor(biases, dtype=logits.dtype)
+    if len(output_ids) < params.min_tokens:
+        logits[sorted(eos_ids)] = -float("inf")
+    return logits
+
+
 def next_token(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
 ) -> int:
-    """Temperature and nucleus (top-p) sampling; greedy rows never get here."""
+    """Temperature, top-k, min-p and nucleus (top-p) sampling; greedy rows never get here."""
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if 0 < params.top_k < probs.shape[-1]:
+        kth = torch.topk(probs, params.top_k).values[-1]
+        probs[probs < kth] = 0.0
+    if params.min_p > 0.0:
+        probs[probs < params.min_p * probs.max()] = 0.0
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= params.top_p
+        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= params.top_p * probs.sum()
         sorted_probs[outside] = 0.0
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))

@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from serving.engine import GenerationChunk, SamplingParams, TokenLogprob
+from serving.local.grammar import Guide
 from serving.local.sampling import token_logprobs
 
 
@@ -26,6 +27,7 @@ class Sequence:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
     generator: torch.Generator | None = None
+    guide: Guide | None = None  # the grammar the output must follow
     stream: bool = True  # False: the caller wants the whole answer, so send it once at the end
     output_ids: list[int] = field(default_factory=list)
     generated: int = 0  # sampled tokens, the end-of-sequence token included
@@ -54,6 +56,8 @@ class Sequence:
         """Add a sampled token, update the text, decide whether the sequence is finished, and
         send what can be sent."""
         self.generated += 1
+        if self.guide is not None:
+            self.guide.accept(token)
         if self.params.logprobs is not None:
             logprob, top = token_logprobs(logits, token, self.params.logprobs)
             self.pending_logprobs.append(
@@ -63,7 +67,7 @@ class Sequence:
                     tuple((tokenizer.decode([t]), lp) for t, lp in top),
                 )
             )
-        if token in eos_ids:
+        if token in eos_ids and not self.params.ignore_eos:
             self.finish_reason = "stop"
         else:
             self.output_ids.append(token)

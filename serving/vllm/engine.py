@@ -87,6 +87,23 @@ def _prompt_logprobs(
     return result
 
 
+def _sampling_extras(params: SamplingParams) -> dict[str, Any]:
+    """The sampling settings beyond OpenAI's basic ones, in vLLM's completions fields."""
+    extras: dict[str, Any] = {
+        "top_k": params.top_k or None,
+        "min_p": params.min_p,
+        "frequency_penalty": params.frequency_penalty,
+        "presence_penalty": params.presence_penalty,
+        "repetition_penalty": params.repetition_penalty,
+        "min_tokens": params.min_tokens,
+        "ignore_eos": params.ignore_eos,
+        "logit_bias": {str(t): b for t, b in params.logit_bias} or None,
+    }
+    if params.grammar is not None:
+        extras["structured_outputs"] = {"grammar": params.grammar}
+    return extras
+
+
 def _vllm_loads(adapter_path: Path, max_rank: int) -> bool:
     try:
         config = json.loads((adapter_path / "adapter_config.json").read_text())
@@ -297,6 +314,7 @@ class VllmEngine(EngineClient):
                     "logprobs": params.logprobs,
                     "stream": stream,
                     "skip_special_tokens": True,
+                    **_sampling_extras(params),
                 }
                 scoring = params.prompt_logprobs is not None or params.max_tokens == 0
                 if scoring:

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import jsonschema
 import openai
 import pytest
 from transformers import AutoTokenizer
@@ -34,6 +35,7 @@ from tests.serving.conftest import (
     running_gateway,
 )
 from tests.serving.test_completions import hf_continuation_logprob
+from tests.serving.test_structured_outputs import ANSWER, schema_format
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -251,6 +253,79 @@ def test_logprobs_and_stop_pass_through(client: openai.OpenAI) -> None:
     ).choices[0]
     assert stopped.finish_reason == "stop"
     assert stopped.text == full[: full.index(stop)]
+
+
+def test_structured_outputs_and_tool_calls_match_the_local_engine(client: openai.OpenAI) -> None:
+    """The same constraint, passed to vLLM's structured outputs or enforced by the local
+    engine's xgrammar processor, gives the same greedy answer."""
+
+    def chat(model: str, stream: bool = False, **kwargs) -> tuple[str | None, list]:
+        kwargs = {"messages": [{"role": "user", "content": PROMPT}], "temperature": 0, **kwargs}
+        if not stream:
+            message = client.chat.completions.create(model=model, **kwargs).choices[0].message
+            return message.content, [
+                (c.function.name, c.function.arguments) for c in message.tool_calls or []
+            ]
+        deltas = [
+            chunk.choices[0].delta
+            for chunk in client.chat.completions.create(model=model, stream=True, **kwargs)
+            if chunk.choices
+        ]
+        calls = [c for d in deltas for c in d.tool_calls or []]
+        return "".join(d.content or "" for d in deltas) or None, [
+            (c.function.name, c.function.arguments) for c in calls
+        ]
+
+    schema = {"response_format": schema_format(ANSWER), "max_tokens": 60}
+    content, _ = chat("demo", **schema)
+    jsonschema.validate(json.loads(content), ANSWER)
+    assert chat("local-copy", **schema) == (content, [])
+
+    tool = {  # small enough for the served context of 256 tokens
+        "type": "function",
+        "function": {
+            "name": "pick",
+            "parameters": {
+                "type": "object",
+                "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+                "required": ["n"],
+            },
+        },
+    }
+    named = {"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "pick"}}}
+    _, calls = chat("demo", max_tokens=60, **named)
+    [(name, arguments)] = calls
+    assert name == "pick"
+    jsonschema.validate(json.loads(arguments), tool["function"]["parameters"])
+    assert chat("local-copy", max_tokens=60, **named)[1] == calls
+    assert chat("demo", stream=True, max_tokens=60, **named)[1] == calls
+
+
+def test_sampling_fields_reach_vllm(client: openai.OpenAI) -> None:
+    kwargs = {"prompt": PROMPT, "temperature": 0}
+    forced = client.completions.create(model="demo", max_tokens=3, logit_bias={"65": 100}, **kwargs)
+    assert (
+        forced.choices[0].text
+        == client.completions.create(
+            model="local-copy", max_tokens=3, logit_bias={"65": 100}, **kwargs
+        )
+        .choices[0]
+        .text
+    )
+    full = client.completions.create(
+        model="demo", max_tokens=30, extra_body={"ignore_eos": True}, **kwargs
+    )
+    assert full.usage.completion_tokens == 30
+    for model in ("demo", "local-copy"):
+        sampled = client.completions.create(
+            model=model,
+            max_tokens=8,
+            prompt=PROMPT,
+            temperature=1.5,
+            seed=3,
+            extra_body={"top_k": 1},
+        )
+        assert sampled.choices[0].text == _text(client, model, max_tokens=8)
 
 
 def test_vllm_error_bodies_are_translated(vllm_gateway: RunningGateway) -> None:
