@@ -34,6 +34,8 @@ from serving.local.engine import LocalEngine, LocalEngineConfig
 from serving.metrics import GatewayMetrics
 from serving.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from serving.resolver import ModelResolver, ResolvedModel
+from serving.responses.service import Responses
+from serving.responses.store import ResponseStore
 from serving.tables import CHAIN
 from serving.traffic import Retention, TrafficLog, load_redactor
 from serving.vllm.engine import VllmEngine
@@ -51,6 +53,7 @@ class Gateway:
     auth: Authenticator
     engines: list[EngineClient]
     generator: Generator
+    responses: Responses
     limiter: RateLimiter
     traffic: TrafficLog | None
     metrics: GatewayMetrics
@@ -187,6 +190,7 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         auth=Authenticator(keys, open_without_keys=is_loopback(config.host)),
         engines=engines,
         generator=generator,
+        responses=Responses(generator, ResponseStore(database)),
         limiter=limiter,
         traffic=traffic,
         metrics=metrics,

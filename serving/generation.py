@@ -37,6 +37,7 @@ from serving.protocol import (
     CompletionResponse,
     DeltaMessage,
     DeltaToolCall,
+    OpenAIModel,
     SamplingFields,
     ToolCall,
     TopLogprob,
@@ -51,6 +52,7 @@ from serving.traffic import TrafficLog, TrafficRecord
 
 log = logging.getLogger(__name__)
 _TOKENIZE_INLINE_CHARS = 8192
+_PROMPT_PARAMS = {"chat": "messages", "responses": "input"}  # where each endpoint's prompt is
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ class Generator:
     async def _resolve(self, req: SamplingFields, ctx: RequestContext) -> ResolvedModel:
         """The version `req.model` names, once the request is known to ask only for what the
         gateway can honour."""
-        self._check_fields(req)
+        self.check_fields(req)
         resolved = self.resolver.cached(req.model) or await asyncio.to_thread(
             self.resolver.resolve, req.model
         )
@@ -159,8 +161,10 @@ class Generator:
             raise model_not_found(req.model, "no model of that name is open to this API key")
         return resolved
 
-    def _check_fields(self, req: SamplingFields) -> None:
-        unknown = req.unknown_fields()
+    def check_fields(self, request: OpenAIModel, prefix: str = "") -> None:
+        """A 400 naming the first field of `request` the gateway cannot honour (or, where the
+        config says so, a logged warning)."""
+        unknown = request.unknown_fields(prefix)
         if not unknown:
             return
         if self.openai.unsupported_fields == "warn":
@@ -195,7 +199,7 @@ class Generator:
                 raise bad_request(
                     f"the prompt is {len(prompt.ids)} tokens long; this model accepts at most "
                     f"{limit}. Shorten the prompt.",
-                    param="messages" if ctx.endpoint == "chat" else "prompt",
+                    param=_PROMPT_PARAMS.get(ctx.endpoint, "prompt"),
                 )
         params = [
             self._params(req, requested, resolved, len(p.ids), logprobs, prompt_logprobs, grammar)

@@ -1,5 +1,5 @@
-"""The gateway's tables (API keys, the traffic log), prefixed `serving_`, in the stack's
-database, with their own migration chain in `serving/migrations`."""
+"""The gateway's tables (API keys, the traffic log, stored responses), prefixed `serving_`, in
+the stack's database, with their own migration chain in `serving/migrations`."""
 
 from pathlib import Path
 
@@ -61,4 +61,14 @@ traffic = Table(
     Index("ix_serving_traffic_created_at", "created_at"),
     Index("ix_serving_traffic_version_created_at", "version", "created_at"),
     Index("ix_serving_traffic_request_id", "request_id"),
+)
+
+responses = Table(
+    "serving_responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("key_id", String(32), nullable=True),  # the key that made it; only it may read it
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("response", JSON, nullable=False),  # the Responses API object
+    Column("conversation", JSON, nullable=False),  # every message up to its output, as chat
 )

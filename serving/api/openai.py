@@ -1,5 +1,6 @@
-"""The OpenAI API: `/v1/models`, `/v1/chat/completions` and `/v1/completions`. The
-`Generator` does the work; these routes only authenticate and shape the response."""
+"""The OpenAI API: `/v1/models`, `/v1/chat/completions`, `/v1/completions` and
+`/v1/responses`. The `Generator` (and Responses on top of it) does the work; these routes only
+authenticate and shape the response."""
 
 from collections.abc import AsyncIterator
 
@@ -19,6 +20,7 @@ from serving.protocol import (
     CompletionResponse,
     ModelList,
 )
+from serving.responses.protocol import DeletedResponse, ResponseObject, ResponsesRequest
 
 router = APIRouter(tags=["openai"], responses=error_responses(400, 401, 403))
 GENERATION = {
@@ -50,6 +52,24 @@ async def chat(gateway: GatewayDep, body: ChatCompletionRequest, request: Reques
 async def completions(gateway: GatewayDep, body: CompletionRequest, request: Request) -> Response:
     ctx = await _context(gateway, request, body.model, "completions")
     return _respond(await gateway.generator.complete(body, ctx))
+
+
+@router.post("/v1/responses", response_model=ResponseObject, responses=GENERATION)
+async def create_response(
+    gateway: GatewayDep, body: ResponsesRequest, request: Request
+) -> Response:
+    ctx = await _context(gateway, request, body.model, "responses")
+    return _respond(await gateway.responses.create(body, ctx))
+
+
+@router.get("/v1/responses/{response_id}", responses=error_responses(404))
+def retrieve_response(gateway: GatewayDep, key: KeyDep, response_id: str) -> ResponseObject:
+    return gateway.responses.retrieve(response_id, key.id if key else None)
+
+
+@router.delete("/v1/responses/{response_id}", responses=error_responses(404))
+def delete_response(gateway: GatewayDep, key: KeyDep, response_id: str) -> DeletedResponse:
+    return gateway.responses.delete(response_id, key.id if key else None)
 
 
 async def _context(gateway: Gateway, request: Request, model: str, endpoint: str) -> RequestContext:

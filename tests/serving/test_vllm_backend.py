@@ -301,6 +301,16 @@ def test_structured_outputs_and_tool_calls_match_the_local_engine(client: openai
     assert chat("demo", stream=True, max_tokens=60, **named)[1] == calls
 
 
+def test_responses_on_vllm(client: openai.OpenAI) -> None:
+    kwargs = {"input": PROMPT, "temperature": 0, "max_output_tokens": 12}
+    response = client.responses.create(model="demo", **kwargs)
+    assert response.output_text == client.responses.create(model="local-copy", **kwargs).output_text
+    with client.responses.stream(model="demo", previous_response_id=response.id, **kwargs) as s:
+        deltas = "".join(e.delta for e in s if e.type == "response.output_text.delta")
+        final = s.get_final_response()
+    assert deltas == final.output_text and final.usage.input_tokens > response.usage.total_tokens
+
+
 def test_sampling_fields_reach_vllm(client: openai.OpenAI) -> None:
     kwargs = {"prompt": PROMPT, "temperature": 0}
     forced = client.completions.create(model="demo", max_tokens=3, logit_bias={"65": 100}, **kwargs)
