@@ -238,6 +238,64 @@ def merge(as_json: bool, adapter_ref: str, name: str | None) -> None:
         click.echo(f"registered {version.ref} (merged from {adapter_ref})")
 
 
+@cli.command()
+@click.argument("ref")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "int8", "int4"]),
+    default="int8",
+    show_default=True,
+    help="Weights of the ONNX model.",
+)
+@click.option("--name", help="Registry model name (default: <model>-onnx).")
+@click.option(
+    "--prompts",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Chat JSONL whose first user messages are the parity prompts (default: demo questions).",
+)
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    help="Share of greedy tokens the export must agree on "
+    "(default: fp32 0.99, int8 0.9, int4 0.8).",
+)
+@click.pass_obj
+def export(
+    as_json: bool,
+    ref: str,
+    precision: str,
+    name: str | None,
+    prompts: Path | None,
+    min_agreement: float | None,
+) -> None:
+    """Export a version to ONNX (ONNX Runtime GenAI), check it against eager PyTorch, and
+    register it (format: onnx) with the source as its parent."""
+    from finetune.export.onnx import export_onnx
+
+    questions = None
+    if prompts is not None:
+        questions = [
+            next(m["content"] for m in row["messages"] if m["role"] == "user")
+            for _, row in read_rows(prompts)
+        ]
+    version, parity = export_onnx(
+        open_registry(_runner().stack),
+        ref,
+        precision,  # type: ignore[arg-type]
+        name=name,
+        prompts=questions,
+        min_agreement=min_agreement,
+    )
+    if as_json:
+        print_json(VersionObject.model_validate(version).model_dump(mode="json"))
+    else:
+        click.echo(
+            f"registered {version.ref} ({precision} ONNX of {version.parent}): greedy tokens "
+            f"{parity.token_agreement:.1%} equal to PyTorch, answers {parity.exact_match:.1%} "
+            f"exactly, size {version.metrics['size_ratio']:.2f}x"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     return run(cli, PROG, argv)
 
