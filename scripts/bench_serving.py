@@ -211,6 +211,34 @@ def local_engine_benchmarks(server: GatewayProcess, model_dir: Path, quick: bool
         "ratio": (tokens / seconds) / (useful / static_seconds),
         "target": 1.2,
     }
+
+    # 1c. Free requests sharing the batch with grammar-constrained ones vs with free ones: the
+    # same batch size and lengths, so only the constrained rows' grammar work differs. The
+    # schema cannot be complete in 64 tokens, so the constrained rows run as long.
+    free = chat_bodies("bench", prompts(16, mixed=False))
+    schema = {"type": "array", "items": {"type": "boolean"}, "minItems": 64}
+    json_format = {"type": "json_schema", "json_schema": {"name": "flags", "schema": schema}}
+    companions = {
+        "free": chat_bodies("bench", prompts(16, mixed=False)),
+        "constrained": [
+            {**b, "response_format": json_format}
+            for b in chat_bodies("bench", prompts(16, mixed=False))
+        ],
+    }
+    rounds: dict[str, list[float]] = {name: [] for name in companions}
+    for others in companions.values():
+        asyncio.run(_mixed_load(server.url, free[:2], others[:2]))  # warm up (grammar compiled)
+    for _ in range(3):  # interleaved, so that a slower moment of the machine hits both
+        for name, others in companions.items():
+            rounds[name].append(asyncio.run(_mixed_load(server.url, free, others)))
+    latency = {name: statistics.median(times) for name, times in rounds.items()}
+    results["free_requests_beside_constrained_ones"] = {
+        "requests": "16 free + 16 companions, 64 tokens each, greedy",
+        "free_latency_s_beside_free": latency["free"],
+        "free_latency_s_beside_constrained": latency["constrained"],
+        "ratio": latency["constrained"] / latency["free"],
+        "target_at_most": 1.10,
+    }
     return results
 
 
@@ -271,7 +299,22 @@ def vllm_benchmarks(server: GatewayProcess, upstream: str, quick: bool) -> dict:
     asyncio.run(http_load(server.url, chat_load[:4]))
     seconds, _, tokens = asyncio.run(http_load(server.url, chat_load))
     results["vllm_chat_tokens_per_s"] = tokens / seconds
+
     return results
+
+
+async def _mixed_load(url: str, measured: list[dict], others: list[dict]) -> float:
+    """Send `measured` and `others` at once; the mean latency of the `measured` requests."""
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+
+        async def one(body: dict) -> float:
+            start = time.perf_counter()
+            response = await client.post("/v1/chat/completions", json=body)
+            response.raise_for_status()
+            return time.perf_counter() - start
+
+        times = await asyncio.gather(*(one(b) for b in measured + others))
+    return statistics.mean(times[: len(measured)])
 
 
 def main() -> None:
