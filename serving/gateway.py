@@ -21,6 +21,7 @@ from evals.service import Evaluations
 from evals.settings import EvalsSettings
 from finetune.runner import JobRunner
 from finetune.service import FineTuningService
+from registry.entities import VersionFormat
 from registry.service import Registry, open_registry
 from registry.settings import RegistrySettings
 from serving.auth import Authenticator, is_loopback
@@ -32,6 +33,7 @@ from serving.generation import Generator, Limits
 from serving.keys import KeyStore
 from serving.local.engine import LocalEngine, LocalEngineConfig
 from serving.metrics import GatewayMetrics
+from serving.onnx.engine import OnnxEngine
 from serving.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from serving.resolver import ModelResolver, ResolvedModel
 from serving.responses.service import Responses
@@ -140,7 +142,8 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
     resolver = ModelResolver(registry, ttl=config.resolve_ttl_s)
     local = LocalEngine(LocalEngineConfig(**config.local.model_dump()))
     vllm = VllmEngine(config.vllm, stack.logs_dir / "vllm", lambda: served_bases(registry))
-    engines: list[EngineClient] = [local, vllm] if config.vllm.models else [local]
+    onnx = OnnxEngine()
+    engines: list[EngineClient] = [local, onnx, *([vllm] if config.vllm.models else [])]
     for engine in engines:
         metrics.watch_queue(engine.name, lambda e=engine: e.queue_depth)
     limiter: RateLimiter = (
@@ -160,6 +163,8 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         )
 
     def engine_for(resolved: ResolvedModel) -> EngineClient:
+        if resolved.version.format is VersionFormat.ONNX:
+            return onnx
         return vllm if vllm.serves(resolved.served) else local
 
     limits = Limits(

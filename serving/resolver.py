@@ -75,17 +75,22 @@ class ModelResolver:
             if base.ref not in self._tokenizers:
                 self._tokenizers[base.ref] = AutoTokenizer.from_pretrained(base_path)
         tokenizer = self._tokenizers[base.ref]
-        config = json.loads((base_path / "config.json").read_text())
-        return ResolvedModel(
-            name,
-            version,
-            served,
-            tokenizer,
-            int(config.get("max_position_embeddings", 2048)),
-            int(config.get("vocab_size", len(tokenizer))),
-        )
+        return ResolvedModel(name, version, served, tokenizer, *_limits(base_path, tokenizer))
 
     def local_path(self, version: ModelVersion) -> Path:
         """A verified local copy of the version's files, fetched once per artifact digest."""
         with self._lock:
             return self.registry.local_copy(version)
+
+
+def _limits(path: Path, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """The context length and vocabulary size of the model files at `path`: a Hugging Face
+    config, or ONNX Runtime GenAI's for an ONNX export."""
+    if (path / "genai_config.json").exists():
+        model = json.loads((path / "genai_config.json").read_text())["model"]
+        return int(model["context_length"]), int(model["vocab_size"])
+    config = json.loads((path / "config.json").read_text())
+    return (
+        int(config.get("max_position_embeddings", 2048)),
+        int(config.get("vocab_size", len(tokenizer))),
+    )

@@ -1,0 +1,1 @@
+"""The `onnx` backend: ONNX exports of registry versions on ONNX Runtime GenAI."""
