@@ -239,6 +239,73 @@ def merge(as_json: bool, adapter_ref: str, name: str | None) -> None:
 
 
 @cli.command()
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where the cleaned JSONL goes (default: DATA with .clean.jsonl); the report beside it.",
+)
+@click.option(
+    "--type",
+    "kind",
+    type=click.Choice(["chat", "alpaca", "text"]),
+    default="chat",
+    show_default=True,
+)
+@click.option(
+    "--against",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Evaluation JSONL that training rows must not overlap (repeatable).",
+)
+@click.option("--max-chars", type=click.IntRange(1), default=32_000, show_default=True)
+@click.option(
+    "--near-duplicate",
+    type=click.FloatRange(0.5, 1.0),
+    default=0.8,
+    show_default=True,
+    help="Similarity (Jaccard of character 5-grams) at which a row copies an earlier one.",
+)
+@click.option(
+    "--redactor",
+    default="pii",
+    show_default=True,
+    help="'pii', 'package.module:callable', or 'none' to keep personal data as it is.",
+)
+@click.pass_obj
+def clean(
+    as_json: bool,
+    data: Path,
+    out: Path | None,
+    kind: str,
+    against: tuple[Path, ...],
+    max_chars: int,
+    near_duplicate: float,
+    redactor: str,
+) -> None:
+    """Remove malformed, too long, duplicate and near-duplicate rows and rows that overlap
+    evaluation data; mask personal data; write the cleaned file and a report."""
+    from core.redaction import load_redactor
+    from finetune.clean import CleanConfig, clean_file
+
+    out = out or data.with_suffix(".clean.jsonl")
+    config = CleanConfig(
+        max_chars=max_chars,
+        near_duplicate=near_duplicate,
+        redactor=None if redactor == "none" else load_redactor(redactor, "--redactor"),
+    )
+    report = clean_file(data, out, kind, config, list(against))
+    if as_json:
+        print_json({"output": str(out), **report.summary()})
+        return
+    removed = ", ".join(f"{len(v)} {k}" for k, v in report.removed.items()) or "none"
+    click.echo(
+        f"kept {report.kept} rows in {out}; removed: {removed}; personal data masked in "
+        f"{report.masked}; report: {out.with_suffix('.report.json')}"
+    )
+
+
+@cli.command()
 @click.argument("ref")
 @click.option(
     "--precision",

@@ -55,7 +55,7 @@ class Example:
         return len(self.input_ids)
 
 
-def _row_problem(row: Any, kind: str) -> str | None:
+def row_problem(row: Any, kind: str) -> str | None:
     """What is wrong with one parsed row of `kind`, or None."""
     if not isinstance(row, dict):
         return "expected a JSON object"
@@ -108,7 +108,7 @@ def read_rows(path: Path, kind: str = "chat") -> list[tuple[str, dict[str, Any]]
             except json.JSONDecodeError as err:
                 problems.append(f"{where}: not JSON ({err.msg})")
                 continue
-            if problem := _row_problem(row, kind):
+            if problem := row_problem(row, kind):
                 problems.append(f"{where}: {problem}")
             else:
                 rows.append((where, row))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from core.database import open_database, utc_now
+from core.redaction import load_redactor
 from core.settings import StackSettings
 from evals import tables as evals_tables
 from evals.drift.checks import DriftCheck
@@ -39,7 +40,7 @@ from serving.resolver import ModelResolver, ResolvedModel
 from serving.responses.service import Responses
 from serving.responses.store import ResponseStore
 from serving.tables import CHAIN
-from serving.traffic import Retention, TrafficLog, load_redactor
+from serving.traffic import Retention, TrafficLog
 from serving.vllm.engine import VllmEngine
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
     if config.traffic.enabled:
         traffic = TrafficLog(
             database,
-            redact=load_redactor(config.traffic.redactor),
+            redact=load_redactor(config.traffic.redactor, "traffic.redactor"),
             retention=Retention(
                 timedelta(days=config.traffic.retention_days), config.traffic.max_rows
             ),

@@ -6,7 +6,6 @@ are stored; keys can opt out of logging altogether."""
 
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -16,29 +15,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, Row, select
 
 from core.database import as_utc, open_database, reading, utc_now
-from core.plugins import load_plugin
+from core.redaction import Redactor
 from core.settings import StackSettings
 from serving.tables import CHAIN, traffic
 
 log = logging.getLogger(__name__)
-Redactor = Callable[[str], str]
-
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
-_LONG_NUMBER = re.compile(r"\b(?:\d[ -]?){9,}\d\b")  # card, phone and account numbers
-
-
-def redact_pii(text: str) -> str:
-    """Replace e-mail addresses and long digit runs (10 or more digits) with placeholders."""
-    return _LONG_NUMBER.sub("[NUMBER]", _EMAIL.sub("[EMAIL]", text))
-
-
-def load_redactor(spec: str | None) -> Redactor | None:
-    """None, 'pii' (the built-in `redact_pii`) or 'package.module:callable'."""
-    if not spec:
-        return None
-    if spec == "pii":
-        return redact_pii
-    return load_plugin(spec, "traffic.redactor")
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import pytest
 
 from core.database import open_database
 from core.errors import ErrorCode, StackError
+from core.redaction import redact_pii
 from registry.entities import FINE_TUNED_TAG
 from serving.keys import KeyStore
 from serving.ratelimit import WINDOW_S
 from serving.tables import CHAIN
-from serving.traffic import redact_pii
 from tests.serving.conftest import LIMITS, RunningGateway, make_adapter, running_gateway
 
 CHAT = [{"role": "user", "content": "Uppercase: mail me at ann@example.com or 0123456789"}]
