@@ -186,18 +186,25 @@ class ModelRunner:
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         greedy = logits.argmax(dim=-1).tolist()  # one op for every greedy row
+        # Only the rows whose requests shape the logits pay for it; the others share the batch.
+        shaped = {
+            row: shape_logits(logits[row], seq.params, seq.prompt_ids, seq.output_ids, self.eos_ids)
+            for row, seq in enumerate(seqs)
+            if seq.params.shapes_logits and seq.params.max_tokens
+        }
+        if guided := [row for row in shaped if seqs[row].guide is not None]:
+            rows = torch.stack([shaped[row] for row in guided])
+            self.grammars.mask([seqs[row].guide for row in guided], rows)
+            shaped.update(zip(guided, rows, strict=True))
         for row, seq in enumerate(seqs):
             params = seq.params
             if params.max_tokens == 0:  # scoring the prompt only
                 seq.finish_without_tokens()
                 continue
-            shaped = logits[row]
-            if params.shapes_logits:  # only these rows pay for it; the others share the batch
-                shaped = shape_logits(shaped, params, seq.prompt_ids, seq.output_ids, self.eos_ids)
-                if seq.guide is not None:
-                    seq.guide.mask(shaped)
-                greedy[row] = int(shaped.argmax())
-            token = greedy[row] if params.greedy else next_token(shaped, params, seq.generator)
+            row_logits = shaped.get(row, logits[row])
+            if row in shaped:
+                greedy[row] = int(row_logits.argmax())
+            token = greedy[row] if params.greedy else next_token(row_logits, params, seq.generator)
             seq.append(token, logits[row], self.tokenizer, self.eos_ids, self.max_len)
 
     def _drop_finished(self) -> None:

@@ -12,22 +12,26 @@ def shape_logits(
     output_ids: list[int],
     eos_ids: set[int],
 ) -> torch.Tensor:
-    """A copy of one row of logits with the request's penalties, biases and minimum length
-    applied (as vLLM applies them: the repetition penalty over prompt and output, the
-    frequency and presence penalties over the output)."""
+    """One row of logits with the request's penalties, biases and minimum length applied (as
+    vLLM applies them: the repetition penalty over prompt and output, the frequency and
+    presence penalties over the output): a copy where any applies, else the row itself."""
+    penalized = output_ids and (params.frequency_penalty or params.presence_penalty)
+    too_short = len(output_ids) < params.min_tokens
+    if not (params.repetition_penalty != 1.0 or penalized or params.logit_bias or too_short):
+        return logits
     logits = logits.clone()
     if params.repetition_penalty != 1.0:
         seen = torch.tensor(sorted({*prompt_ids, *output_ids}), dtype=torch.long)
         scores = logits[seen]
         penalty = params.repetition_penalty
         logits[seen] = torch.where(scores > 0, scores / penalty, scores * penalty)
-    if output_ids and (params.frequency_penalty or params.presence_penalty):
+    if penalized:
         tokens, counts = torch.tensor(output_ids).unique(return_counts=True)
         logits[tokens] -= counts * params.frequency_penalty + params.presence_penalty
     if params.logit_bias:
         tokens, biases = zip(*params.logit_bias, strict=True)
         logits[list(tokens)] += torch.tensor(biases, dtype=logits.dtype)
-    if len(output_ids) < params.min_tokens:
+    if too_short:
         logits[sorted(eos_ids)] = -float("inf")
     return logits
 
