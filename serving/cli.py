@@ -1,7 +1,7 @@
 """`llm-serve`: run the OpenAI-compatible gateway, and manage its API keys.
 
 With no arguments it serves the demo model on the embedded engine, building the model first
-if the registry does not have it yet."""
+if the registry does not have it yet, and the demo embedding model `minilm`."""
 
 import logging
 import sys
@@ -47,6 +47,19 @@ def _ensure_demo_model(registry: Registry, name: str) -> None:
     click.echo(f"registered {version.ref} as {name}@production")
 
 
+def _ensure_embedding_model(registry: Registry, name: str) -> None:
+    try:
+        registry.resolve(name)
+        return
+    except RegistryError as err:
+        if err.code is not ErrorCode.NOT_FOUND:
+            raise
+    from finetune.demo.embedding import register_embedding_model
+
+    version = register_embedding_model(registry, name=name)
+    click.echo(f"registered {version.ref} (all-MiniLM-L6-v2 embeddings) as {name}@production")
+
+
 @click.group(invoke_without_command=True, help=__doc__)
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Serving YAML.")
 @click.option("--host", help="Address to listen on (overrides the config).")
@@ -74,6 +87,8 @@ def cli(
     config = config.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
     gateway = build_gateway(config, StackSettings())
     _ensure_demo_model(gateway.registry, settings.demo_model)
+    if settings.embedding_model:
+        _ensure_embedding_model(gateway.registry, settings.embedding_model)
     if not gateway.keys.auth_required() and config.host != LOOPBACK:
         click.echo(
             f"no API keys exist, so the gateway listens on {LOOPBACK} only (not {config.host}); "

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from core.refs import parse_ref
 
+BATCH_PRIORITY = 10  # below live traffic (0)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -17,6 +19,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # how many top alternatives to report per token; None: no logprobs
     prompt_logprobs: int | None = None  # the same for the prompt's tokens (scoring a text)
+    priority: int = 0  # engines admit lower numbers first; batch work runs at BATCH_PRIORITY
 
     @property
     def greedy(self) -> bool:
@@ -39,6 +42,7 @@ class ServedModel:
     path: Path
     adapter_key: str | None = None  # the adapter version's ref
     adapter_path: Path | None = None
+    embedding: bool = False  # an embedding model (registry kind `embedding`): no generation
 
     @property
     def name(self) -> str:
@@ -88,6 +92,12 @@ class EngineClient(ABC):
         """Stream the continuation of the tokenized prompt. Closing the iterator early cancels
         the generation in the engine. With `stream` False the caller only needs the whole
         answer, so an engine may produce it in one chunk."""
+
+    async def embed(
+        self, request_id: str, model: ServedModel, inputs: list[list[int]]
+    ) -> list[list[float]]:
+        """The embedding of each tokenized input, as the model pools and normalises it."""
+        raise NotImplementedError(f"the {self.name} engine serves no embedding models")
 
     @property
     @abstractmethod

@@ -5,7 +5,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -58,6 +58,7 @@ class RequestContext:
     caller: Caller
     endpoint: str  # "chat" or "completions"
     labels: dict[str, Any] = field(default_factory=dict)  # the request's state: metric labels
+    priority: int = 0  # SamplingParams.priority of its generations (batch lines run lower)
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,11 @@ class Generator:
         ctx.labels[METRICS_MODEL] = resolved.version.ref
         if not ctx.caller.sees_model(resolved.version.owner):
             raise model_not_found(req.model, "no model of that name is open to this API key")
+        if resolved.served.embedding:
+            raise bad_request(
+                f"`{req.model}` is an embedding model; it answers /v1/embeddings only",
+                param="model",
+            )
         if prompt_chars < _TOKENIZE_INLINE_CHARS:
             prompts = prompts_of(resolved)
         else:  # long prompts are tokenized off the event loop
@@ -187,7 +193,11 @@ class Generator:
             for i in range(req.n):
                 index = number * req.n + i
                 seed = prompt_params.seed
-                seeded = replace(prompt_params, seed=None if seed is None else seed + index)
+                seeded = replace(
+                    prompt_params,
+                    seed=None if seed is None else seed + index,
+                    priority=ctx.priority,
+                )
                 choices.append(Choice(index, number))
                 streams.append(
                     engine.generate(
@@ -208,6 +218,20 @@ class Generator:
             streams=streams,
             reservation=reservation,
         )
+
+    @asynccontextmanager
+    async def admitted(self, key: ApiKey | None, cost: int) -> AsyncIterator[None]:
+        """Count a request whose cost in tokens is known up front (an embedding) among its
+        key's requests in flight and against its token rate while it runs."""
+        if key is None:
+            yield
+            return
+        self._enter(key)
+        try:
+            await self.limiter.reserve(key, cost)  # used whole: nothing to settle after
+            yield
+        finally:
+            self._in_flight[key.id] -= 1
 
     def _enter(self, key: ApiKey) -> None:
         """Count a request of `key` in flight; 429 when it has its limit in flight already."""

@@ -1,5 +1,6 @@
-"""The OpenAI API: `/v1/models`, `/v1/chat/completions` and `/v1/completions`. The
-`Generator` does the work; these routes only authenticate and shape the response."""
+"""The OpenAI API: `/v1/models`, `/v1/chat/completions`, `/v1/completions` and
+`/v1/embeddings`. The `Generator` (and the `Embedder`) do the work; these routes only
+authenticate and shape the response."""
 
 from collections.abc import AsyncIterator
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel
 from core.http import error_responses
 from serving.api.deps import GatewayDep, KeyDep
 from serving.catalog import model_cards
+from serving.embeddings import Embedder
 from serving.gateway import Gateway
 from serving.generation import RequestContext
 from serving.protocol import (
@@ -17,6 +19,8 @@ from serving.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     ModelList,
 )
 
@@ -50,6 +54,16 @@ async def chat(gateway: GatewayDep, body: ChatCompletionRequest, request: Reques
 async def completions(gateway: GatewayDep, body: CompletionRequest, request: Request) -> Response:
     ctx = await _context(gateway, request, body.model, "completions")
     return _respond(await gateway.generator.complete(body, ctx))
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingResponse,
+    responses=error_responses(404, 413, 429, 500, 502, 503),
+)
+async def embeddings(gateway: GatewayDep, body: EmbeddingRequest, request: Request) -> Response:
+    ctx = await _context(gateway, request, body.model, "embeddings")
+    return _respond(await Embedder(gateway.generator).embed(body, ctx))
 
 
 async def _context(gateway: Gateway, request: Request, model: str, endpoint: str) -> RequestContext:
