@@ -20,6 +20,13 @@ class BatchesConfig(BaseModel):
     max_active_per_key: int = Field(
         16, gt=0, le=10_000, description="Batches one API key may have unfinished (429)."
     )
+    retry_for_s: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description="How long a line the key's rate limit or a full engine turns away is "
+        "tried again (after each Retry-After) before it fails with that error.",
+    )
     poll_s: float = Field(
         2.0, gt=0, le=600, description="How often the gateway looks for batches to run."
     )

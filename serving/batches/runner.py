@@ -6,7 +6,8 @@ Batch lines run below live traffic: at most `max_in_flight` lines of a batch at 
 the local engine at `BATCH_PRIORITY`, so the continuous batch admits waiting live requests
 first. (vLLM schedules first come first served unless started with `--scheduling-policy
 priority`; the bound on lines in flight is what leaves it room for live traffic.) A line the
-key's rate limit or a full engine turns away waits and runs again.
+key's rate limit or a full engine turns away waits and runs again while its next try falls
+within `retry_for_s`.
 
 Each finished line is stored at once; a restarted gateway claims the batch again (after the
 lease of the process that ran it ends, at once after a clean shutdown) and runs only the
@@ -16,6 +17,7 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 import uuid
 from datetime import timedelta
 
@@ -151,12 +153,14 @@ class BatchRunner:
 
     async def _line(self, batch: Batch, key: ApiKey | None, line: Line) -> None:
         request_id = f"{batch.id}-{line.line}"
+        give_up = time.monotonic() + self.config.retry_for_s
         while True:
             try:
                 body = await self._call(batch, key, line, request_id)
             except StackError as err:
-                if err.code in _RETRIED:
-                    await asyncio.sleep(float(err.headers.get("Retry-After", 1)))
+                wait = float(err.headers.get("Retry-After", 1))
+                if err.code in _RETRIED and time.monotonic() + wait < give_up:
+                    await asyncio.sleep(wait)
                     continue
                 await self._finish(batch, line, request_id, error=err)
                 return

@@ -15,7 +15,7 @@ import pytest
 from finetune.demo.embedding import register_embedding_model
 from tests.serving.conftest import LIMITS, RunningGateway, running_gateway
 
-BATCHES = {"poll_s": 0.1, "lease_s": 5.0, "max_in_flight": 4}
+BATCHES = {"poll_s": 0.1, "lease_s": 5.0, "max_in_flight": 4, "retry_for_s": 1.0}
 
 
 def _gateway(home: Path, model_dir: Path | None) -> Any:
@@ -265,3 +265,18 @@ def test_another_key_sees_no_batch_and_no_file(tmp_path: Path, random_model_dir:
         # the line ran as alice's key: her traffic, her request id
         records = gw.gateway.traffic.find(f"{batch.id}-1")
         assert [r.key_id for r in records] == [alice_id.id]
+
+        # the key's limits apply to its lines: one that never fits its tokens per minute is
+        # tried again for retry_for_s, then fails with the 429
+        _, tight_key = gw.gateway.keys.create("tight", tpm=5)
+        tight = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=tight_key, max_retries=0)
+        limited = tight.batches.create(
+            input_file_id=_upload(tight, [_chat("t", "hello there", max_tokens=8)]),
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        done = _wait(tight, limited.id, lambda b: b.status == "completed")
+        assert done.request_counts.failed == 1 and done.output_file_id is None
+        response = _results(tight, done.error_file_id)["t"]["response"]
+        assert response["status_code"] == 429
+        assert response["body"]["error"]["code"] == "rate_limit_exceeded"
