@@ -56,7 +56,7 @@ class RequestContext:
     request_id: str
     key: ApiKey | None  # None when the gateway runs without keys
     caller: Caller
-    endpoint: str  # "chat" or "completions"
+    endpoint: str  # "chat", "completions" or "embeddings"
     labels: dict[str, Any] = field(default_factory=dict)  # the request's state: metric labels
     priority: int = 0  # SamplingParams.priority of its generations (batch lines run lower)
 

@@ -127,11 +127,13 @@ class ModelRunner:
     def _admit(self, room: int) -> list[Sequence]:
         """Up to `room` waiting sequences, by priority (live requests before batch work),
         first come first served within one; aborted ones leave the queue. Under the lock."""
-        live = [s for s in self._waiting if not s.aborted]
-        if all(s.params.priority == live[0].params.priority for s in live):
-            chosen = live[:room]  # the usual case: no sorting
+        if room <= 0 or not self._waiting:
+            return []
+        waiting = [s for s in self._waiting if not s.aborted]
+        if all(s.params.priority == waiting[0].params.priority for s in waiting):
+            chosen = waiting[:room]  # the usual case: no sorting
         else:
-            chosen = sorted(live, key=lambda s: s.params.priority)[:room]
+            chosen = sorted(waiting, key=lambda s: s.params.priority)[:room]
         taken = {id(s) for s in chosen}
         self._waiting = deque(s for s in self._waiting if not s.aborted and id(s) not in taken)
         return chosen
