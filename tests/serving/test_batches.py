@@ -11,8 +11,11 @@ from typing import Any
 
 import openai
 import pytest
+from sqlalchemy import update
 
+from core.database import utc_now
 from finetune.demo.embedding import register_embedding_model
+from serving.tables import batches
 from tests.serving.conftest import LIMITS, RunningGateway, running_gateway
 
 BATCHES = {"poll_s": 0.1, "lease_s": 5.0, "max_in_flight": 4, "retry_for_s": 1.0}
@@ -170,6 +173,25 @@ def test_a_batch_cancelled_mid_way_keeps_what_finished(client: openai.OpenAI) ->
     time.sleep(0.5)  # nothing runs after the cancel
     assert client.batches.retrieve(batch.id).request_counts == done.request_counts
     assert client.batches.cancel(batch.id).status == "cancelled"  # again: as it is
+
+
+def test_a_batch_out_of_its_window_expires_with_what_finished(
+    client: openai.OpenAI, batch_gateway: RunningGateway
+) -> None:
+    rows = [_chat(f"r{i}", f"word {i}", max_tokens=48, temperature=0) for i in range(300)]
+    batch = client.batches.create(
+        input_file_id=_upload(client, rows),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    assert batch.expires_at == batch.created_at + 24 * 3600
+    _wait(client, batch.id, lambda b: b.request_counts.completed >= 4)
+    store = batch_gateway.gateway.batches.store
+    with store.engine.begin() as conn:  # the window closes now, as 24 hours later
+        conn.execute(update(batches).where(batches.c.id == batch.id).values(expires_at=utc_now()))
+    done = _wait(client, batch.id, lambda b: b.status == "expired")
+    assert 4 <= done.request_counts.completed < 300 and done.expired_at
+    assert len(_results(client, done.output_file_id)) == done.request_counts.completed
 
 
 @pytest.mark.parametrize(
