@@ -237,15 +237,24 @@ class BatchRunner:
             "response": {"status_code": status, "request_id": request_id, "body": body},
             "error": None,
         }
-        await asyncio.to_thread(
-            self.store.finish_line,
-            batch.id,
-            line.line,
-            ok=status == 200,
-            result=result,
-            input_tokens=usage.get("prompt_tokens", 0),
-            output_tokens=usage.get("completion_tokens", 0),
+        write = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.store.finish_line,
+                batch.id,
+                line.line,
+                ok=status == 200,
+                result=result,
+                input_tokens=usage.get("prompt_tokens", 0),
+                output_tokens=usage.get("completion_tokens", 0),
+            )
         )
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # The batch is stopping, but this line is done: its result is stored before the
+            # output file is written, or the file and the counts would disagree.
+            await write
+            raise
 
     async def _finalize(self, batch_id: str) -> None:
         """Write the output and error files of the finished lines, and end the batch:
