@@ -2,6 +2,7 @@
 
     POST /v1/files                       multipart `file` + `purpose=fine-tune`, validated
     GET|DELETE /v1/files/{id}            GET /v1/files
+    GET /v1/files/{id}/content           the file's bytes (uploads, batch outputs)
     POST /v1/fine_tuning/jobs            GET /v1/fine_tuning/jobs (cursor pagination)
     GET /v1/fine_tuning/jobs/{id}        POST /v1/fine_tuning/jobs/{id}/cancel
     GET /v1/fine_tuning/jobs/{id}/events GET /v1/fine_tuning/jobs/{id}/checkpoints
@@ -12,6 +13,7 @@ The `FineTuningService` on the application (`app.state.fine_tuning`) does the wo
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse
 
 from core.callers import Caller, current_caller
 from core.http import error_responses
@@ -45,7 +47,10 @@ async def upload_file(
     service: Service,
     who: Who,
     file: Annotated[UploadFile, File()],
-    purpose: Annotated[Literal["fine-tune"], Form(description="Only fine-tune is supported.")],
+    purpose: Annotated[
+        Literal["fine-tune", "batch"],
+        Form(description="fine-tune: chat JSONL, checked now; batch: requests for /v1/batches."),
+    ],
 ) -> FileObject:
     return await service.upload(who, file, purpose)
 
@@ -58,6 +63,15 @@ def list_files(service: Service, who: Who) -> ListPage[FileObject]:
 @router.get("/files/{file_id}")
 def get_file(service: Service, who: Who, file_id: str) -> FileObject:
     return service.get_file(who, file_id)
+
+
+@router.get(
+    "/files/{file_id}/content",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/jsonl": {"schema": {"type": "string"}}}}},
+)
+def file_content(service: Service, who: Who, file_id: str) -> FileResponse:
+    return FileResponse(service.file_path(who, file_id), media_type="application/jsonl")
 
 
 @router.delete("/files/{file_id}")

@@ -3,6 +3,7 @@ and returns an OpenAI object or raises a FinetuneError. Other keys' files and jo
 exist for a caller (404, as for unknown ids); admins see every key's."""
 
 import asyncio
+import hashlib
 import os
 import secrets
 from datetime import datetime
@@ -112,7 +113,10 @@ class FineTuningService:
         staged = await stage_upload(upload, files_dir, min(settings.max_file_bytes, room))
         name = Path(upload.filename or "upload.jsonl").name[:255]
         try:
-            rows = await asyncio.to_thread(read_rows, staged.path, "chat")
+            if purpose == "batch":  # its lines are checked when a batch is made of it
+                rows = await asyncio.to_thread(_count_lines, staged.path)
+            else:
+                rows = len(await asyncio.to_thread(read_rows, staged.path, "chat"))
         except DataError as err:
             staged.path.unlink(missing_ok=True)
             message = err.message.replace(staged.path.name, name)
@@ -129,13 +133,39 @@ class FineTuningService:
                 filename=name,
                 purpose=purpose,
                 bytes=staged.size,
-                rows=len(rows),
+                rows=rows,
                 path=str(path.relative_to(self.runner.stack.resolved_home)),
                 sha256=staged.sha256,
                 owner=caller.key_id,
             )
         )
         return file_object(stored)
+
+    def store_file(self, owner: str | None, filename: str, purpose: str, content: bytes) -> str:
+        """Keep `content` as a file of `owner` (such as a batch's output); its id. Outside
+        the upload quota: the gateway made it, and the owner may delete it."""
+        file_id = f"file-{secrets.token_hex(12)}"
+        path = self.runner.stack.files_dir / f"{file_id}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        self.store.add_file(
+            StoredFile(
+                id=file_id,
+                created_at=utc_now(),
+                filename=filename,
+                purpose=purpose,
+                bytes=len(content),
+                rows=content.count(b"\n"),
+                path=str(path.relative_to(self.runner.stack.resolved_home)),
+                sha256="sha256:" + hashlib.sha256(content).hexdigest(),
+                owner=owner,
+            )
+        )
+        return file_id
+
+    def file_path(self, caller: Caller, file_id: str, param: str = "file_id") -> Path:
+        """Where the caller's file `file_id` lies; 404 for another key's or an unknown one."""
+        return self.runner.stack.resolved_home / self._file(caller, file_id, param).path
 
     def list_files(self, caller: Caller) -> ListPage[FileObject]:
         files = self.store.list_files(caller.owner_filter)
@@ -179,12 +209,28 @@ class FineTuningService:
                 param="model",
                 api_code="invalid_model",
             )
+        if base.kind is VersionKind.EMBEDDING:
+            raise FinetuneError(
+                ErrorCode.INVALID,
+                f"{request.model} is an embedding model; fine-tuning trains chat models",
+                param="model",
+                api_code="invalid_model",
+            )
         training = self._file(caller, request.training_file, "training_file")
         validation = (
             self._file(caller, request.validation_file, "validation_file")
             if request.validation_file
             else None
         )
+        for given, name in ((training, "training_file"), (validation, "validation_file")):
+            if given is not None and given.purpose != "fine-tune":
+                raise FinetuneError(
+                    ErrorCode.INVALID,
+                    f"file {given.id} was uploaded with purpose {given.purpose!r}; a job "
+                    "trains on files uploaded with purpose 'fine-tune'",
+                    param=name,
+                    api_code="invalid_file",
+                )
         home = self.runner.stack.resolved_home
         data = [(home / training.path, "train")]
         if validation is not None:
@@ -256,3 +302,12 @@ class FineTuningService:
             for c in self.store.list_checkpoints(job.id)
         ]
         return page(data, limit, lambda c: c.id)
+
+
+def _count_lines(path: Path) -> int:
+    """The non-blank lines of a batch file, which must be UTF-8 text."""
+    try:
+        with path.open(encoding="utf-8") as lines:
+            return sum(1 for line in lines if line.strip())
+    except UnicodeDecodeError:
+        raise DataError([f"{path.name} is not UTF-8 text; a batch file is JSONL"]) from None

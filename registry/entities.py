@@ -19,6 +19,7 @@ class VersionKind(StrEnum):
     DISTILLED = "distilled"
     PRUNED = "pruned"
     QUANTIZED = "quantized"
+    EMBEDDING = "embedding"  # a sentence-embedding model, served on /v1/embeddings only
 
 
 class VersionFormat(StrEnum):

@@ -14,6 +14,7 @@ from evals.feedback import api as feedback_api
 from finetune import api as fine_tuning_api
 from registry import api as registry_api
 from serving.api import keys, openai, ops
+from serving.batches import api as batches_api
 from serving.gateway import Gateway
 from serving.middleware import GatewayMiddleware
 
@@ -26,6 +27,7 @@ ROUTERS = (
     explanations_api.router,
     feedback_api.router,
     evals_api.router,
+    batches_api.router,
 )
 
 
@@ -43,6 +45,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.explanations = gateway.explanations
     app.state.feedback = gateway.feedback
     app.state.evaluations = gateway.evaluations
+    app.state.batches = gateway.batches
     app.state.authenticate = gateway.auth.caller
     install_error_handlers(app)
     document_errors(app)

@@ -1,11 +1,12 @@
 """`llm-serve`: run the OpenAI-compatible gateway, and manage its API keys.
 
 With no arguments it serves the demo model on the embedded engine, building the model first
-if the registry does not have it yet."""
+if the registry does not have it yet, and the demo embedding model `minilm`."""
 
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from core.console import print_json, print_table, run
 from core.database import open_database
 from core.errors import ErrorCode
 from core.settings import StackSettings
+from registry.entities import ModelVersion
 from registry.errors import RegistryError
 from registry.service import Registry
 from serving.app import create_app
@@ -29,22 +31,46 @@ PROG = "llm-serve"
 LOOPBACK = "127.0.0.1"
 
 
-def _ensure_demo_model(registry: Registry, name: str) -> None:
+def _registered(registry: Registry, name: str) -> bool:
     try:
         registry.resolve(name)
-        return
+        return True
     except RegistryError as err:
         if err.code is not ErrorCode.NOT_FOUND:
             raise
+        return False
+
+
+def _ensure_model(
+    registry: Registry, name: str, register: Callable[[Registry, str], ModelVersion], what: str
+) -> None:
+    """Register `name` with `register` unless the registry has it. A gateway replica starting
+    at the same time may register the same files first, which is as good."""
+    if _registered(registry, name):
+        return
+    try:
+        version = register(registry, name)
+    except RegistryError as err:
+        if err.code is ErrorCode.ALREADY_EXISTS and _registered(registry, name):
+            return
+        raise
+    click.echo(f"registered {version.ref} ({what}) as {name}@production")
+
+
+def _build_demo_model(registry: Registry, name: str) -> ModelVersion:
     # Built on first run only; the demo world's training code is imported only then.
     from finetune.demo.build import build_demo_model, register_demo_model
     from finetune.demo.spec import FULL
 
     click.echo(f"{name}: not in the registry yet; building the demo model (a few minutes) ...")
     with tempfile.TemporaryDirectory() as tmp:
-        build = build_demo_model(Path(tmp) / name, FULL)
-        version = register_demo_model(registry, build, name=name)
-    click.echo(f"registered {version.ref} as {name}@production")
+        return register_demo_model(registry, build_demo_model(Path(tmp) / name, FULL), name=name)
+
+
+def _embedding_model(registry: Registry, name: str) -> ModelVersion:
+    from finetune.demo.embedding import register_embedding_model
+
+    return register_embedding_model(registry, name=name)
 
 
 @click.group(invoke_without_command=True, help=__doc__)
@@ -73,7 +99,14 @@ def cli(
         raise click.UsageError(str(err)) from None
     config = config.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
     gateway = build_gateway(config, StackSettings())
-    _ensure_demo_model(gateway.registry, settings.demo_model)
+    _ensure_model(gateway.registry, settings.demo_model, _build_demo_model, "the demo model")
+    if settings.embedding_model:
+        _ensure_model(
+            gateway.registry,
+            settings.embedding_model,
+            _embedding_model,
+            "all-MiniLM-L6-v2 embeddings",
+        )
     if not gateway.keys.auth_required() and config.host != LOOPBACK:
         click.echo(
             f"no API keys exist, so the gateway listens on {LOOPBACK} only (not {config.host}); "

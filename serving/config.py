@@ -7,6 +7,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evals.drift.config import DriftConfig
+from serving.batches.config import BatchesConfig
 
 
 class _Config(BaseModel):
@@ -196,6 +197,7 @@ class ServingConfig(_Config):
     explanations: ExplanationsConfig = Field(default_factory=ExplanationsConfig)
     drift: DriftMonitorConfig = Field(default_factory=DriftMonitorConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
+    batches: BatchesConfig = Field(default_factory=BatchesConfig)
 
 
 def load_config(path: Path | None) -> ServingConfig:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from core.refs import parse_ref
 
+BATCH_PRIORITY = 10  # below live traffic (0)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -28,6 +30,7 @@ class SamplingParams:
     # What the output must follow, enforced by constrained decoding: an EBNF grammar in
     # xgrammar's dialect, which vLLM's structured outputs take as they are.
     grammar: str | None = None
+    priority: int = 0  # engines admit lower numbers first; batch work runs at BATCH_PRIORITY
 
     @property
     def greedy(self) -> bool:
@@ -62,6 +65,7 @@ class ServedModel:
     path: Path
     adapter_key: str | None = None  # the adapter version's ref
     adapter_path: Path | None = None
+    embedding: bool = False  # an embedding model (registry kind `embedding`): no generation
 
     @property
     def name(self) -> str:
@@ -111,6 +115,12 @@ class EngineClient(ABC):
         """Stream the continuation of the tokenized prompt. Closing the iterator early cancels
         the generation in the engine. With `stream` False the caller only needs the whole
         answer, so an engine may produce it in one chunk."""
+
+    async def embed(
+        self, request_id: str, model: ServedModel, inputs: list[list[int]]
+    ) -> list[list[float]]:
+        """The embedding of each tokenized input, as the model pools and normalises it."""
+        raise NotImplementedError(f"the {self.name} engine serves no embedding models")
 
     @property
     @abstractmethod

@@ -1,6 +1,6 @@
 """The gateway's services, built on one database: the registry, keys, engines, generation,
-rate limits, metrics, the traffic log, the fine-tuning jobs, explanations, feedback and the
-drift monitor.
+rate limits, metrics, the traffic log, the fine-tuning jobs, explanations, feedback, the
+drift monitor and batches.
 `serving.app` mounts the routers that use them."""
 
 import asyncio
@@ -26,6 +26,9 @@ from registry.entities import VersionFormat
 from registry.service import Registry, open_registry
 from registry.settings import RegistrySettings
 from serving.auth import Authenticator, is_loopback
+from serving.batches.handlers import BatchHandlers
+from serving.batches.runner import BatchRunner
+from serving.batches.store import BatchStore
 from serving.catalog import served_bases
 from serving.config import ServingConfig
 from serving.engine import EngineClient
@@ -67,6 +70,8 @@ class Gateway:
     evaluations: EvalHandlers  # the Evals API: runs on worker threads of this process
     drift: DriftMonitor | None  # None when the traffic log or the monitor is off
     upload_limits: dict[str, int]  # path pattern -> largest body, beyond `limits`
+    batches: BatchHandlers
+    batch_runner: BatchRunner
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -79,6 +84,7 @@ class Gateway:
         for run in await asyncio.to_thread(self.evaluations.recover):
             log.warning("evaluation run %s failed: %s", run.id, run.error)
         self._tasks = [asyncio.create_task(self._watch_jobs())]
+        self._tasks.append(asyncio.create_task(self.batch_runner.run_forever()))
         if self.drift is not None:
             self._tasks.append(asyncio.create_task(self._watch_drift()))
 
@@ -123,6 +129,7 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.batch_runner.aclose()
         await asyncio.to_thread(self.evaluations.close)
         try:
             for engine in self.engines:
@@ -189,6 +196,8 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
     if traffic is not None and config.drift.enabled:
         drift = DriftMonitor(traffic, evals_database, TemplateRenderer(registry))
 
+    fine_tuning = FineTuningService(jobs, registry)
+    batch_store = BatchStore(database)
     return Gateway(
         config=config,
         registry=registry,
@@ -201,7 +210,7 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         traffic=traffic,
         metrics=metrics,
         jobs=jobs,
-        fine_tuning=FineTuningService(jobs, registry),
+        fine_tuning=fine_tuning,
         explanations=explanations,
         feedback=FeedbackService(evals_database, served_requests),
         evaluations=EvalHandlers.create(
@@ -210,6 +219,8 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
             )
         ),
         drift=drift,
+        batches=BatchHandlers(batch_store, fine_tuning, config.batches),
+        batch_runner=BatchRunner(batch_store, fine_tuning, keys, generator, config.batches),
         upload_limits={
             "/v1/files": jobs.settings.max_file_bytes,
             "/v1/registry/models/[^/]+/versions/upload": registry_settings.max_upload_bytes,

@@ -7,7 +7,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +37,7 @@ from serving.protocol import (
     CompletionResponse,
     DeltaMessage,
     DeltaToolCall,
+    EmbeddingRequest,
     OpenAIModel,
     SamplingFields,
     ToolCall,
@@ -67,8 +68,9 @@ class RequestContext:
     request_id: str
     key: ApiKey | None  # None when the gateway runs without keys
     caller: Caller
-    endpoint: str  # "chat" or "completions"
+    endpoint: str  # "chat", "completions" or "embeddings"
     labels: dict[str, Any] = field(default_factory=dict)  # the request's state: metric labels
+    priority: int = 0  # SamplingParams.priority of its generations (batch lines run lower)
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,15 @@ class Generator:
 
     # -- a request's life -------------------------------------------------------------------
 
-    async def _resolve(self, req: SamplingFields, ctx: RequestContext) -> ResolvedModel:
+    async def resolve(
+        self,
+        req: SamplingFields | EmbeddingRequest,
+        ctx: RequestContext,
+        *,
+        embedding: bool = False,
+    ) -> ResolvedModel:
         """The version `req.model` names, once the request is known to ask only for what the
-        gateway can honour."""
+        gateway can honour, of a model of the kind the endpoint serves (`embedding` or not)."""
         self.check_fields(req)
         resolved = self.resolver.cached(req.model) or await asyncio.to_thread(
             self.resolver.resolve, req.model
@@ -159,6 +167,17 @@ class Generator:
         ctx.labels[METRICS_MODEL] = resolved.version.ref
         if not ctx.caller.sees_model(resolved.version.owner):
             raise model_not_found(req.model, "no model of that name is open to this API key")
+        if resolved.served.embedding and not embedding:
+            raise bad_request(
+                f"`{req.model}` is an embedding model; it answers /v1/embeddings only",
+                param="model",
+            )
+        if embedding and not resolved.served.embedding:
+            raise bad_request(
+                f"`{req.model}` is not an embedding model; ask /v1/chat/completions or "
+                "/v1/completions, or name an embedding model (registry kind `embedding`)",
+                param="model",
+            )
         return resolved
 
     def check_fields(self, request: OpenAIModel, prefix: str = "") -> None:
@@ -224,7 +243,11 @@ class Generator:
             for i in range(req.n):
                 index = number * req.n + i
                 seed = prompt_params.seed
-                seeded = replace(prompt_params, seed=None if seed is None else seed + index)
+                seeded = replace(
+                    prompt_params,
+                    seed=None if seed is None else seed + index,
+                    priority=ctx.priority,
+                )
                 choices.append(Choice(index, number))
                 streams.append(
                     engine.generate(
@@ -245,6 +268,20 @@ class Generator:
             streams=streams,
             reservation=reservation,
         )
+
+    @asynccontextmanager
+    async def admitted(self, key: ApiKey | None, cost: int) -> AsyncIterator[None]:
+        """Count a request whose cost in tokens is known up front (an embedding) among its
+        key's requests in flight and against its token rate while it runs."""
+        if key is None:
+            yield
+            return
+        self._enter(key)
+        try:
+            await self.limiter.reserve(key, cost)  # used whole: nothing to settle after
+            yield
+        finally:
+            self._in_flight[key.id] -= 1
 
     def _enter(self, key: ApiKey) -> None:
         """Count a request of `key` in flight; 429 when it has its limit in flight already."""
@@ -437,7 +474,7 @@ class Generator:
     async def _start_chat(
         self, req: ChatCompletionRequest, ctx: RequestContext
     ) -> tuple[Run, ToolFormat]:
-        resolved = await self._resolve(req, ctx)
+        resolved = await self.resolve(req, ctx)
         tool_format = self._tool_format(resolved)
         messages = _template_messages(req.messages)
         tools = (
@@ -524,7 +561,7 @@ class Generator:
     async def complete(
         self, req: CompletionRequest, ctx: RequestContext
     ) -> CompletionResponse | AsyncIterator[bytes]:
-        resolved = await self._resolve(req, ctx)
+        resolved = await self.resolve(req, ctx)
 
         def prompts_of() -> list[Prompt]:
             tokenizer, prompts = resolved.tokenizer, []

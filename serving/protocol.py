@@ -464,3 +464,56 @@ class KeyObject(BaseModel):
 
 class CreatedKey(KeyObject):
     key: str = Field(description="The secret; shown only in this response.")
+
+
+# -- embeddings -------------------------------------------------------------------------------
+
+MAX_EMBEDDING_INPUTS = 2048  # inputs in one embeddings request, as OpenAI allows
+EmbeddingText = Annotated[str, StringConstraints(min_length=1)]
+
+
+class EmbeddingRequest(OpenAIModel):
+    model: str = Field(min_length=1, max_length=256)
+    input: (
+        EmbeddingText
+        | Annotated[list[EmbeddingText], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    ) = Field(description="A text, a list of texts, a list of token ids, or a list of those.")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="`base64`: each vector as little-endian float32 bytes in base64."
+    )
+    dimensions: int | None = Field(
+        None,
+        ge=1,
+        description="Shorter vectors (truncated and renormalised); only on a model whose "
+        "config.json declares Matryoshka dimensions (`matryoshka_dimensions`).",
+    )
+    user: str | None = Field(None, max_length=256)
+
+    @property
+    def inputs(self) -> list[str | list[int]]:
+        """The inputs, each a text or a list of token ids."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if isinstance(self.input[0], int):
+            return [self.input]  # type: ignore[list-item]
+        return list(self.input)  # type: ignore[arg-type]
+
+
+class Embedding(OpenAIModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="The vector, or its base64 encoding.")
+
+
+class EmbeddingUsage(OpenAIModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(OpenAIModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

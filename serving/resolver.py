@@ -70,6 +70,7 @@ class ModelResolver:
             path=base_path,
             adapter_key=adapter.ref if adapter else None,
             adapter_path=self.local_path(adapter) if adapter else None,
+            embedding=base.kind is VersionKind.EMBEDDING,
         )
         with self._lock:
             if base.ref not in self._tokenizers:
@@ -90,7 +91,12 @@ def _limits(path: Path, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
         model = json.loads((path / "genai_config.json").read_text())["model"]
         return int(model["context_length"]), int(model["vocab_size"])
     config = json.loads((path / "config.json").read_text())
-    return (
-        int(config.get("max_position_embeddings", 2048)),
-        int(config.get("vocab_size", len(tokenizer))),
-    )
+    vocab_size = int(config.get("vocab_size", len(tokenizer)))
+    # A sentence-transformers model reads at most `max_seq_length` tokens (often fewer than
+    # its position embeddings); its encoder would truncate anything longer.
+    sentence_config = path / "sentence_bert_config.json"
+    if sentence_config.is_file():
+        length = json.loads(sentence_config.read_text()).get("max_seq_length")
+        if length:
+            return int(length), vocab_size
+    return int(config.get("max_position_embeddings", 2048)), vocab_size

@@ -15,3 +15,8 @@ class ServingSettings(BaseSettings):
     demo_model: str = Field(
         default="demo", description="Model `llm-serve` builds on first run if it is missing."
     )
+    embedding_model: str = Field(
+        default="minilm",
+        description="Embedding model `llm-serve` registers on first run if it is missing "
+        "(all-MiniLM-L6-v2, shipped offline); empty: none.",
+    )

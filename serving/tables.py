@@ -63,6 +63,51 @@ traffic = Table(
     Index("ix_serving_traffic_request_id", "request_id"),
 )
 
+batches = Table(
+    "serving_batches",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(32), nullable=True),  # the API key that made it
+    Column("endpoint", String(64), nullable=False),
+    Column("input_file_id", String(64), nullable=False),
+    Column("completion_window", String(8), nullable=False),
+    Column("model", String(256), nullable=True),  # the first line's
+    Column("metadata", JSON, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("completed", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("input_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    Column("output_file_id", String(64), nullable=True),
+    Column("error_file_id", String(64), nullable=True),
+    Column("errors", JSON, nullable=True),  # why a batch failed as a whole
+    Column("lease_owner", String(64), nullable=True),  # the gateway process running it
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("in_progress_at", DateTime(timezone=True), nullable=True),
+    Column("finalizing_at", DateTime(timezone=True), nullable=True),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("failed_at", DateTime(timezone=True), nullable=True),
+    Column("expired_at", DateTime(timezone=True), nullable=True),
+    Column("cancelling_at", DateTime(timezone=True), nullable=True),
+    Column("cancelled_at", DateTime(timezone=True), nullable=True),
+    Index("ix_serving_batches_owner_created_at", "owner", "created_at"),
+    Index("ix_serving_batches_status", "status"),
+)
+
+batch_lines = Table(
+    "serving_batch_lines",
+    metadata,
+    Column("batch_id", String(64), primary_key=True),
+    Column("line", Integer, primary_key=True),  # 1-based, as in the input file
+    Column("custom_id", String(512), nullable=False),
+    Column("body", JSON, nullable=False),  # the request, validated when the batch was made
+    Column("status", String(16), nullable=False),  # pending, completed or failed
+    Column("result", JSON, nullable=True),  # the output or error file's line
+)
+
 responses = Table(
     "serving_responses",
     metadata,

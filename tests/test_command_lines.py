@@ -17,6 +17,7 @@ from core.settings import StackSettings
 from finetune import cli as finetune_cli
 from finetune.demo.random_model import build_random_model
 from registry import cli as registry_cli
+from registry.entities import VersionKind
 from registry.service import open_registry
 from serving import cli as serving_cli
 from serving.vllm.engine import free_port
@@ -110,3 +111,6 @@ def test_ctrl_c_stops_the_gateway_cleanly_with_exit_0(tmp_path: Path) -> None:
         gateway.kill()
     assert gateway.returncode == 0, output
     assert "Application shutdown complete" in output and "Traceback" not in output
+    # the first run registered the demo world's embedding model too
+    assert "registered minilm:1 (all-MiniLM-L6-v2 embeddings) as minilm@production" in output
+    assert registry.resolve("minilm").kind is VersionKind.EMBEDDING

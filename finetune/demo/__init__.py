@@ -5,4 +5,5 @@
 - `finetune.demo.spec`: `DemoSpec` and its presets `FULL` and `TINY`
 - `finetune.demo.training`, `finetune.demo.evaluation`: the training loop and exact-match scoring
 - `finetune.demo.build`: `build_demo_model` and `register_demo_model`
+- `finetune.demo.embedding`: `register_embedding_model` (all-MiniLM-L6-v2, shipped offline)
 """

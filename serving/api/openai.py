@@ -1,6 +1,6 @@
-"""The OpenAI API: `/v1/models`, `/v1/chat/completions`, `/v1/completions` and
-`/v1/responses`. The `Generator` (and Responses on top of it) does the work; these routes only
-authenticate and shape the response."""
+"""The OpenAI API: `/v1/models`, `/v1/chat/completions`, `/v1/completions`, `/v1/responses`
+and `/v1/embeddings`. The `Generator` (with Responses and the `Embedder` on top of it) does
+the work; these routes only authenticate and shape the response."""
 
 from collections.abc import AsyncIterator
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from core.http import error_responses
 from serving.api.deps import GatewayDep, KeyDep
 from serving.catalog import model_cards
+from serving.embeddings import Embedder
 from serving.gateway import Gateway
 from serving.generation import RequestContext
 from serving.protocol import (
@@ -18,6 +19,8 @@ from serving.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     ModelList,
 )
 from serving.responses.protocol import DeletedResponse, ResponseObject, ResponsesRequest
@@ -70,6 +73,16 @@ def retrieve_response(gateway: GatewayDep, key: KeyDep, response_id: str) -> Res
 @router.delete("/v1/responses/{response_id}", responses=error_responses(404))
 def delete_response(gateway: GatewayDep, key: KeyDep, response_id: str) -> DeletedResponse:
     return gateway.responses.delete(response_id, key.id if key else None)
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingResponse,
+    responses=error_responses(404, 413, 429, 500, 502, 503),
+)
+async def embeddings(gateway: GatewayDep, body: EmbeddingRequest, request: Request) -> Response:
+    ctx = await _context(gateway, request, body.model, "embeddings")
+    return _respond(await Embedder(gateway.generator).embed(body, ctx))
 
 
 async def _context(gateway: Gateway, request: Request, model: str, endpoint: str) -> RequestContext:

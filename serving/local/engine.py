@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from serving.engine import EngineClient, GenerationChunk, SamplingParams, ServedModel
 from serving.errors import overloaded
+from serving.local.embeddings import EmbeddingRunner
 from serving.local.runner import ModelRunner
 from serving.local.sequence import Sequence
 
@@ -49,6 +50,7 @@ class LocalEngine(EngineClient):
         self.config = config or LocalEngineConfig()
         self._runners: dict[str, ModelRunner] = {}  # least recently used first
         self._loading: dict[str, asyncio.Lock] = {}
+        self._embedders: dict[str, EmbeddingRunner] = {}  # embedding models, loaded on first use
         self._started = False
 
     async def start(self) -> None:
@@ -58,6 +60,7 @@ class LocalEngine(EngineClient):
         for runner in self._runners.values():
             await asyncio.to_thread(runner.stop)
         self._runners.clear()
+        self._embedders.clear()
         self._started = False
 
     def is_ready(self) -> bool:
@@ -143,3 +146,12 @@ class LocalEngine(EngineClient):
         finally:
             if seq.finish_reason is None:
                 runner.abort(seq)
+
+    async def embed(
+        self, request_id: str, model: ServedModel, inputs: list[list[int]]
+    ) -> list[list[float]]:
+        lock = self._loading.setdefault(model.key, asyncio.Lock())
+        async with lock:
+            if model.key not in self._embedders:
+                self._embedders[model.key] = await asyncio.to_thread(EmbeddingRunner, model.path)
+        return await asyncio.to_thread(self._embedders[model.key].embed, inputs)

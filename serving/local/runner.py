@@ -110,12 +110,7 @@ class ModelRunner:
                 if self._stopped:
                     self._fail([*self._running, *self._waiting], "the local engine stopped")
                     return
-                room = self.max_num_seqs - len(self._running)
-                admitted = []
-                while self._waiting and len(admitted) < room:
-                    seq = self._waiting.popleft()
-                    if not seq.aborted:
-                        admitted.append(seq)
+                admitted = self._admit(self.max_num_seqs - len(self._running))
             try:
                 with self.model_lock, torch.inference_mode():
                     if admitted:
@@ -130,6 +125,20 @@ class ModelRunner:
                     [*self._running, *admitted], "generation failed; the server log has details"
                 )
                 self._running, self._batch = [], None
+
+    def _admit(self, room: int) -> list[Sequence]:
+        """Up to `room` waiting sequences, by priority (live requests before batch work),
+        first come first served within one; aborted ones leave the queue. Under the lock."""
+        if room <= 0 or not self._waiting:
+            return []
+        waiting = [s for s in self._waiting if not s.aborted]
+        if all(s.params.priority == waiting[0].params.priority for s in waiting):
+            chosen = waiting[:room]  # the usual case: no sorting
+        else:
+            chosen = sorted(waiting, key=lambda s: s.params.priority)[:room]
+        taken = {id(s) for s in chosen}
+        self._waiting = deque(s for s in self._waiting if not s.aborted and id(s) not in taken)
+        return chosen
 
     def _fail(self, seqs: list[Sequence], message: str) -> None:
         for seq in seqs:

@@ -246,6 +246,7 @@ class VllmEngine(EngineClient):
                     extra_args=tuple(config.extra_args),
                     env=dict(config.env),
                     log_path=self.log_dir / f"{model.key.replace(':', '-')}-{replica}.log",
+                    pooling=model.embedding,
                 )
                 servers.append(
                     VllmServer(f"http://127.0.0.1:{port}", spec, max_restarts=config.max_restarts)
@@ -344,6 +345,38 @@ class VllmEngine(EngineClient):
                 # Refused or dead: out of rotation until the health check sees it back. Any
                 # other failure (such as a kept-alive connection the server had just closed)
                 # only makes this request prefer another replica.
+                if isinstance(err, httpx.ConnectError) or server.exited():
+                    server.ready = False
+                tried.add(id(server))
+            finally:
+                server.outstanding -= 1
+        raise EngineError(f"every vLLM replica failed this request ({attempts} attempts)")
+
+    async def embed(
+        self, request_id: str, model: ServedModel, inputs: list[list[int]]
+    ) -> list[list[float]]:
+        """On the model's pooling server's own `/v1/embeddings`, as token ids; retried on
+        another replica when one fails (an embedding has no partial answer)."""
+        servers = await self.group(model)
+        assert self._client is not None
+        tried: set[int] = set()
+        attempts = len(servers) + 1
+        for _ in range(attempts):
+            server = self._pick(servers, tried)
+            server.outstanding += 1
+            server.last_used = time.monotonic()
+            try:
+                response = await self._client.post(
+                    f"{server.url}/v1/embeddings",
+                    json={"model": model.key, "input": inputs, "encoding_format": "float"},
+                    headers=server.headers,
+                )
+                if response.status_code != 200:
+                    raise _upstream_error(response)
+                data = sorted(response.json()["data"], key=lambda d: d["index"])
+                return [d["embedding"] for d in data]
+            except httpx.TransportError as err:
+                log.warning("vLLM at %s failed (%r); retrying", server.url, err)
                 if isinstance(err, httpx.ConnectError) or server.exited():
                     server.ready = False
                 tried.add(id(server))

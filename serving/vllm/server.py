@@ -39,6 +39,7 @@ class LaunchSpec:
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    pooling: bool = False  # an embedding model: vLLM's pooling runner, which takes no LoRA
     api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
     def command(self) -> list[str]:
@@ -60,12 +61,17 @@ class LaunchSpec:
             str(self.tensor_parallel_size),
             "--pipeline-parallel-size",
             str(self.pipeline_parallel_size),
-            "--enable-lora",
-            "--max-loras",
-            str(self.max_loras),
-            "--max-lora-rank",
-            str(self.max_lora_rank),
         ]
+        if self.pooling:
+            cmd += ["--runner", "pooling"]
+        else:
+            cmd += [
+                "--enable-lora",
+                "--max-loras",
+                str(self.max_loras),
+                "--max-lora-rank",
+                str(self.max_lora_rank),
+            ]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
         return cmd + list(self.extra_args)

@@ -32,13 +32,15 @@ class RunningGateway:
 
 
 @contextmanager
-def running_gateway(home: Path, model_dir: Path, **config: Any) -> Iterator[RunningGateway]:
-    """A real gateway on a free port, in this process, serving `model_dir` as `demo`."""
+def running_gateway(home: Path, model_dir: Path | None, **config: Any) -> Iterator[RunningGateway]:
+    """A real gateway on a free port, in this process, serving `model_dir` as `demo` (None:
+    the registry in `home` as it is, such as when a gateway restarts)."""
     config = ServingConfig(port=free_port(), **config)
     gateway = build_gateway(config, StackSettings(home=home, actor="tests"))
     registry = gateway.registry
-    version = registry.register("demo", model_dir)
-    registry.set_alias("demo", "production", version.version)
+    if model_dir is not None:
+        version = registry.register("demo", model_dir)
+        registry.set_alias("demo", "production", version.version)
     server = uvicorn.Server(
         uvicorn.Config(create_app(gateway), host="127.0.0.1", port=config.port, log_level="warning")
     )

@@ -1,6 +1,7 @@
 """The in-process engine: continuous batching, cancellation, multi-LoRA, 4-bit and sharding."""
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from serving.engine import SamplingParams, ServedModel
+from serving.engine import BATCH_PRIORITY, SamplingParams, ServedModel
 from serving.local.engine import LocalEngine, LocalEngineConfig
 from tests.serving.conftest import make_adapter
 
@@ -202,3 +203,39 @@ def test_device_map_shards_across_devices(random_model_dir: Path, tmp_path: Path
     assert set(placed.values()) == {"cpu", "disk"}
     assert offloaded == "meta"  # loaded from disk by accelerate's hooks for each forward
     assert text == expected
+
+
+def test_live_requests_are_admitted_before_waiting_batch_work(random_model_dir: Path) -> None:
+    ids = _prompt_ids(random_model_dir)
+    served = ServedModel("random:1", random_model_dir)
+    short = SamplingParams(max_tokens=2, temperature=0.0)
+    batch = replace(short, priority=BATCH_PRIORITY)
+
+    async def main():
+        engine = LocalEngine(LocalEngineConfig(max_num_seqs=1))
+        await engine.start()
+        finished: list[str] = []
+
+        async def run(name: str, params: SamplingParams) -> None:
+            async for chunk in engine.generate(name, served, ids[1], params):
+                if chunk.finish_reason is not None:
+                    finished.append(name)
+
+        try:
+            # One slot, held by a long generation while batch work and then a live request
+            # queue for it: the live request is admitted first.
+            occupier = engine.generate("long", served, ids[0], replace(GREEDY, max_tokens=48))
+            await anext(occupier)
+            waiting = [
+                asyncio.create_task(run(name, params))
+                for name, params in (("batch-1", batch), ("batch-2", batch), ("live", short))
+            ]
+            async for chunk in occupier:
+                last = chunk
+            assert last.finish_reason == "length"  # it held the slot all along
+            await asyncio.gather(*waiting)
+        finally:
+            await engine.aclose()
+        return finished
+
+    assert _run(main()) == ["live", "batch-1", "batch-2"]

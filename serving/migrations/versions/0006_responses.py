@@ -1,14 +1,14 @@
 """Stored responses of the Responses API, with the conversation each one ends.
 
 Revision ID: s0006
-Revises: s0004
+Revises: s0005
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "s0006"
-down_revision = "s0004"
+down_revision = "s0005"
 branch_labels = None
 depends_on = None
 

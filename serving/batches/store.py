@@ -1,0 +1,224 @@
+"""Batches and their lines on SQLAlchemy (SQLite or PostgreSQL). Each line's result is stored
+as it finishes, so a batch resumes after a restart where it stopped. A gateway process holds
+a lease on each batch it runs, so two processes on one database never run the same batch."""
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, insert, or_, select, update
+
+from core.database import as_utc, reading, utc_now
+from serving.tables import batch_lines, batches
+
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")  # a runner's work
+_DATES = (
+    "created_at",
+    "expires_at",
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+    "lease_until",
+)
+
+
+def new_batch_id() -> str:
+    return f"batch_{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: str
+    owner: str | None
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    model: str | None
+    metadata: dict[str, str] | None
+    status: str
+    total: int
+    created_at: datetime
+    expires_at: datetime
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: list[dict[str, Any]] | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    in_progress_at: datetime | None = None
+    finalizing_at: datetime | None = None
+    completed_at: datetime | None = None
+    failed_at: datetime | None = None
+    expired_at: datetime | None = None
+    cancelling_at: datetime | None = None
+    cancelled_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Line:
+    line: int  # 1-based, as in the input file
+    custom_id: str
+    body: dict[str, Any]
+    status: str = "pending"  # pending, completed or failed
+    result: dict[str, Any] | None = field(default=None, compare=False)
+
+
+def _batch(row: Any) -> Batch:
+    values = dict(row._mapping)
+    for name in _DATES:
+        values[name] = as_utc(values[name])
+    return Batch(**values)
+
+
+class BatchStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def create(self, batch: Batch, lines: list[Line]) -> Batch:
+        with self.engine.begin() as conn:
+            conn.execute(insert(batches).values(**batch.__dict__))
+            conn.execute(
+                insert(batch_lines),
+                [
+                    {
+                        "batch_id": batch.id,
+                        "line": line.line,
+                        "custom_id": line.custom_id,
+                        "body": line.body,
+                        "status": "pending",
+                        "result": None,
+                    }
+                    for line in lines
+                ],
+            )
+        return batch
+
+    def get(self, batch_id: str) -> Batch | None:
+        with reading(self.engine) as conn:
+            row = conn.execute(select(batches).where(batches.c.id == batch_id)).first()
+        return _batch(row) if row else None
+
+    def list_batches(self, owner: str | None, after: str | None, limit: int) -> list[Batch]:
+        """Newest first, of one owner if given; `limit + 1` at most, after the batch `after`."""
+        query = select(batches).order_by(batches.c.created_at.desc(), batches.c.id.desc())
+        if owner is not None:
+            query = query.where(batches.c.owner == owner)
+        if after is not None and (cursor := self.get(after)) is not None:
+            query = query.where(
+                or_(
+                    batches.c.created_at < cursor.created_at,
+                    and_(batches.c.created_at == cursor.created_at, batches.c.id < cursor.id),
+                )
+            )
+        with reading(self.engine) as conn:
+            return [_batch(r) for r in conn.execute(query.limit(limit + 1))]
+
+    def move(
+        self, batch_id: str, status: str, *, only_from: tuple[str, ...], **values: Any
+    ) -> bool:
+        """Set the status (and its timestamp, `<status>_at`, now) if the batch is in one of
+        `only_from`; whether it was."""
+        stamp = f"{status}_at"
+        if stamp in batches.c:
+            values.setdefault(stamp, utc_now())
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(batches)
+                .where(batches.c.id == batch_id, batches.c.status.in_(only_from))
+                .values(status=status, **values)
+            )
+            return moved.rowcount == 1
+
+    def claim(self, holder: str, lease: timedelta) -> list[Batch]:
+        """Take the lease of every active batch that no live process holds; the claimed."""
+        now = utc_now()
+        free = or_(
+            batches.c.lease_owner == holder,
+            batches.c.lease_until.is_(None),
+            batches.c.lease_until < now,
+        )
+        with self.engine.begin() as conn:
+            ids = list(
+                conn.execute(
+                    select(batches.c.id).where(batches.c.status.in_(ACTIVE), free)
+                ).scalars()
+            )
+            claimed = []
+            for batch_id in ids:
+                taken = conn.execute(
+                    update(batches)
+                    .where(batches.c.id == batch_id, free)
+                    .values(lease_owner=holder, lease_until=now + lease)
+                )
+                if taken.rowcount == 1:
+                    claimed.append(batch_id)
+        return [b for b in (self.get(i) for i in claimed) if b is not None]
+
+    def renew(self, batch_ids: list[str], holder: str, lease: timedelta) -> None:
+        if not batch_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(batches)
+                .where(batches.c.id.in_(batch_ids), batches.c.lease_owner == holder)
+                .values(lease_until=utc_now() + lease)
+            )
+
+    def release(self, batch_id: str, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(batches)
+                .where(batches.c.id == batch_id, batches.c.lease_owner == holder)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    def lines(self, batch_id: str, status: str | None = None) -> list[Line]:
+        query = select(batch_lines).where(batch_lines.c.batch_id == batch_id)
+        if status is not None:
+            query = query.where(batch_lines.c.status == status)
+        with reading(self.engine) as conn:
+            rows = conn.execute(query.order_by(batch_lines.c.line))
+            return [Line(r.line, r.custom_id, r.body, r.status, r.result) for r in rows]
+
+    def finish_line(
+        self,
+        batch_id: str,
+        line: int,
+        *,
+        ok: bool,
+        result: dict[str, Any],
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        """Store a line's result and count it, in one transaction."""
+        counter = batches.c.completed if ok else batches.c.failed
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(batch_lines)
+                .where(
+                    batch_lines.c.batch_id == batch_id,
+                    batch_lines.c.line == line,
+                    batch_lines.c.status == "pending",
+                )
+                .values(status="completed" if ok else "failed", result=result)
+            )
+            if done.rowcount == 1:
+                conn.execute(
+                    update(batches)
+                    .where(batches.c.id == batch_id)
+                    .values(
+                        {
+                            counter: counter + 1,
+                            batches.c.input_tokens: batches.c.input_tokens + input_tokens,
+                            batches.c.output_tokens: batches.c.output_tokens + output_tokens,
+                        }
+                    )
+                )
