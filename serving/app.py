@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from core.http import document_errors, install_error_handlers
 from evals import api as evals_api
@@ -14,6 +15,9 @@ from evals.feedback import api as feedback_api
 from finetune import api as fine_tuning_api
 from registry import api as registry_api
 from serving.api import keys, openai, ops
+from serving.console import keys_pages as console_keys
+from serving.console import routes as console
+from serving.console.pages import STATIC_DIR as CONSOLE_STATIC
 from serving.gateway import Gateway
 from serving.middleware import GatewayMiddleware
 
@@ -26,6 +30,8 @@ ROUTERS = (
     explanations_api.router,
     feedback_api.router,
     evals_api.router,
+    console.router,
+    console_keys.router,
 )
 
 
@@ -55,4 +61,5 @@ def create_app(gateway: Gateway) -> FastAPI:
     )
     for router in ROUTERS:
         app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=CONSOLE_STATIC), name="console-static")
     return app

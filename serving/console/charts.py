@@ -1,0 +1,72 @@
+"""Server-drawn pictures: the layout of a metric's trend across versions and of a
+version's lineage, as coordinates the SVG templates draw (no chart library in the page)."""
+
+from dataclasses import dataclass
+
+from registry.entities import ModelVersion
+
+WIDTH, HEIGHT, PAD = 640, 240, 40
+
+
+@dataclass(frozen=True)
+class Point:
+    x: float
+    y: float
+    label: str  # the version number
+    value: float
+
+
+@dataclass(frozen=True)
+class Trend:
+    metric: str
+    points: tuple[Point, ...]
+    low: float
+    high: float
+    width: int = WIDTH
+    height: int = HEIGHT
+    pad: int = PAD
+
+    @property
+    def path(self) -> str:
+        return " ".join(f"{p.x:.1f},{p.y:.1f}" for p in self.points)
+
+
+def trend(versions: list[ModelVersion], metric: str) -> Trend:
+    """`metric` of each version that has it, in version order, scaled into the chart."""
+    found = [(v.version, v.metrics[metric]) for v in versions if metric in v.metrics]
+    if not found:
+        return Trend(metric, (), 0.0, 0.0)
+    values = [value for _, value in found]
+    low, high = min(values), max(values)
+    span = high - low or 1.0
+    step = (WIDTH - 2 * PAD) / max(len(found) - 1, 1)
+    points = tuple(
+        Point(
+            PAD + i * step,
+            HEIGHT - PAD - (value - low) / span * (HEIGHT - 2 * PAD),
+            str(number),
+            value,
+        )
+        for i, (number, value) in enumerate(found)
+    )
+    return Trend(metric, points, low, high)
+
+
+@dataclass(frozen=True)
+class Node:
+    ref: str
+    caption: str  # kind and format
+    y: int
+    current: bool
+
+
+NODE_GAP = 70
+
+
+def lineage(version: ModelVersion, ancestors: tuple[ModelVersion, ...]) -> tuple[Node, ...]:
+    """The version and its ancestors as a column of boxes, the root at the top."""
+    chain = [*reversed(ancestors), version]
+    return tuple(
+        Node(v.ref, f"{v.kind.value} / {v.format.value}", 10 + i * NODE_GAP, v is version)
+        for i, v in enumerate(chain)
+    )

@@ -1,0 +1,77 @@
+"""The console's world: a real gateway with keys and a model with a few versions and a
+metric gate, and Debian's chromium for the browser tests."""
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.serving.conftest import LIMITS, RunningGateway, running_gateway
+
+CHROMIUM = "/usr/bin/chromium"
+# demo:1 is the random model (no metrics); then the exact_match each later version scores.
+SCORES = (0.6, 0.4, 0.8)
+
+
+@dataclass
+class ConsoleWorld:
+    gateway: RunningGateway
+    alice: str  # admin secrets
+    bob: str
+    viewer: str  # a key without admin scope
+
+    @property
+    def url(self) -> str:
+        return self.gateway.base_url + "/ui"
+
+
+def _variant(model_dir: Path, out: Path, number: int) -> Path:
+    """The model's files with a note of its own, so that each version has its own digest."""
+    shutil.copytree(model_dir, out)
+    (out / "NOTES.txt").write_text(f"variant {number}\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def console_world(
+    tmp_path_factory: pytest.TempPathFactory, random_model_dir: Path
+) -> Iterator[ConsoleWorld]:
+    """demo:1 (random), demo:2 in production (exact_match 0.6), demo:3 worse (0.4) and
+    demo:4 better (0.8), all gated by `metric:exact_match` as the CLI would be."""
+    home = tmp_path_factory.mktemp("console-home")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LLMOPS_PROMOTION_GATE", "metric:exact_match")
+        with running_gateway(home, random_model_dir, limits=LIMITS) as gw:
+            registry = gw.registry
+            for number, score in enumerate(SCORES, start=2):
+                registry.register(
+                    "demo",
+                    _variant(random_model_dir, home / f"variant-{number}", number),
+                    kind="merged",
+                    parent=f"demo:{number - 1}",
+                    metrics={"exact_match": score, "latency_ms": 10.0 + number},
+                    tags={"skill": "upper" if number % 2 else "add"},
+                    recipe_digest=f"sha256:{number:064x}",
+                )
+            registry.set_alias("demo", "production", 2)
+            keys = gw.gateway.keys
+            yield ConsoleWorld(
+                gw,
+                keys.create("ops-alice", admin=True)[1],
+                keys.create("ops-bob", admin=True)[1],
+                keys.create("viewer")[1],
+            )
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """Debian's chromium, never a browser build Playwright would download."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("LLMOPS_REQUIRE_SERVICES"):
+            raise RuntimeError(f"{CHROMIUM} is missing: apt-get install -y chromium")
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (see .ci/run)")
+    return {**browser_type_launch_args, "executable_path": CHROMIUM}
