@@ -1,0 +1,104 @@
+"""The ops team's path through the console in Debian's chromium: log in, open the model,
+compare two versions, see the gate refuse a worse candidate, promote a better one that a
+second admin approves, watch the history and the trend chart, roll back, and revoke a key
+after which its browser session is refused. The pages it passes are saved as the README's
+screenshots (docs/images/console-*.png)."""
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.serving.console.conftest import ConsoleWorld
+
+IMAGES = Path(__file__).parents[3] / "docs" / "images"
+
+pytestmark = pytest.mark.slow
+
+
+def _login(page: Page, world: ConsoleWorld, secret: str) -> None:
+    page.goto(world.url + "/login")
+    page.get_by_label("API key").fill(secret)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Models")).to_be_visible()
+
+
+def _shot(page: Page, name: str) -> None:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(IMAGES / f"console-{name}.png"), full_page=True)
+
+
+def test_the_ops_path(browser: Browser, console_world: ConsoleWorld) -> None:
+    alice = browser.new_page(viewport={"width": 1280, "height": 800})
+    _login(alice, console_world, console_world.alice)
+    _shot(alice, "models")
+
+    alice.get_by_role("link", name="demo", exact=True).click()
+    expect(alice.get_by_role("heading", name="Model demo")).to_be_visible()
+    alice.get_by_label("Search versions").fill("upper")
+    expect(alice.locator("#versions")).to_contain_text("1 version matching")
+    alice.get_by_label("Search versions").fill("")
+    expect(alice.locator("#versions")).to_contain_text("4 versions")
+
+    alice.get_by_label("Compare version 2").check()
+    alice.get_by_label("Compare version 4").check()
+    alice.get_by_role("button", name="Compare selected versions").click()
+    expect(alice.get_by_role("heading", name="Compare versions of demo")).to_be_visible()
+    expect(alice.locator("table")).to_contain_text("+0.2")
+    alice.get_by_label("Differences only").check()
+    expect(alice.locator("table")).not_to_contain_text("created by")
+    _shot(alice, "compare")
+
+    alice.goto(console_world.url + "/models/demo")
+    alice.get_by_label("Version", exact=True).select_option("3")
+    alice.get_by_label("Reason (required)").first.fill("try the worse one")
+    alice.get_by_role("button", name="Promote through the gate").click()
+    expect(alice.get_by_role("alert")).to_contain_text("failed gate metric:exact_match")
+    expect(alice.get_by_role("alert")).to_contain_text("'candidate': 0.4, 'champion': 0.6")
+
+    alice.goto(console_world.url + "/models/demo")
+    alice.get_by_label("Version", exact=True).select_option("4")
+    alice.get_by_label("Reason (required)").first.fill("exact match up from 0.6 to 0.8")
+    alice.get_by_label("Needs approval by a second admin").check()
+    alice.get_by_role("button", name="Promote through the gate").click()
+    expect(alice.get_by_role("status")).to_contain_text("waits for a second admin")
+    assert console_world.gateway.registry.resolve("demo@production").version == 2
+
+    bob_context = browser.new_context(viewport={"width": 1280, "height": 800})
+    bob = bob_context.new_page()
+    _login(bob, console_world, console_world.bob)
+    bob.goto(console_world.url + "/models/demo")
+    bob.get_by_role("button", name="Approve request").click()
+    expect(bob.get_by_role("status")).to_contain_text("Approved")
+    history = bob.locator("#history + ol li").first
+    expect(history).to_contain_text("promote production: 2 → 4")
+    expect(history).to_contain_text("requested by key")
+    expect(history).to_contain_text("ops-alice")
+    expect(history).to_contain_text("delta +0.2")
+    expect(bob.get_by_role("img", name="exact_match across versions")).to_contain_text("0.8")
+    _shot(bob, "model")
+
+    bob.get_by_label("Reason (required)").nth(1).fill("roll back to check a drift alarm")
+    bob.get_by_role("button", name="Roll back").click()
+    expect(bob.locator("#history + ol li").first).to_contain_text("rollback production: 4 → 2")
+    assert console_world.gateway.registry.resolve("demo@production").version == 2
+
+    bob.goto(console_world.url + "/models/demo/versions/4")
+    expect(bob.get_by_role("img", name="Lineage")).to_contain_text("demo:1")
+    bob.get_by_role("button", name="Verify the stored files").click()
+    expect(bob.locator("#verify-result")).to_contain_text("every digest matches")
+    _shot(bob, "version")
+
+    alice.goto(console_world.url + "/keys")
+    alice.get_by_label("Name").fill("temp-admin")
+    alice.get_by_label("Admin", exact=True).check()
+    alice.get_by_role("button", name="Create key").click()
+    secret = alice.locator("#new-secret").inner_text().strip()
+    _shot(alice, "keys")
+    temp = browser.new_context().new_page()
+    _login(temp, console_world, secret)
+    alice.get_by_role("button", name="Revoke key temp-admin").click()
+    expect(alice.locator("tr", has_text="temp-admin")).to_contain_text("revoked")
+    temp.reload()
+    expect(temp.get_by_role("alert")).to_contain_text("not valid (unknown or revoked)")
+    bob_context.close()
