@@ -15,6 +15,7 @@ from evals.feedback import api as feedback_api
 from finetune import api as fine_tuning_api
 from registry import api as registry_api
 from serving.api import keys, openai, ops
+from serving.console import evals_pages as console_evals
 from serving.console import keys_pages as console_keys
 from serving.console import routes as console
 from serving.console.pages import STATIC_DIR as CONSOLE_STATIC
@@ -32,6 +33,7 @@ ROUTERS = (
     evals_api.router,
     console.router,
     console_keys.router,
+    console_evals.router,
 )
 
 

@@ -14,6 +14,7 @@ from registry.protocol import MAX_REASON
 from registry.service import Registry
 from serving.console import charts
 from serving.console.errors import ConsoleError
+from serving.console.evals_pages import compare_suites, evaluations, runs_of
 from serving.console.pages import ConsoleRoute, render
 from serving.console.session import (
     MAX_SECRET,
@@ -164,11 +165,14 @@ def model_page(
     metric: Annotated[str, Query(max_length=128)] = "",
     done: Annotated[str, Query(max_length=32)] = "",
 ) -> HTMLResponse:
-    context = _model_context(registry, name, metric)
     table = _versions_table(registry, name, q, page)
     if request.headers.get("hx-request") and request.headers.get("hx-target") == "versions":
         return render(request, "_versions.html", session, **table)
-    return render(request, "model.html", session, table=table, notice=DONE.get(done), **context)
+    context = _model_context(registry, name, metric)
+    runs = runs_of(evaluations(request), context["versions"])
+    return render(
+        request, "model.html", session, table=table, runs=runs, notice=DONE.get(done), **context
+    )
 
 
 @router.get("/models/{name}/versions/{number}")
@@ -252,6 +256,7 @@ def compare_page(
         metric_rows=metric_rows,
         tag_rows=tag_rows,
         lineage=lineage,
+        suites=compare_suites(evaluations(request), versions),
         diff=diff,
     )
 

@@ -4,17 +4,26 @@ metric gate, and Debian's chromium for the browser tests."""
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.serving.conftest import LIMITS, RunningGateway, running_gateway
+from tests.serving.conftest import LIMITS, RunningGateway, make_adapter, running_gateway
 
 CHROMIUM = "/usr/bin/chromium"
-# demo:1 is the random model (no metrics); then the exact_match each later version scores.
+# demo:1 is the random model (no metrics); then the exact_match each later version records.
 SCORES = (0.6, 0.4, 0.8)
+SUITE = """
+name: console-skills
+tasks:
+  - name: upper
+    data: {demo: upper, count: 6}
+    generation: {max_tokens: 6}
+    metrics: [exact_match]
+"""
 
 
 @dataclass
@@ -41,23 +50,40 @@ def console_world(
     tmp_path_factory: pytest.TempPathFactory, random_model_dir: Path
 ) -> Iterator[ConsoleWorld]:
     """demo:1 (random), demo:2 in production (exact_match 0.6), demo:3 worse (0.4) and
-    demo:4 better (0.8), all gated by `metric:exact_match` as the CLI would be."""
+    demo:4 better (0.8, a LoRA adapter on demo:3, so that its outputs differ), all gated by
+    `metric:exact_match` as the CLI would be; demo:2 and demo:4 ran a small suite."""
     home = tmp_path_factory.mktemp("console-home")
+    suites = home / "suites"
+    suites.mkdir()
+    (suites / "console-skills.yaml").write_text(SUITE)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("LLMOPS_PROMOTION_GATE", "metric:exact_match")
+        env.setenv("LLMOPS_EVALS_SUITES_DIR", str(suites))
         with running_gateway(home, random_model_dir, limits=LIMITS) as gw:
             registry = gw.registry
             for number, score in enumerate(SCORES, start=2):
+                adapter = number == 4
+                files = (
+                    make_adapter(random_model_dir, home / "adapter", seed=number)
+                    if adapter
+                    else _variant(random_model_dir, home / f"variant-{number}", number)
+                )
                 registry.register(
                     "demo",
-                    _variant(random_model_dir, home / f"variant-{number}", number),
-                    kind="merged",
+                    files,
+                    kind="adapter" if adapter else "merged",
+                    format="peft-lora" if adapter else "hf-safetensors",
                     parent=f"demo:{number - 1}",
                     metrics={"exact_match": score, "latency_ms": 10.0 + number},
                     tags={"skill": "upper" if number % 2 else "add"},
                     recipe_digest=f"sha256:{number:064x}",
                 )
             registry.set_alias("demo", "production", 2)
+            evaluations = gw.gateway.evaluations.evaluations
+            suite = evaluations.suite("console-skills")
+            with ThreadPoolExecutor(1) as pool:  # off the browser fixtures' event loop
+                for ref in ("demo:2", "demo:4"):
+                    pool.submit(evaluations.run, suite, ref, progress=False).result()
             keys = gw.gateway.keys
             yield ConsoleWorld(
                 gw,

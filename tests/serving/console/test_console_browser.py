@@ -44,9 +44,11 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld) -> None:
     alice.get_by_label("Compare version 4").check()
     alice.get_by_role("button", name="Compare selected versions").click()
     expect(alice.get_by_role("heading", name="Compare versions of demo")).to_be_visible()
-    expect(alice.locator("table")).to_contain_text("+0.2")
+    expect(alice.locator("table").first).to_contain_text("+0.2")
+    expect(alice.get_by_role("heading", name="Suite console-skills")).to_be_visible()
+    expect(alice.get_by_role("heading", name="Examples whose output changed")).to_be_visible()
     alice.get_by_label("Differences only").check()
-    expect(alice.locator("table")).not_to_contain_text("created by")
+    expect(alice.locator("table").first).not_to_contain_text("created by")
     _shot(alice, "compare")
 
     alice.goto(console_world.url + "/models/demo")
@@ -83,8 +85,14 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld) -> None:
     expect(bob.locator("#history + ol li").first).to_contain_text("rollback production: 4 → 2")
     assert console_world.gateway.registry.resolve("demo@production").version == 2
 
+    bob.get_by_role("link", name="evalrun-").first.click()
+    expect(bob.get_by_role("heading", name="Outputs")).to_be_visible()
+    expect(bob.locator("table").nth(1)).to_contain_text("upper")
+    _shot(bob, "run")
+
     bob.goto(console_world.url + "/models/demo/versions/4")
     expect(bob.get_by_role("img", name="Lineage")).to_contain_text("demo:1")
+    expect(bob.get_by_role("img", name="Lineage")).to_contain_text("adapter / peft-lora")
     bob.get_by_role("button", name="Verify the stored files").click()
     expect(bob.locator("#verify-result")).to_contain_text("every digest matches")
     _shot(bob, "version")
