@@ -16,8 +16,10 @@ from finetune import api as fine_tuning_api
 from registry import api as registry_api
 from serving.api import keys, openai, ops
 from serving.console import evals_pages as console_evals
+from serving.console import jobs_pages as console_jobs
 from serving.console import keys_pages as console_keys
 from serving.console import routes as console
+from serving.console import traffic_pages as console_traffic
 from serving.console.pages import STATIC_DIR as CONSOLE_STATIC
 from serving.gateway import Gateway
 from serving.middleware import GatewayMiddleware
@@ -34,6 +36,8 @@ ROUTERS = (
     console.router,
     console_keys.router,
     console_evals.router,
+    console_jobs.router,
+    console_traffic.router,
 )
 
 

@@ -12,12 +12,14 @@ WIDTH, HEIGHT, PAD = 640, 240, 40
 class Point:
     x: float
     y: float
-    label: str  # the version number
+    label: str  # a version (v3) or a training step
     value: float
 
 
 @dataclass(frozen=True)
-class Trend:
+class Chart:
+    """A line chart: `metric` against labelled points (versions, training steps)."""
+
     metric: str
     points: tuple[Point, ...]
     low: float
@@ -31,25 +33,31 @@ class Trend:
         return " ".join(f"{p.x:.1f},{p.y:.1f}" for p in self.points)
 
 
-def trend(versions: list[ModelVersion], metric: str) -> Trend:
-    """`metric` of each version that has it, in version order, scaled into the chart."""
-    found = [(v.version, v.metrics[metric]) for v in versions if metric in v.metrics]
-    if not found:
-        return Trend(metric, (), 0.0, 0.0)
-    values = [value for _, value in found]
-    low, high = min(values), max(values)
+def line(metric: str, values: list[tuple[str, float]]) -> Chart:
+    """`values` (label, value) in order, scaled into the chart."""
+    if not values:
+        return Chart(metric, (), 0.0, 0.0)
+    numbers = [value for _, value in values]
+    low, high = min(numbers), max(numbers)
     span = high - low or 1.0
-    step = (WIDTH - 2 * PAD) / max(len(found) - 1, 1)
+    step = (WIDTH - 2 * PAD) / max(len(values) - 1, 1)
     points = tuple(
         Point(
             PAD + i * step,
             HEIGHT - PAD - (value - low) / span * (HEIGHT - 2 * PAD),
-            str(number),
+            label,
             value,
         )
-        for i, (number, value) in enumerate(found)
+        for i, (label, value) in enumerate(values)
     )
-    return Trend(metric, points, low, high)
+    return Chart(metric, points, low, high)
+
+
+def trend(versions: list[ModelVersion], metric: str) -> Chart:
+    """`metric` of each version that has it, in version order."""
+    return line(
+        metric, [(f"v{v.version}", v.metrics[metric]) for v in versions if metric in v.metrics]
+    )
 
 
 @dataclass(frozen=True)

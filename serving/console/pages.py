@@ -3,6 +3,7 @@ raises (the services' `StackError`, `ConsoleError`, a bad path or form) into an 
 with its status instead of the JSON envelope of the API."""
 
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from serving.console.session import Session
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["timestamp"] = lambda seconds: (
+    datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S") if seconds else ""
+)
 STATIC_DIR = HERE / "static"
 
 

@@ -1,6 +1,7 @@
 """The console's world: a real gateway with keys and a model with a few versions and a
 metric gate, and Debian's chromium for the browser tests."""
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -9,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
+from finetune.demo.skills import SKILLS, generate_splits
 from tests.serving.conftest import LIMITS, RunningGateway, make_adapter, running_gateway
 
 CHROMIUM = "/usr/bin/chromium"
@@ -91,6 +94,27 @@ def console_world(
                 keys.create("ops-bob", admin=True)[1],
                 keys.create("viewer")[1],
             )
+
+
+def openai_client(world: ConsoleWorld, secret: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=world.gateway.base_url + "/v1", api_key=secret, max_retries=0)
+
+
+def submit_job(world: ConsoleWorld, secret: str, folder: Path) -> str:
+    """A one-epoch LoRA job on demo:2 over a few upper-casing rows; its id."""
+    rows = generate_splits(SKILLS["upper"], seed=0, num_train=32, num_eval=0)[0]
+    data = folder / "upper.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    client = openai_client(world, secret)
+    with data.open("rb") as file:
+        training = client.files.create(file=file, purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="demo:2",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 1, "batch_size": 8},
+        suffix="upper",
+    )
+    return job.id
 
 
 @pytest.fixture(scope="session")

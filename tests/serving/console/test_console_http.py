@@ -2,13 +2,14 @@
 input, each answered by a page that says what was wrong, with nothing changed."""
 
 import re
+from pathlib import Path
 
 import httpx
 import pytest
 
 from registry.entities import PromotionStatus
 from serving.console.session import SESSION_COOKIE
-from tests.serving.console.conftest import ConsoleWorld
+from tests.serving.console.conftest import ConsoleWorld, openai_client, submit_job
 
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -24,7 +25,7 @@ def login(world: ConsoleWorld, secret: str) -> tuple[httpx.Client, str]:
     token = TOKEN.search(form.text).group(1)
     done = client.post("/login", data={"api_key": secret, "csrf_token": token})
     assert done.status_code == 303, done.text
-    page = client.get("/models/demo")
+    page = client.get("/jobs")
     return client, TOKEN.search(page.text).group(1)
 
 
@@ -149,3 +150,34 @@ def test_pages_are_html_outside_the_api_schema(console_world: ConsoleWorld, path
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     schema = httpx.get(console_world.gateway.base_url + "/openapi.json").json()
     assert not [p for p in schema["paths"] if p.startswith("/ui")]
+
+
+def test_live_traffic_counts_each_version(console_world: ConsoleWorld) -> None:
+    openai_client(console_world, console_world.viewer).chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    client, _ = login(console_world, console_world.alice)
+    page = client.get("/traffic")
+    assert page.status_code == 200
+    row = re.search(r"<th scope=\"row\">demo:2</th><td>(\d+)</td>", page.text)
+    assert row and int(row.group(1)) >= 1
+
+
+def test_jobs_are_their_keys_own_and_cancel_from_the_page(
+    console_world: ConsoleWorld, tmp_path: Path
+) -> None:
+    job_id = submit_job(console_world, console_world.viewer, tmp_path)
+    viewer, token = login(console_world, console_world.viewer)
+    assert job_id in viewer.get("/jobs").text
+    other = console_world.gateway.gateway.keys.create("other-tenant")[1]
+    stranger, stranger_token = login(console_world, other)
+    assert job_id not in stranger.get("/jobs").text
+    assert stranger.get(f"/jobs/{job_id}").status_code == 404
+    refused = stranger.post(f"/jobs/{job_id}/cancel", data={"csrf_token": stranger_token})
+    assert refused.status_code == 404
+    page = viewer.get(f"/jobs/{job_id}")
+    assert page.status_code == 200 and "Created fine-tuning job" in page.text
+    assert viewer.post(f"/jobs/{job_id}/cancel").status_code == 403
+    done = viewer.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token})
+    assert done.status_code == 303
+    assert 'id="job-status">cancelled<' in viewer.get(f"/jobs/{job_id}").text
