@@ -16,6 +16,7 @@ from finetune import api as fine_tuning_api
 from registry import api as registry_api
 from serving.api import keys, openai, ops
 from serving.console import evals_pages as console_evals
+from serving.console import explain_pages as console_explain
 from serving.console import jobs_pages as console_jobs
 from serving.console import keys_pages as console_keys
 from serving.console import routes as console
@@ -38,6 +39,7 @@ ROUTERS = (
     console_evals.router,
     console_jobs.router,
     console_traffic.router,
+    console_explain.router,
 )
 
 

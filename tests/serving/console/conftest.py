@@ -101,7 +101,8 @@ def openai_client(world: ConsoleWorld, secret: str) -> openai.OpenAI:
 
 
 def submit_job(world: ConsoleWorld, secret: str, folder: Path) -> str:
-    """A one-epoch LoRA job on demo:2 over a few upper-casing rows; its id."""
+    """A one-epoch LoRA job on demo:2 over 32 upper-casing rows, one a step (so that the
+    loss is logged a few times); its id."""
     rows = generate_splits(SKILLS["upper"], seed=0, num_train=32, num_eval=0)[0]
     data = folder / "upper.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -111,7 +112,7 @@ def submit_job(world: ConsoleWorld, secret: str, folder: Path) -> str:
     job = client.fine_tuning.jobs.create(
         model="demo:2",
         training_file=training.id,
-        hyperparameters={"n_epochs": 1, "batch_size": 8},
+        hyperparameters={"n_epochs": 1, "batch_size": 1},
         suffix="upper",
     )
     return job.id

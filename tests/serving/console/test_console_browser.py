@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.serving.console.conftest import ConsoleWorld
+from tests.serving.console.conftest import ConsoleWorld, submit_job
 
 IMAGES = Path(__file__).parents[3] / "docs" / "images"
 
@@ -28,7 +28,8 @@ def _shot(page: Page, name: str) -> None:
     page.screenshot(path=str(IMAGES / f"console-{name}.png"), full_page=True)
 
 
-def test_the_ops_path(browser: Browser, console_world: ConsoleWorld) -> None:
+def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: Path) -> None:
+    job_id = submit_job(console_world, console_world.alice, tmp_path)  # trains meanwhile
     alice = browser.new_page(viewport={"width": 1280, "height": 800})
     _login(alice, console_world, console_world.alice)
     _shot(alice, "models")
@@ -96,6 +97,25 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld) -> None:
     bob.get_by_role("button", name="Verify the stored files").click()
     expect(bob.locator("#verify-result")).to_contain_text("every digest matches")
     _shot(bob, "version")
+
+    bob.get_by_role("link", name="Explain an answer of demo:4").click()
+    bob.get_by_label("Prompt").fill("Uppercase: hello world")
+    bob.get_by_label("Answer to explain").fill("HELLO WORLD")
+    bob.get_by_role("button", name="Explain").click()
+    heat = bob.get_by_role("table", name="Heat map")
+    expect(heat).to_contain_text("(whole answer)")
+    expect(heat).to_contain_text("hello")
+    _shot(bob, "explain")
+
+    bob.goto(f"{console_world.url}/jobs/{job_id}")
+    for _ in range(120):  # the job trains in its own process: a minute or so
+        if bob.locator("#job-status").inner_text() in ("succeeded", "failed"):
+            break
+        bob.wait_for_timeout(1000)
+        bob.reload()
+    expect(bob.locator("#job-status")).to_have_text("succeeded")
+    expect(bob.get_by_role("img", name="training loss across steps")).to_be_visible()
+    _shot(bob, "job")
 
     alice.goto(console_world.url + "/keys")
     alice.get_by_label("Name").fill("temp-admin")
