@@ -15,6 +15,7 @@ from evals.feedback import api as feedback_api
 from finetune import api as fine_tuning_api
 from registry import api as registry_api
 from serving.api import keys, openai, ops
+from serving.console import drift_pages as console_drift
 from serving.console import evals_pages as console_evals
 from serving.console import explain_pages as console_explain
 from serving.console import jobs_pages as console_jobs
@@ -40,6 +41,7 @@ ROUTERS = (
     console_jobs.router,
     console_traffic.router,
     console_explain.router,
+    console_drift.router,
 )
 
 

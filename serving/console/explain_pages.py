@@ -20,6 +20,11 @@ SessionDep = Annotated[Session, Depends(current_session)]
 METHODS = get_args(Method)
 
 
+def _ink(value: float, scale: float) -> str:
+    """White on deep blue, dark text elsewhere: legible on every cell (WCAG AA)."""
+    return "#fff" if value < 0 and scale and -value / scale > 0.5 else "#1a1a1a"
+
+
 @router.get("")
 def explain_page(request: Request, session: SessionDep, model: str = "") -> HTMLResponse:
     return render(request, "explain.html", session, methods=METHODS, form={"model": model[:256]})
@@ -48,7 +53,7 @@ async def explain(
     labels, rows = heat_grid(explanation)
     scale = max((abs(v) for row in rows for v in row), default=0.0)
     heat = [
-        (label, [(v, heat_colour(v, scale)) for v in row])
+        (label, [(v, heat_colour(v, scale), _ink(v, scale)) for v in row])
         for label, row in zip(labels, rows, strict=True)
     ]
     return render(

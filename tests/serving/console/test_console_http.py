@@ -2,11 +2,15 @@
 input, each answered by a page that says what was wrong, with nothing changed."""
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from core.database import utc_now
+from evals.continuous.events import LoopEvents, Step, new_cycle_id
+from evals.drift.checks import DriftCheck, DriftStore, new_check_id
 from registry.entities import PromotionStatus
 from serving.console.session import SESSION_COOKIE
 from tests.serving.console.conftest import ConsoleWorld, openai_client, submit_job
@@ -181,3 +185,55 @@ def test_jobs_are_their_keys_own_and_cancel_from_the_page(
     done = viewer.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token})
     assert done.status_code == 303
     assert 'id="job-status">cancelled<' in viewer.get(f"/jobs/{job_id}").text
+
+
+def test_drift_checks_and_the_loop_timeline_link_each_step(console_world: ConsoleWorld) -> None:
+    """A loop cycle as the continuous loop records it, read back through the stores."""
+    engine = console_world.gateway.gateway.evaluations.runs.engine
+    run = console_world.gateway.gateway.evaluations.runs.list_runs(1, version="demo:4")[0]
+    now = utc_now()
+    check = DriftStore(engine).record(
+        DriftCheck(
+            id=new_check_id(),
+            created_at=now,
+            model="demo",
+            version="demo:2",
+            window_start=now - timedelta(hours=1),
+            window_end=now,
+            window_n=120,
+            reference={"kind": "traffic"},
+            signals=[],
+            score=0.42,
+            drifted=True,
+            alarms=["embedding"],
+        )
+    )
+    events = LoopEvents(engine)
+    cycle = new_cycle_id()
+    steps = [
+        (Step.DRIFT, check.id, {"version": "demo:2", "score": 0.42, "alarms": ["embedding"]}),
+        (
+            Step.EVALUATION,
+            run.id,
+            {"suite": run.suite, "version": "demo:2", "metrics": {"upper/exact_match": 0.1}},
+        ),
+        (Step.DECISION, None, {"retrain": True, "below": ["upper/exact_match"]}),
+        (Step.VERSION, "demo:4", {"job": "ftjob-0"}),
+        (Step.PROMOTED, "1", {"alias": "production", "from_version": 2, "to_version": 4}),
+    ]
+    for step, ref, detail in steps:
+        events.add(cycle, "demo", "upper-policy", step, ref, **detail)
+    client, _ = login(console_world, console_world.alice)
+    page = client.get("/models/demo/drift")
+    assert page.status_code == 200
+    for link in (
+        f'href="#{check.id}"',
+        f'href="/ui/runs/{run.id}"',
+        'href="/ui/models/demo/versions/4"',
+    ):
+        assert link in page.text
+    assert (
+        f'<tr id="{check.id}">' in page.text
+        and "retrain: upper/exact_match below floor" in page.text
+    )
+    assert client.get("/models/nope/drift").status_code == 404
