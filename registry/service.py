@@ -4,7 +4,7 @@ router call."""
 import copy
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -234,11 +234,16 @@ class Registry:
         )
         return VersionDetails(version, self.lineage(version), held)
 
-    def lineage(self, version: ModelVersion) -> tuple[ModelVersion, ...]:
+    def lineage(
+        self, version: ModelVersion, known: Mapping[str, ModelVersion] | None = None
+    ) -> tuple[ModelVersion, ...]:
+        """The version's ancestors, parent first; `known` (versions by ref, already read)
+        spares the store a query per ancestor."""
+        known = known or {}
         chain: list[ModelVersion] = []
         current = version
         while current.parent:
-            current = self.resolve(current.parent)
+            current = known.get(current.parent) or self.resolve(current.parent)
             chain.append(current)
         return tuple(chain)
 

@@ -36,6 +36,7 @@ Reason = Annotated[str, Form(max_length=MAX_REASON)]
 AliasField = Annotated[str, Form(pattern=ALIAS_PATTERN)]
 PAGE_SIZE = 20
 MAX_COMPARED = 6
+RUN_VERSIONS = 10  # the model page lists the eval runs of its newest versions
 DONE = {  # what a change that redirected back says
     "promoted": "The alias moved; the history below records it.",
     "requested": "The promotion waits for a second admin's approval.",
@@ -119,8 +120,9 @@ def _matches(version: ModelVersion, q: str, aliases: list[str]) -> bool:
     return q.lower() in text.lower()
 
 
-def _versions_table(registry: Registry, name: str, q: str, page: int) -> dict:
-    versions = registry.list_versions(name)
+def _versions_table(
+    registry: Registry, name: str, versions: list[ModelVersion], q: str, page: int
+) -> dict:
     held: dict[int, list[str]] = {}
     for alias in registry.aliases(name):
         held.setdefault(alias.version, []).append(alias.alias)
@@ -138,9 +140,10 @@ def _versions_table(registry: Registry, name: str, q: str, page: int) -> dict:
     }
 
 
-def _model_context(registry: Registry, name: str, metric: str) -> dict:
+def _model_context(
+    registry: Registry, name: str, versions: list[ModelVersion], metric: str
+) -> dict:
     model = registry.store.get_model(name)
-    versions = registry.list_versions(name)
     metric_names = sorted({m for v in versions for m in v.metrics})
     metric = metric if metric in metric_names else (metric_names[0] if metric_names else "")
     return {
@@ -165,11 +168,12 @@ def model_page(
     metric: Annotated[str, Query(max_length=128)] = "",
     done: Annotated[str, Query(max_length=32)] = "",
 ) -> HTMLResponse:
-    table = _versions_table(registry, name, q, page)
+    versions = registry.list_versions(name)
+    table = _versions_table(registry, name, versions, q, page)
     if request.headers.get("hx-request") and request.headers.get("hx-target") == "versions":
         return render(request, "_versions.html", session, **table)
-    context = _model_context(registry, name, metric)
-    runs = runs_of(evaluations(request), context["versions"])
+    context = _model_context(registry, name, versions, metric)
+    runs = runs_of(evaluations(request), versions[-RUN_VERSIONS:])
     return render(
         request, "model.html", session, table=table, runs=runs, notice=DONE.get(done), **context
     )
@@ -179,14 +183,18 @@ def model_page(
 def version_page(
     request: Request, session: SessionDep, registry: RegistryDep, name: Name, number: Number
 ) -> HTMLResponse:
-    details = registry.show(f"{name}:{number}")
-    manifest = registry.artifacts.load_manifest(details.version.artifact_digest)
+    version = registry.resolve(f"{name}:{number}")
+    known = {v.ref: v for v in registry.list_versions(name, include_archived=True)}
+    ancestors = registry.lineage(version, known)
+    held = [a.alias for a in registry.aliases(name) if a.version == version.version]
+    manifest = registry.artifacts.load_manifest(version.artifact_digest)
     return render(
         request,
         "version.html",
         session,
-        details=details,
-        lineage=charts.lineage(details.version, details.lineage),
+        version=version,
+        aliases=held,
+        lineage=charts.lineage(version, ancestors),
         files=manifest.files,
     )
 
@@ -219,7 +227,8 @@ def compare_page(
         raise ConsoleError(
             400, "Choose two or more versions to compare.", title="Nothing to compare"
         )
-    versions = [registry.resolve(f"{name}:{n}") for n in numbers]
+    known = {v.ref: v for v in registry.list_versions(name, include_archived=True)}
+    versions = [known.get(f"{name}:{n}") or registry.resolve(f"{name}:{n}") for n in numbers]
     rows: list[tuple[str, list[str]]] = [
         ("kind", [x.kind.value for x in versions]),
         ("format", [x.format.value for x in versions]),
@@ -229,7 +238,9 @@ def compare_page(
         ("recipe digest", [x.recipe_digest or "" for x in versions]),
         ("dataset digests", [" ".join(x.dataset_digests) for x in versions]),
     ]
-    lineage = [(f"lineage of {x.ref}", [r.ref for r in registry.lineage(x)]) for x in versions]
+    lineage = [
+        (f"lineage of {x.ref}", [r.ref for r in registry.lineage(x, known)]) for x in versions
+    ]
     metrics = sorted({m for x in versions for m in x.metrics})
     first = versions[0].metrics
     metric_rows = [
