@@ -23,6 +23,20 @@ def _login(page: Page, world: ConsoleWorld, secret: str) -> None:
     expect(page.get_by_role("heading", name="Models")).to_be_visible()
 
 
+UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+    .filter(e => !e.labels.length && !e.getAttribute('aria-label')).map(e => e.outerHTML)"""
+
+
+def _check_accessible(page: Page) -> None:
+    """Every form control has a label; the first Tab reaches the skip link."""
+    assert page.evaluate(UNLABELLED) == []
+    page.bring_to_front()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    assert page.url.endswith("#main")
+
+
 def _shot(page: Page, name: str) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(IMAGES / f"console-{name}.png"), full_page=True)
@@ -36,6 +50,7 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: P
 
     alice.get_by_role("link", name="demo", exact=True).click()
     expect(alice.get_by_role("heading", name="Model demo")).to_be_visible()
+    _check_accessible(alice)
     alice.get_by_label("Search versions").fill("upper")
     expect(alice.locator("#versions")).to_contain_text("1 version matching")
     alice.get_by_label("Search versions").fill("")
@@ -94,6 +109,7 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: P
     bob.goto(console_world.url + "/models/demo/versions/4")
     expect(bob.get_by_role("img", name="Lineage")).to_contain_text("demo:1")
     expect(bob.get_by_role("img", name="Lineage")).to_contain_text("adapter / peft-lora")
+    _check_accessible(bob)
     bob.get_by_role("button", name="Verify the stored files").click()
     expect(bob.locator("#verify-result")).to_contain_text("every digest matches")
     _shot(bob, "version")
