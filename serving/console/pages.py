@@ -15,7 +15,7 @@ from fastapi.templating import Jinja2Templates
 
 from core.errors import StackError
 from serving.console.errors import ConsoleError
-from serving.console.session import Session
+from serving.console.session import Session, current_session
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -38,7 +38,12 @@ def render(
 
 
 def error_page(request: Request, status: int, title: str, message: str) -> HTMLResponse:
-    return render(request, "error.html", None, status_code=status, title=title, message=message)
+    """The error, with the navigation of the request's session when it has a valid one."""
+    try:
+        session = current_session(request) if status != 401 else None
+    except ConsoleError:
+        session = None
+    return render(request, "error.html", session, status_code=status, title=title, message=message)
 
 
 def _validation_message(exc: RequestValidationError) -> str:

@@ -77,11 +77,12 @@ def login(
     csrf_token: Csrf = "",
 ) -> Response:
     check_login_token(request, csrf_token)
-    if request.app.state.gateway.keys.authenticate(api_key.strip()) is None:
+    key = request.app.state.gateway.keys.authenticate(api_key.strip())
+    if key is None:
         raise ConsoleError(
             401, "That API key is not valid (unknown or revoked).", title="Log in failed"
         )
-    response = RedirectResponse("/ui/", status_code=303)
+    response = RedirectResponse("/ui/" if key.admin else "/ui/jobs", status_code=303)
     start_session(response, api_key.strip(), _secure(request))
     return response
 

@@ -71,7 +71,8 @@ def test_registry_pages_need_an_admin_key(console_world: ConsoleWorld) -> None:
     assert "demo" in client.get("/").text
     viewer = _client(console_world)
     token = TOKEN.search(viewer.get("/login").text).group(1)
-    viewer.post("/login", data={"api_key": console_world.viewer, "csrf_token": token})
+    landed = viewer.post("/login", data={"api_key": console_world.viewer, "csrf_token": token})
+    assert landed.headers["location"] == "/ui/jobs"  # the pages a key without admin scope has
     for path in ("/", "/models/demo", "/keys"):
         page = viewer.get(path)
         assert page.status_code == 403 and "has no admin scope" in page.text
@@ -237,3 +238,12 @@ def test_drift_checks_and_the_loop_timeline_link_each_step(console_world: Consol
         and "retrain: upper/exact_match below floor" in page.text
     )
     assert client.get("/models/nope/drift").status_code == 404
+
+
+def test_logging_out_needs_the_token_and_ends_the_session(console_world: ConsoleWorld) -> None:
+    client, token = login(console_world, console_world.bob)
+    assert client.post("/logout").status_code == 403
+    assert client.get("/").status_code == 200
+    out = client.post("/logout", data={"csrf_token": token})
+    assert out.status_code == 303 and out.headers["location"] == "/ui/login"
+    assert client.get("/").status_code == 401
