@@ -1,8 +1,10 @@
 """Server-drawn pictures: the layout of a metric's trend across versions and of a
 version's lineage, as coordinates the SVG templates draw (no chart library in the page)."""
 
+import re
 from dataclasses import dataclass
 
+from core.refs import VERSION_REF_PATTERN
 from registry.entities import ModelVersion
 
 WIDTH, HEIGHT, PAD = 640, 240, 40
@@ -69,6 +71,22 @@ class Node:
 
 
 NODE_GAP = 70
+_VERSION_REF = re.compile(VERSION_REF_PATTERN)
+
+
+@dataclass(frozen=True)
+class Related:
+    """A version a tag names (a teacher, a base, a federated silo's adapter), drawn beside."""
+
+    tag: str
+    ref: str
+    y: int
+
+
+def related(version: ModelVersion) -> tuple[Related, ...]:
+    """The tags of `version` whose values are version references, in tag order."""
+    refs = [(k, v) for k, v in sorted(version.tags.items()) if _VERSION_REF.fullmatch(v)]
+    return tuple(Related(tag, ref, 10 + i * NODE_GAP) for i, (tag, ref) in enumerate(refs))
 
 
 def lineage(version: ModelVersion, ancestors: tuple[ModelVersion, ...]) -> tuple[Node, ...]:

@@ -196,6 +196,7 @@ def version_page(
         version=version,
         aliases=held,
         lineage=charts.lineage(version, ancestors),
+        related=charts.related(version),
         files=manifest.files,
     )
 

@@ -53,7 +53,8 @@ def console_world(
     tmp_path_factory: pytest.TempPathFactory, random_model_dir: Path
 ) -> Iterator[ConsoleWorld]:
     """demo:1 (random), demo:2 in production (exact_match 0.6), demo:3 worse (0.4) and
-    demo:4 better (0.8, a LoRA adapter on demo:3, so that its outputs differ), all gated by
+    demo:4 better (0.8, a LoRA adapter on demo:3, so that its outputs differ, tagged with
+    demo:2 as its teacher), all gated by
     `metric:exact_match` as the CLI would be; demo:2 and demo:4 ran a small suite."""
     home = tmp_path_factory.mktemp("console-home")
     suites = home / "suites"
@@ -78,7 +79,8 @@ def console_world(
                     format="peft-lora" if adapter else "hf-safetensors",
                     parent=f"demo:{number - 1}",
                     metrics={"exact_match": score, "latency_ms": 10.0 + number},
-                    tags={"skill": "upper" if number % 2 else "add"},
+                    tags={"skill": "upper" if number % 2 else "add"}
+                    | ({"teacher": "demo:2"} if adapter else {}),
                     recipe_digest=f"sha256:{number:064x}",
                 )
             registry.set_alias("demo", "production", 2)

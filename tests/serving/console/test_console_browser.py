@@ -4,6 +4,7 @@ second admin approves, watch the history and the trend chart, roll back, and rev
 after which its browser session is refused. The pages it passes are saved as the README's
 screenshots (docs/images/console-*.png)."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,7 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: P
     bob.goto(console_world.url + "/models/demo/versions/4")
     expect(bob.get_by_role("img", name="Lineage")).to_contain_text("demo:1")
     expect(bob.get_by_role("img", name="Lineage")).to_contain_text("adapter / peft-lora")
+    expect(bob.get_by_role("img", name="Lineage")).to_contain_text("tag teacher")
     _check_accessible(bob)
     bob.get_by_role("button", name="Verify the stored files").click()
     expect(bob.locator("#verify-result")).to_contain_text("every digest matches")
@@ -119,14 +121,14 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: P
     bob.get_by_label("Answer to explain").fill("HELLO WORLD")
     bob.get_by_role("button", name="Explain").click()
     heat = bob.get_by_role("table", name="Heat map")
-    expect(heat).to_contain_text("(whole answer)")
+    expect(heat).to_contain_text("(whole answer)", timeout=60_000)  # seconds on a busy CPU
     expect(heat).to_contain_text("hello")
     _shot(bob, "explain")
 
     bob.goto(f"{console_world.url}/jobs/{job_id}")
-    for _ in range(120):  # the job trains in its own process: a minute or so
-        if bob.locator("#job-status").inner_text() in ("succeeded", "failed"):
-            break
+    deadline = time.monotonic() + 300  # the job trains in its own process: a minute or so
+    while bob.locator("#job-status").inner_text() not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, "the fine-tuning job did not finish"
         bob.wait_for_timeout(1000)
         bob.reload()
     expect(bob.locator("#job-status")).to_have_text("succeeded")
