@@ -15,7 +15,7 @@ from core.errors import ErrorCode
 from core.http import error_responses, install_error_handlers
 from core.listing import MAX_PAGE, ListPage, page
 from core.refs import ALIAS_PATTERN, NAME_PATTERN, REF_PATTERN
-from registry.entities import VersionKind
+from registry.entities import PromotionStatus, VersionKind
 from registry.errors import RegistryError
 from registry.protocol import (
     MAX_EVENT_ID,
@@ -26,6 +26,7 @@ from registry.protocol import (
     FileObject,
     ModelObject,
     PromoteRequest,
+    PromotionRequestObject,
     ReasonRequest,
     RegisterRequest,
     VerifyResult,
@@ -225,6 +226,45 @@ def rollback(
     registry: RegistryDep, name: Name, alias: AliasName, body: ReasonRequest
 ) -> AliasEventObject:
     return AliasEventObject.model_validate(registry.rollback(name, alias, reason=body.reason))
+
+
+RequestId = Annotated[int, PathParam(ge=1, le=MAX_EVENT_ID, description="A request's id.")]
+
+
+@router.post("/models/{name}/aliases/{alias}/requests", status_code=201)
+def request_promotion(
+    registry: RegistryDep, name: Name, alias: AliasName, body: AliasRequest
+) -> PromotionRequestObject:
+    """Ask for a promotion that a second admin approves; the gate judges it now and again
+    on approval."""
+    request = registry.request_promotion(f"{name}:{body.version}", alias, reason=body.reason)
+    return PromotionRequestObject.model_validate(request)
+
+
+@router.get("/models/{name}/requests")
+def list_promotion_requests(
+    registry: RegistryDep, name: Name, status: PromotionStatus | None = None
+) -> ListPage[PromotionRequestObject]:
+    registry.store.get_model(name)
+    found = [PromotionRequestObject.model_validate(r) for r in registry.pending(name, status)]
+    return page(found, None, lambda r: str(r.id))
+
+
+@router.post("/models/{name}/requests/{request_id}/approve")
+def approve_promotion(
+    registry: RegistryDep, name: Name, request_id: RequestId, body: ReasonRequest
+) -> AliasEventObject:
+    """Approve another admin's request: the alias moves through the gate."""
+    registry.promotion_request(name, request_id)
+    return AliasEventObject.model_validate(registry.approve(request_id, reason=body.reason))
+
+
+@router.post("/models/{name}/requests/{request_id}/reject")
+def reject_promotion(
+    registry: RegistryDep, name: Name, request_id: RequestId, body: ReasonRequest
+) -> PromotionRequestObject:
+    registry.promotion_request(name, request_id)
+    return PromotionRequestObject.model_validate(registry.reject(request_id, reason=body.reason))
 
 
 @router.get("/models/{name}/history")

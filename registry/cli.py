@@ -1,5 +1,5 @@
-"""`llm-registry`: register, inspect, fetch, verify, alias, promote and roll back versions,
-and upgrade the stack's database.
+"""`llm-registry`: register, inspect, fetch, verify, alias, promote (also on a second
+person's approval) and roll back versions, and upgrade the stack's database.
 
 References are `name` (its production alias), `name:version`, `name@alias` and the
 `ft:<base>:<suffix>:<job>` names of fine-tuned adapters.
@@ -17,11 +17,19 @@ from core.console import parse_pairs, print_json, print_table, run
 from core.database import engine_for
 from core.migrations import status, upgrade_all
 from core.settings import StackSettings
-from registry.entities import AliasEvent, ModelVersion, VersionFormat, VersionKind
+from registry.entities import (
+    AliasEvent,
+    ModelVersion,
+    PendingPromotion,
+    PromotionStatus,
+    VersionFormat,
+    VersionKind,
+)
 from registry.protocol import (
     AliasEventObject,
     AliasObject,
     ModelObject,
+    PromotionRequestObject,
     VersionDetailsObject,
     VersionObject,
 )
@@ -370,6 +378,73 @@ def archive(ctx: _Context, ref: str) -> None:
 
 
 @cli.group()
+def request() -> None:
+    """Promotions a second person approves: ask, list, approve, reject."""
+
+
+@request.command(name="create")
+@click.argument("ref")
+@click.argument("alias_name", metavar="ALIAS", default="production")
+@click.option("--reason", required=True, help="Why; recorded with the request.")
+@pass_ctx
+def request_create(ctx: _Context, ref: str, alias_name: str, reason: str) -> None:
+    """Ask for ALIAS of REF's model to move to REF once someone else approves (the gate
+    judges it now and again on approval)."""
+    _print_request(ctx, ctx.registry.request_promotion(ref, alias_name, reason=reason))
+
+
+@request.command(name="list")
+@click.argument("name")
+@click.option("--status", type=click.Choice([s.value for s in PromotionStatus]))
+@pass_ctx
+def request_list(ctx: _Context, name: str, status: str | None) -> None:
+    """NAME's promotion requests, newest first."""
+    ctx.registry.store.get_model(name)
+    found = ctx.registry.pending(name, PromotionStatus(status) if status else None)
+    if ctx.as_json:
+        _json([PromotionRequestObject.model_validate(r) for r in found])
+        return
+    print_table(
+        ("id", "when", "version", "alias", "status", "requested by", "reason", "decided by"),
+        [
+            (
+                r.id,
+                r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                r.version,
+                r.alias,
+                r.status.value,
+                r.requested_by,
+                r.reason,
+                r.decided_by or "-",
+            )
+            for r in found
+        ],
+    )
+
+
+@request.command(name="approve")
+@click.argument("name")
+@click.argument("request_id", type=click.IntRange(1))
+@click.option("--reason", default="", help="A comment recorded with the approval.")
+@pass_ctx
+def request_approve(ctx: _Context, name: str, request_id: int, reason: str) -> None:
+    """Approve another person's request: the alias moves through the gate."""
+    ctx.registry.promotion_request(name, request_id)
+    _print_event(ctx, ctx.registry.approve(request_id, reason=reason))
+
+
+@request.command(name="reject")
+@click.argument("name")
+@click.argument("request_id", type=click.IntRange(1))
+@click.option("--reason", required=True, help="Why; recorded with the rejection.")
+@pass_ctx
+def request_reject(ctx: _Context, name: str, request_id: int, reason: str) -> None:
+    """Reject another person's request; nothing moves."""
+    ctx.registry.promotion_request(name, request_id)
+    _print_request(ctx, ctx.registry.reject(request_id, reason=reason))
+
+
+@cli.group()
 def db() -> None:
     """The stack's database: where each package's schema stands, and upgrading it."""
 
@@ -414,6 +489,16 @@ def _print_event(ctx: _Context, event: AliasEvent) -> None:
     moved = f"{event.from_version or '-'} -> {event.to_version or '-'}"
     forced = " (forced past a failing gate)" if event.forced else ""
     click.echo(f"{event.name}@{event.alias}: {event.action.value} {moved}{forced}")
+
+
+def _print_request(ctx: _Context, request: PendingPromotion) -> None:
+    if ctx.as_json:
+        _json(PromotionRequestObject.model_validate(request))
+        return
+    click.echo(
+        f"request {request.id}: {request.name}:{request.version} to @{request.alias} "
+        f"{request.status.value}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

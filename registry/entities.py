@@ -98,3 +98,29 @@ class AliasEvent:
     forced: bool
     gate: dict[str, Any] | None
     created_at: datetime = field(compare=False)
+
+
+class PromotionStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class PendingPromotion:
+    """A promotion one admin requested and a second must approve or reject: the request
+    (who, why, the gate's verdict when asked) and the decision (who, why, when)."""
+
+    id: int
+    name: str
+    alias: str
+    version: int
+    requested_by: str
+    reason: str
+    gate: dict[str, Any] | None
+    status: PromotionStatus
+    decided_by: str | None
+    decision_reason: str
+    created_at: datetime = field(compare=False)
+    decided_at: datetime | None = field(default=None, compare=False)
+    event_id: int | None = None  # the alias move an approval made

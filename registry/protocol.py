@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from registry.entities import AliasAction, VersionFormat, VersionKind
+from registry.entities import AliasAction, PromotionStatus, VersionFormat, VersionKind
 
 MAX_VERSION = 999_999_999  # as references allow; the columns hold 32-bit integers
 MAX_EVENT_ID = 2**31 - 1
@@ -78,6 +78,25 @@ class AliasEventObject(_Object):
     forced: bool = Field(description="Whether a failing gate was overridden.")
     gate: dict[str, Any] | None = Field(description="The gate's result, as recorded.")
     created_at: datetime
+
+
+class PromotionRequestObject(_Object):
+    """A promotion that waits for a second person's approval, and its decision."""
+
+    object: Literal["registry.promotion_request"] = "registry.promotion_request"
+    id: int
+    name: str
+    alias: str
+    version: int
+    requested_by: str
+    reason: str
+    gate: dict[str, Any] | None = Field(description="The gate's result when it was asked.")
+    status: PromotionStatus
+    decided_by: str | None
+    decision_reason: str
+    created_at: datetime
+    decided_at: datetime | None
+    event_id: int | None = Field(description="The alias move an approval made.")
 
 
 class FileObject(_Object):

@@ -4,7 +4,7 @@ router call."""
 import copy
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -22,11 +22,13 @@ from registry.entities import (
     AliasEvent,
     Model,
     ModelVersion,
+    PendingPromotion,
+    PromotionStatus,
     VersionFormat,
     VersionKind,
 )
 from registry.errors import AliasMovedError, RegistryError
-from registry.gates import Gate, load_gate
+from registry.gates import Gate, GateResult, load_gate
 from registry.settings import RegistrySettings
 from registry.sql_store import SqlStore
 from registry.store import RegistryStore
@@ -232,11 +234,16 @@ class Registry:
         )
         return VersionDetails(version, self.lineage(version), held)
 
-    def lineage(self, version: ModelVersion) -> tuple[ModelVersion, ...]:
+    def lineage(
+        self, version: ModelVersion, known: Mapping[str, ModelVersion] | None = None
+    ) -> tuple[ModelVersion, ...]:
+        """The version's ancestors, parent first; `known` (versions by ref, already read)
+        spares the store a query per ancestor."""
+        known = known or {}
         chain: list[ModelVersion] = []
         current = version
         while current.parent:
-            current = self.resolve(current.parent)
+            current = known.get(current.parent) or self.resolve(current.parent)
             chain.append(current)
         return tuple(chain)
 
@@ -318,16 +325,7 @@ class Registry:
 
         def attempt() -> AliasEvent:
             current = self._current(candidate.name, alias)
-            champion = self.store.get_version(candidate.name, current) if current else None
-            result = self.gate(candidate, champion, alias)
-            if not result.passed and not force:
-                raise RegistryError(
-                    ErrorCode.GATE_FAILED,
-                    f"promotion of {candidate.ref} to {candidate.name}@{alias} failed gate "
-                    f"{result.gate}: {result.details.get('reason', result.details)}; improve the "
-                    "candidate, or pass --force "
-                    "with --reason to override",
-                )
+            result = self._judge(candidate, alias, current, force=force)
             return self.store.move_alias(
                 candidate.name,
                 alias,
@@ -341,6 +339,109 @@ class Registry:
             )
 
         return self._retry(attempt)
+
+    def _judge(
+        self, candidate: ModelVersion, alias: str, current: int | None, *, force: bool = False
+    ) -> GateResult:
+        """The gate's verdict on `candidate` against the version `current`; GATE_FAILED when
+        it fails and is not forced."""
+        champion = self.store.get_version(candidate.name, current) if current else None
+        result = self.gate(candidate, champion, alias)
+        if not result.passed and not force:
+            raise RegistryError(
+                ErrorCode.GATE_FAILED,
+                f"promotion of {candidate.ref} to {candidate.name}@{alias} failed gate "
+                f"{result.gate}: {result.details.get('reason', result.details)}; improve the "
+                "candidate, or pass --force "
+                "with --reason to override",
+            )
+        return result
+
+    # -- promotions that need a second admin ------------------------------------------------
+
+    def request_promotion(self, ref: str, alias: str, *, reason: str) -> PendingPromotion:
+        """Ask for `alias` to move to the version `ref` names, once a second person approves.
+        The gate judges the candidate now (a failing one is refused at once) and again on
+        approval, against the champion of that moment."""
+        validate_alias(alias)
+        if not reason.strip():
+            raise RegistryError(
+                ErrorCode.INVALID, "a promotion request needs a reason", param="reason"
+            )
+        candidate = self.resolve(ref)
+        result = self._judge(candidate, alias, self._current(candidate.name, alias))
+        return self.store.add_pending(
+            candidate.name,
+            alias,
+            candidate.version,
+            actor=self.actor,
+            reason=reason,
+            gate=result.to_dict(),
+        )
+
+    def pending(
+        self, name: str | None = None, status: PromotionStatus | None = None
+    ) -> list[PendingPromotion]:
+        return self.store.list_pending(validate_name(name) if name else None, status)
+
+    def promotion_request(self, name: str, promotion_id: int) -> PendingPromotion:
+        """The promotion request `promotion_id` of model `name`; NOT_FOUND otherwise."""
+        request = self.store.get_pending(promotion_id)
+        if request.name != validate_name(name):
+            raise RegistryError(
+                ErrorCode.NOT_FOUND,
+                f"model {name!r} has no promotion request {promotion_id}",
+                param="promotion_id",
+            )
+        return request
+
+    def approve(self, promotion_id: int, *, reason: str = "") -> AliasEvent:
+        """Approve a pending promotion as a second person: the alias moves through the gate
+        (its event names both people) and the request is closed with the event's id."""
+        request = self._open_request(promotion_id)
+        requested = f"requested by {request.requested_by}: {request.reason}"
+        event = self.promote(
+            f"{request.name}:{request.version}",
+            request.alias,
+            reason=f"approved request {request.id} ({requested})"
+            + (f"; {reason}" if reason.strip() else ""),
+        )
+        self.store.decide_pending(
+            request.id,
+            PromotionStatus.APPROVED,
+            actor=self.actor,
+            reason=reason,
+            event_id=event.id,
+        )
+        return event
+
+    def reject(self, promotion_id: int, *, reason: str) -> PendingPromotion:
+        if not reason.strip():
+            raise RegistryError(
+                ErrorCode.INVALID, "rejecting a promotion request needs a reason", param="reason"
+            )
+        request = self._open_request(promotion_id)
+        return self.store.decide_pending(
+            request.id, PromotionStatus.REJECTED, actor=self.actor, reason=reason
+        )
+
+    def _open_request(self, promotion_id: int) -> PendingPromotion:
+        request = self.store.get_pending(promotion_id)
+        if request.status is not PromotionStatus.PENDING:
+            raise RegistryError(
+                ErrorCode.CONFLICT,
+                f"promotion request {request.id} was {request.status.value} already by "
+                f"{request.decided_by}",
+                param="promotion_id",
+            )
+        if request.requested_by == self.actor:
+            raise RegistryError(
+                ErrorCode.PERMISSION_DENIED,
+                f"promotion request {request.id} was made by {self.actor}; a second person "
+                "must approve or reject it",
+                param="promotion_id",
+            )
+        return request
 
     def rollback(self, name: str, alias: str, *, reason: str = "") -> AliasEvent:
         """Move `alias` back to the version it pointed at before its last move."""

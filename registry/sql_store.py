@@ -20,12 +20,21 @@ from registry.entities import (
     AliasEvent,
     Model,
     ModelVersion,
+    PendingPromotion,
+    PromotionStatus,
     VersionFormat,
     VersionKind,
 )
 from registry.errors import AliasMovedError, RegistryError
 from registry.store import RegistryStore
-from registry.tables import alias_events, aliases, models, version_tags, versions
+from registry.tables import (
+    alias_events,
+    aliases,
+    models,
+    pending_promotions,
+    version_tags,
+    versions,
+)
 
 
 def _model(row: Row) -> Model:
@@ -71,6 +80,24 @@ def _version(row: Row, tags: dict[str, str]) -> ModelVersion:
 
 def _alias(row: Row) -> Alias:
     return Alias(row.name, row.alias, row.version, as_utc(row.updated_at))
+
+
+def _pending(row: Row) -> PendingPromotion:
+    return PendingPromotion(
+        id=row.id,
+        name=row.name,
+        alias=row.alias,
+        version=row.version,
+        requested_by=row.requested_by,
+        reason=row.reason,
+        gate=row.gate,
+        status=PromotionStatus(row.status),
+        decided_by=row.decided_by,
+        decision_reason=row.decision_reason,
+        created_at=as_utc(row.created_at),
+        decided_at=as_utc(row.decided_at),
+        event_id=row.event_id,
+    )
 
 
 def _event(row: Row) -> AliasEvent:
@@ -398,3 +425,91 @@ class SqlStore(RegistryStore):
         with reading(self.engine) as conn:
             self._model_row(conn, name)
             return [_event(row) for row in conn.execute(stmt)]
+
+    def add_pending(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        actor: str,
+        reason: str,
+        gate: dict[str, Any] | None,
+    ) -> PendingPromotion:
+        with self.engine.begin() as conn:
+            self._version_row(conn, name, version)
+            result = conn.execute(
+                pending_promotions.insert()
+                .values(
+                    name=name,
+                    alias=alias,
+                    version=version,
+                    requested_by=actor,
+                    reason=reason,
+                    gate=gate,
+                    status=PromotionStatus.PENDING.value,
+                    decided_by=None,
+                    decision_reason="",
+                    created_at=utc_now(),
+                )
+                .returning(*pending_promotions.c)
+            )
+            return _pending(result.one())
+
+    def get_pending(self, promotion_id: int) -> PendingPromotion:
+        with reading(self.engine) as conn:
+            row = conn.execute(
+                select(pending_promotions).where(pending_promotions.c.id == promotion_id)
+            ).first()
+        if row is None:
+            raise RegistryError(
+                ErrorCode.NOT_FOUND,
+                f"no promotion request {promotion_id}",
+                param="promotion_id",
+            )
+        return _pending(row)
+
+    def list_pending(
+        self, name: str | None = None, status: PromotionStatus | None = None
+    ) -> list[PendingPromotion]:
+        stmt = select(pending_promotions).order_by(pending_promotions.c.id.desc())
+        if name is not None:
+            stmt = stmt.where(pending_promotions.c.name == name)
+        if status is not None:
+            stmt = stmt.where(pending_promotions.c.status == status.value)
+        with reading(self.engine) as conn:
+            return [_pending(row) for row in conn.execute(stmt)]
+
+    def decide_pending(
+        self,
+        promotion_id: int,
+        status: PromotionStatus,
+        *,
+        actor: str,
+        reason: str,
+        event_id: int | None = None,
+    ) -> PendingPromotion:
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                pending_promotions.update()
+                .where(
+                    pending_promotions.c.id == promotion_id,
+                    pending_promotions.c.status == PromotionStatus.PENDING.value,
+                )
+                .values(
+                    status=status.value,
+                    decided_by=actor,
+                    decision_reason=reason,
+                    decided_at=utc_now(),
+                    event_id=event_id,
+                )
+            )
+        if done.rowcount != 1:
+            found = self.get_pending(promotion_id)
+            raise RegistryError(
+                ErrorCode.CONFLICT,
+                f"promotion request {promotion_id} was {found.status.value} already by "
+                f"{found.decided_by}",
+                param="promotion_id",
+            )
+        return self.get_pending(promotion_id)

@@ -18,6 +18,8 @@ from registry.entities import (
     AliasEvent,
     Model,
     ModelVersion,
+    PendingPromotion,
+    PromotionStatus,
     VersionFormat,
     VersionKind,
 )
@@ -120,3 +122,40 @@ class RegistryStore(ABC):
         after: int | None = None,
     ) -> list[AliasEvent]:
         """The audit log of `name` (optionally one alias), oldest first."""
+
+    @abstractmethod
+    def add_pending(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        actor: str,
+        reason: str,
+        gate: dict[str, Any] | None,
+    ) -> PendingPromotion:
+        """Record a promotion of `name:version` to `alias` that waits for approval;
+        NOT_FOUND if the version does not exist."""
+
+    @abstractmethod
+    def get_pending(self, promotion_id: int) -> PendingPromotion:
+        """One promotion request; NOT_FOUND if there is none with this id."""
+
+    @abstractmethod
+    def list_pending(
+        self, name: str | None = None, status: PromotionStatus | None = None
+    ) -> list[PendingPromotion]:
+        """Promotion requests, newest first, optionally of one model or in one status."""
+
+    @abstractmethod
+    def decide_pending(
+        self,
+        promotion_id: int,
+        status: PromotionStatus,
+        *,
+        actor: str,
+        reason: str,
+        event_id: int | None = None,
+    ) -> PendingPromotion:
+        """Close a pending request as approved or rejected; CONFLICT if it was decided
+        already."""

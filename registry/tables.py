@@ -113,3 +113,22 @@ alias_events = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_registry_alias_events_name_alias", "name", "alias", "id"),
 )
+
+pending_promotions = Table(
+    "registry_pending_promotions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), ForeignKey("registry_models.name"), nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("requested_by", String(256), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("gate", JSON, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("decided_by", String(256), nullable=True),
+    Column("decision_reason", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("decided_at", DateTime(timezone=True), nullable=True),
+    Column("event_id", Integer, ForeignKey("registry_alias_events.id"), nullable=True),
+    Index("ix_registry_pending_promotions_name_status", "name", "status", "id"),
+)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from core.http import document_errors, install_error_handlers
 from evals import api as evals_api
@@ -15,6 +16,14 @@ from finetune import api as fine_tuning_api
 from registry import api as registry_api
 from serving.api import keys, openai, ops
 from serving.batches import api as batches_api
+from serving.console import drift_pages as console_drift
+from serving.console import evals_pages as console_evals
+from serving.console import explain_pages as console_explain
+from serving.console import jobs_pages as console_jobs
+from serving.console import keys_pages as console_keys
+from serving.console import routes as console
+from serving.console import traffic_pages as console_traffic
+from serving.console.pages import STATIC_DIR as CONSOLE_STATIC
 from serving.gateway import Gateway
 from serving.middleware import GatewayMiddleware
 
@@ -28,6 +37,13 @@ ROUTERS = (
     feedback_api.router,
     evals_api.router,
     batches_api.router,
+    console.router,
+    console_keys.router,
+    console_evals.router,
+    console_jobs.router,
+    console_traffic.router,
+    console_explain.router,
+    console_drift.router,
 )
 
 
@@ -58,4 +74,5 @@ def create_app(gateway: Gateway) -> FastAPI:
     )
     for router in ROUTERS:
         app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=CONSOLE_STATIC), name="console-static")
     return app

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Engine, Row, func, select
 
 from core.database import as_utc, open_database, reading, utc_now
 from core.redaction import Redactor
@@ -155,6 +155,17 @@ class TrafficReader:
             times = dict(conn.execute(bounds).all())
         ids, *fields = (list(column) for column in zip(*rows, strict=True))
         return TrafficColumns(as_utc(times[ids[0]]), as_utc(times[ids[-1]]), *fields)
+
+    def counts(self, since: datetime) -> dict[str, int]:
+        """How many requests each version answered since then."""
+        self.flush()
+        stmt = (
+            select(traffic.c.version, func.count())
+            .where(traffic.c.created_at >= since)
+            .group_by(traffic.c.version)
+        )
+        with reading(self.engine) as conn:
+            return {version: count for version, count in conn.execute(stmt)}
 
     def versions(self, since: datetime) -> list[str]:
         """The versions that answered since then."""

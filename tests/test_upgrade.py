@@ -131,7 +131,7 @@ def test_the_explicit_upgrade_reports_each_package(
     assert moved == {
         "evals": (None, "e0003"),
         "finetune": ("f0001", "f0002"),
-        "registry": ("0001", "0002"),
+        "registry": ("0001", "0003"),
         "serving": ("s0001", "s0006"),
     }
     assert run(registry_cli.cli, registry_cli.PROG, ["db", "upgrade"]) == 0

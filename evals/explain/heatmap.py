@@ -14,7 +14,7 @@ from evals.explain.protocol import ExplanationResponse
 ANSWER_ROW = "(whole answer)"
 
 
-def _grid(explanation: ExplanationResponse) -> tuple[list[str], list[list[float]]]:
+def heat_grid(explanation: ExplanationResponse) -> tuple[list[str], list[list[float]]]:
     """Row labels and values: one row per output token where the method gives them, then the
     whole answer."""
     labels, rows = [], []
@@ -24,20 +24,21 @@ def _grid(explanation: ExplanationResponse) -> tuple[list[str], list[list[float]
     return [*labels, ANSWER_ROW], [*rows, explanation.sequence_attributions]
 
 
-def _colour(value: float, scale: float) -> str:
+def heat_colour(value: float, scale: float) -> str:
     share = min(1.0, abs(value) / scale) if scale else 0.0
     fade = round(255 * (1 - share))
     return f"rgb(255,{fade},{fade})" if value > 0 else f"rgb({fade},{fade},255)"
 
 
 def write_html(explanation: ExplanationResponse, path: Path) -> Path:
-    labels, rows = _grid(explanation)
+    labels, rows = heat_grid(explanation)
     scale = max((abs(v) for row in rows for v in row), default=0.0)
     head = "".join(f"<th>{html.escape(f)}</th>" for f in explanation.input_features)
     body = []
     for label, row in zip(labels, rows, strict=True):
         cells = "".join(
-            f'<td style="background:{_colour(v, scale)}" title="{v:.4f}">{v:.2f}</td>' for v in row
+            f'<td style="background:{heat_colour(v, scale)}" title="{v:.4f}">{v:.2f}</td>'
+            for v in row
         )
         body.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
     faith = explanation.faithfulness
@@ -56,7 +57,7 @@ def write_html(explanation: ExplanationResponse, path: Path) -> Path:
 
 
 def write_png(explanation: ExplanationResponse, path: Path) -> Path:
-    labels, rows = _grid(explanation)
+    labels, rows = heat_grid(explanation)
     scale = max((abs(v) for row in rows for v in row), default=0.0) or 1.0
     width = max(4.0, 0.6 * len(explanation.input_features) + 2)
     figure, axes = plt.subplots(figsize=(width, 0.45 * len(labels) + 1.8), dpi=100)

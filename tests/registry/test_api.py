@@ -172,3 +172,31 @@ def test_a_version_uploads_as_a_tar_archive(client: TestClient, registry: Regist
         client, _tar(files), '{"expected_digest": "' + r.json()["artifact_digest"] + '"}'
     )
     _error(again, 409, "already_exists")
+
+
+def test_promotion_requests_over_http(
+    client: TestClient, registry: Registry, model_dir: Path, other_model_dir: Path
+) -> None:
+    registry.register("demo", model_dir)
+    registry.register("demo", other_model_dir, parent="demo:1")
+    registry.set_alias("demo", "production", 1)
+    base = "/v1/registry/models/demo"
+    r = client.post(f"{base}/aliases/production/requests", json={"version": 2, "reason": "r"})
+    assert r.status_code == 201 and r.json()["status"] == "pending"
+    own = client.post(f"{base}/requests/{r.json()['id']}/approve", json={})
+    _error(own, 403, "permission_denied")
+    other = registry.acting_as("alice").request_promotion("demo:2", "staging", reason="try")
+    _error(
+        client.post(f"/v1/registry/models/nope/requests/{other.id}/approve", json={}),
+        404,
+        "model_not_found",
+    )
+    moved = client.post(f"{base}/requests/{other.id}/approve", json={"reason": "ok"})
+    assert moved.status_code == 200 and moved.json()["to_version"] == 2
+    listed = client.get(f"{base}/requests", params={"status": "approved"}).json()["data"]
+    assert [(x["id"], x["requested_by"], x["event_id"]) for x in listed] == [
+        (other.id, "alice", moved.json()["id"])
+    ]
+    _error(
+        client.post(f"{base}/requests/999/reject", json={"reason": "no"}), 404, "model_not_found"
+    )

@@ -97,3 +97,31 @@ def test_tampered_artifact_fails_verify(settings: StackSettings, model_dir: Path
     result = _run(settings, "verify", "demo:1")
     assert result.returncode == 1
     assert "model.safetensors does not match its digest" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_promotion_request_is_approved_by_someone_else(
+    settings: StackSettings, model_dir: Path, other_model_dir: Path
+) -> None:
+    _ok(settings, "register", "demo", str(model_dir))
+    _ok(settings, "alias", "set", "demo", "production", "1")
+    _ok(settings, "register", "demo", str(other_model_dir), "--parent", "demo:1")
+    assert _run(settings, "request", "create", "demo:2").returncode == 2  # no reason
+    made = _ok(settings, "request", "create", "demo:2", "production", "--reason", "better")
+    assert made.strip() == "request 1: demo:2 to @production pending"
+    own = _run(settings, "request", "approve", "demo", "1")
+    assert own.returncode == 2 and "a second person must approve" in own.stderr
+    env_bob = {**os.environ, "LLMOPS_HOME": str(settings.home), "LLMOPS_ACTOR": "bob"}
+    env_bob["LLMOPS_DATABASE_URL"] = settings.resolved_database_url
+    approved = subprocess.run(
+        [sys.executable, "-m", "registry", "request", "approve", "demo", "1"],
+        env=env_bob,
+        capture_output=True,
+        text=True,
+    )
+    assert approved.returncode == 0, approved.stderr
+    assert approved.stdout.strip() == "demo@production: promote 1 -> 2"
+    listed = json.loads(_ok(settings, "--json", "request", "list", "demo"))
+    assert [(r["status"], r["requested_by"], r["decided_by"]) for r in listed] == [
+        ("approved", "cli-user", "bob")
+    ]
