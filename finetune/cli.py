@@ -5,6 +5,7 @@
     llm-finetune submit RECIPE [--KEY VALUE ...]  queue a job for a background worker
     llm-finetune list | show JOB | cancel JOB | logs JOB [--follow]
     llm-finetune merge ADAPTER_REF                merge an adapter into its base, register it
+    llm-finetune federated run|serve|join ...     federated LoRA fine-tuning on Flower
 
 Any recipe key can be given as a flag (`--learning_rate 1e-3`, `--max_steps=50`); flags
 override the recipe file.
@@ -23,6 +24,7 @@ from core.console import print_json, print_table, run
 from core.errors import ErrorCode
 from finetune.data import read_rows
 from finetune.errors import FinetuneError
+from finetune.federated.cli import federated
 from finetune.jobs import Job, JobStatus
 from finetune.recipe import Recipe, load_recipe
 from finetune.runner import JobRunner
@@ -236,6 +238,9 @@ def merge(as_json: bool, adapter_ref: str, name: str | None) -> None:
         print_json(VersionObject.model_validate(version).model_dump(mode="json"))
     else:
         click.echo(f"registered {version.ref} (merged from {adapter_ref})")
+
+
+cli.add_command(federated)
 
 
 def main(argv: list[str] | None = None) -> int:
