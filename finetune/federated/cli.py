@@ -17,19 +17,23 @@ from pathlib import Path
 
 import click
 
-from finetune.federated import runtime
 from finetune.federated.config import LoraSettings, load_federated_config
 from finetune.jobs import JobStatus
 from finetune.kinds import FEDERATED
+from registry.service import open_registry
 
 
 def _run_job(config_path: Path, mode: str, as_json: bool) -> None:
     from finetune.cli import _report, _runner
-    from finetune.federated.job import job_recipe
+    from finetune.federated.job import LOCAL, check_local_silos, job_recipe, resolve_base
     from finetune.worker import run_job
 
     config = load_federated_config(config_path)
     runner = _runner()
+    # Bad input stops here, before a job exists or a process starts (the job checks again).
+    resolve_base(open_registry(runner.stack), config)
+    if mode == LOCAL:
+        check_local_silos(config)
     job = runner.store.create(
         kind=FEDERATED,
         model=config.base_model,
@@ -101,6 +105,7 @@ def join(
     lora: str | None,
 ) -> None:
     """Join a federation as a silo (runs until the coordinator's federation ends or Ctrl-C)."""
+    from finetune.federated import runtime
     from finetune.federated.job import check_silo_data
 
     check_silo_data(data)

@@ -33,6 +33,7 @@ LOCAL = "run"  # SuperLink and one SuperNode per configured silo, on this machin
 SERVE = "serve"  # SuperLink only; silos join from their machines
 JOB_TAG = "federated_job"
 POLL_S = 1.0
+SILO_PROCESS = "silo "  # the name of a local silo's SuperNode process: "silo <id>"
 
 
 def job_recipe(config: FederatedConfig, mode: str) -> dict[str, Any]:
@@ -83,7 +84,10 @@ def _start_supernodes(processes: runtime.Processes, config: FederatedConfig, job
             root_certificates=certs.ca if certs else None,
         )
         processes.start(
-            f"silo {silo.id}", command, job_dir / f"silo-{silo.id}.log", runtime.environment()
+            f"{SILO_PROCESS}{silo.id}",
+            command,
+            job_dir / f"silo-{silo.id}.log",
+            runtime.environment(),
         )
 
 
@@ -129,7 +133,7 @@ def _coordinate(ctx: JobContext, config: FederatedConfig, mode: str) -> RoundLog
         ctx.store.add_event(ctx.job.id, f"Flower run {run_id} started on the SuperLink")
         control = runtime.ControlClient(transport)
         try:
-            return _follow(ctx, config, run_id, control, (flwr_home, log_file))
+            return _follow(ctx, config, run_id, control, processes, (flwr_home, log_file))
         finally:
             control.close()
     finally:
@@ -141,6 +145,7 @@ def _follow(
     config: FederatedConfig,
     run_id: int,
     control: runtime.ControlClient,
+    processes: runtime.Processes,
     flwr_cli: tuple[Path, Path],
 ) -> RoundLog:
     reported = RoundLog.open(ctx.job_dir).completed
@@ -161,6 +166,9 @@ def _follow(
                 ctx.job.id, record.round, _relative(rounds.folder, ctx.stack.resolved_home), data
             )
             reported = record.round
+        # A local silo whose SuperNode died rejoins: it takes part from the next round.
+        for name in processes.restart_exited(SILO_PROCESS):
+            ctx.store.add_event(ctx.job.id, f"The {name} SuperNode exited; restarted it", "warn")
         if ctx.stop.is_set():
             runtime.flwr(["stop", str(run_id)], *flwr_cli)
             return rounds

@@ -91,6 +91,17 @@ class Processes:
         self.running.append((name, process))
         return process
 
+    def restart_exited(self, prefix: str) -> list[str]:
+        """Start again every process named `prefix...` that has exited; their names."""
+        restarted = []
+        for name, process in list(self.running):
+            if name.startswith(prefix) and process.poll() is not None:
+                command, log, env = self.launches[name]
+                self.running.remove((name, process))
+                self.start(name, command, log, env)
+                restarted.append(name)
+        return restarted
+
     def stop(self) -> None:
         for _, process in reversed(self.running):
             with contextlib.suppress(ProcessLookupError):
