@@ -25,7 +25,9 @@ from core.errors import ErrorCode
 from finetune.data import read_rows
 from finetune.errors import FinetuneError
 from finetune.federated.cli import federated
+from finetune.federated.progress import round_lines
 from finetune.jobs import Job, JobStatus
+from finetune.kinds import FEDERATED
 from finetune.recipe import Recipe, load_recipe
 from finetune.runner import JobRunner
 from registry.protocol import VersionObject
@@ -183,6 +185,9 @@ def show(as_json: bool, job_id: str) -> None:
     runner = _runner()
     job = runner.get(job_id)
     _report(job, as_json)
+    if not as_json and job.kind == FEDERATED:
+        for line in round_lines(runner.store, job):
+            click.echo(f"  {line}")
     if not as_json:
         for event in reversed(runner.store.list_events(job.id, limit=10)):
             click.echo(f"  {event.created_at:%H:%M:%S} {event.level:5} {event.message}")

@@ -75,10 +75,12 @@ class Processes:
     """Processes this job started, stopped together (each in its own session)."""
 
     running: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    launches: dict[str, tuple[list[str], Path, dict[str, str]]] = field(default_factory=dict)
 
     def start(
         self, name: str, command: list[str], log: Path, env: dict[str, str]
     ) -> subprocess.Popen:
+        self.launches[name] = (command, log, env)
         with log.open("ab") as output:
             process = subprocess.Popen(
                 command,
