@@ -114,11 +114,17 @@ def join(
         node_config["base"] = str(base.resolve())
     if lora is not None:
         node_config["lora"] = LoraSettings.model_validate_json(lora).model_dump_json()
+    clientappio = f"127.0.0.1:{runtime.free_port()}"
     command = runtime.supernode_command(
         superlink,
         node_config,
-        runtime.free_port(),
+        clientappio,
         root_certificates=root_certificates,
         private_key=auth_key,
     )
-    sys.exit(subprocess.run(command, env=runtime.environment(), check=False).returncode)
+    processes = runtime.Processes(app_addresses=[clientappio])
+    try:
+        code = subprocess.run(command, env=runtime.environment(), check=False).returncode
+    finally:
+        processes.stop()  # the silo's ClientApp, should one outlive its SuperNode
+    sys.exit(code)

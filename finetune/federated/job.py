@@ -77,10 +77,12 @@ def _start_supernodes(processes: runtime.Processes, config: FederatedConfig, job
         node_config = {"silo-id": silo.id, "data": str(Path(silo.data).expanduser().resolve())}
         if silo.lora is not None:
             node_config["lora"] = silo.lora.model_dump_json()
+        clientappio = f"127.0.0.1:{runtime.free_port()}"
+        processes.app_addresses.append(clientappio)
         command = runtime.supernode_command(
             f"127.0.0.1:{transport.fleet_port}",
             node_config,
-            runtime.free_port(),
+            clientappio,
             root_certificates=certs.ca if certs else None,
         )
         processes.start(
@@ -95,7 +97,7 @@ def _coordinate(ctx: JobContext, config: FederatedConfig, mode: str) -> RoundLog
     """Run (or resume) the federation; returns the round log once every round completed."""
     job_dir = ctx.job_dir
     transport = config.transport
-    processes = runtime.Processes()
+    processes = runtime.Processes(app_addresses=[f"127.0.0.1:{transport.serverapp_port}"])
     log_file = job_dir / "coordinator.log"
     try:
         superlink = processes.start(

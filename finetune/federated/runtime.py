@@ -76,6 +76,7 @@ class Processes:
 
     running: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     launches: dict[str, tuple[list[str], Path, dict[str, str]]] = field(default_factory=dict)
+    app_addresses: list[str] = field(default_factory=list)  # AppIo APIs of our SuperExecs
 
     def start(
         self, name: str, command: list[str], log: Path, env: dict[str, str]
@@ -105,6 +106,9 @@ class Processes:
         return restarted
 
     def stop(self) -> None:
+        """Stop every process started here, then the ServerApp / ClientApp processes that
+        Flower's SuperExec started for them (in sessions of their own; they can outlive
+        their SuperLink or SuperNode), found by the AppIo address they were given."""
         for _, process in reversed(self.running):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -116,6 +120,29 @@ class Processes:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.running.clear()
+        for pid in app_processes(self.app_addresses):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def app_processes(addresses: list[str]) -> list[int]:
+    """ServerApp / ClientApp processes talking to one of these AppIo `addresses`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in args]
+        line = " ".join(words)
+        if any(f"{flag} {addr}" in line for flag in _APPIO_FLAGS for addr in addresses):
+            found.append(int(entry.name))
+    return found
+
+
+_APPIO_FLAGS = ("--serverappio-api-address", "--clientappio-api-address", "--appio-api-address")
 
 
 def wait_for_port(host: str, port: int, process: subprocess.Popen, what: str, log: Path) -> None:
@@ -166,7 +193,7 @@ def superlink_command(transport: Transport, state_dir: Path, node_auth: bool) ->
 def supernode_command(
     superlink: str,
     node_config: dict[str, str],
-    clientappio_port: int,
+    clientappio_address: str,
     *,
     root_certificates: Path | None = None,
     private_key: Path | None = None,
@@ -177,7 +204,7 @@ def supernode_command(
         "--superlink",
         superlink,
         "--clientappio-api-address",
-        f"127.0.0.1:{clientappio_port}",
+        clientappio_address,
         "--node-config",
         config,
     ]
