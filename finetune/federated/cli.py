@@ -11,7 +11,7 @@ Both `run` and `serve` are jobs (`llm-finetune list`, `show`), registered as an 
 version when every round completed."""
 
 import contextlib
-import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -104,7 +104,7 @@ def join(
     base: Path | None,
     lora: str | None,
 ) -> None:
-    """Join a federation as a silo (runs until the coordinator's federation ends or Ctrl-C)."""
+    """Join a federation as a silo (a SuperNode: runs until stopped, e.g. with Ctrl-C)."""
     from finetune.federated import runtime
     from finetune.federated.job import check_silo_data
 
@@ -114,17 +114,12 @@ def join(
         node_config["base"] = str(base.resolve())
     if lora is not None:
         node_config["lora"] = LoraSettings.model_validate_json(lora).model_dump_json()
-    clientappio = f"127.0.0.1:{runtime.free_port()}"
     command = runtime.supernode_command(
         superlink,
         node_config,
-        clientappio,
+        f"127.0.0.1:{runtime.free_port()}",
         root_certificates=root_certificates,
         private_key=auth_key,
     )
-    processes = runtime.Processes(app_addresses=[clientappio])
-    try:
-        code = subprocess.run(command, env=runtime.environment(), check=False).returncode
-    finally:
-        processes.stop()  # the silo's ClientApp, should one outlive its SuperNode
-    sys.exit(code)
+    # This process becomes the SuperNode, so that a signal to it reaches the SuperNode.
+    os.execve(command[0], command, runtime.environment())

@@ -154,7 +154,7 @@ def _follow(
     while True:
         rounds = RoundLog.open(ctx.job_dir)
         for record in rounds.records[reported:]:
-            silos = ", ".join(s.silo_id for s in record.silos) or "secure aggregate"
+            silos = ", ".join(sorted(s.silo_id for s in record.silos)) or "secure aggregate"
             message = (
                 f"Round {record.round}/{config.rounds}: train loss={record.train_loss:.4f} "
                 f"from {len(record.silos)} silos ({silos})"

@@ -2,10 +2,12 @@
 authentication) and silos that `federated join` through a recording relay, which finds that
 every message the coordinator receives holds adapter tensors and counts, nothing else."""
 
+import contextlib
 import datetime
 import ipaddress
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -147,8 +149,9 @@ def test_serve_and_join_with_tls_and_node_authentication(
         try:
             out, _ = coordinator.communicate(timeout=600)
         finally:
-            for process in silos.values():
-                process.terminate()
+            for process in silos.values():  # each silo's SuperNode and its app processes
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=30)
         # The SuperLink refused the silo whose key the coordinator did not register.
         assert "No SuperNode found with the given public key" in logs["intruder"].read_text()
