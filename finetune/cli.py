@@ -5,6 +5,7 @@
     llm-finetune submit RECIPE [--KEY VALUE ...]  queue a job for a background worker
     llm-finetune list | show JOB | cancel JOB | logs JOB [--follow]
     llm-finetune merge ADAPTER_REF                merge an adapter into its base, register it
+    llm-finetune federated run|serve|join ...     federated LoRA fine-tuning on Flower
 
 Any recipe key can be given as a flag (`--learning_rate 1e-3`, `--max_steps=50`); flags
 override the recipe file.
@@ -23,7 +24,10 @@ from core.console import print_json, print_table, run
 from core.errors import ErrorCode
 from finetune.data import read_rows
 from finetune.errors import FinetuneError
+from finetune.federated.cli import federated
+from finetune.federated.progress import round_lines
 from finetune.jobs import Job, JobStatus
+from finetune.kinds import FEDERATED
 from finetune.recipe import Recipe, load_recipe
 from finetune.runner import JobRunner
 from registry.protocol import VersionObject
@@ -181,6 +185,9 @@ def show(as_json: bool, job_id: str) -> None:
     runner = _runner()
     job = runner.get(job_id)
     _report(job, as_json)
+    if not as_json and job.kind == FEDERATED:
+        for line in round_lines(runner.store, job):
+            click.echo(f"  {line}")
     if not as_json:
         for event in reversed(runner.store.list_events(job.id, limit=10)):
             click.echo(f"  {event.created_at:%H:%M:%S} {event.level:5} {event.message}")
@@ -361,6 +368,9 @@ def export(
             f"{parity.token_agreement:.1%} equal to PyTorch, answers {parity.exact_match:.1%} "
             f"exactly, size {version.metrics['size_ratio']:.2f}x"
         )
+
+
+cli.add_command(federated)
 
 
 def main(argv: list[str] | None = None) -> int:

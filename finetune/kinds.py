@@ -21,9 +21,11 @@ from registry.entities import ModelVersion
 from registry.service import Registry
 
 FINE_TUNE = "fine-tune"
+FEDERATED = "federated"
 
 JOB_KINDS: dict[str, str] = {
     FINE_TUNE: "finetune.fine_tune:run_fine_tune",
+    FEDERATED: "finetune.federated.job:run_federated",
 }
 
 

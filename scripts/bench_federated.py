@@ -1,0 +1,156 @@
+"""Federated LoRA vs. each silo alone vs. pooled (centralized) training, on the demo world.
+
+    python scripts/bench_federated.py [--config configs/federated/demo-three-silos.yaml]
+                                      [--rows 2000] [--output results/bench_federated.json]
+
+It uses the registered `demo` model (build it first: `python scripts/build_demo_model.py`).
+Three silos with different data (a: `reverse` rows, b: `sort` rows, c: other rows of both)
+train together through Flower's deployment runtime (`llm-finetune federated run`, separate
+processes). Each silo's local-only adapter trains on its own rows for the steps it trained in
+the federation; the centralized adapter trains on the pooled rows for all silos' steps
+together. Every adapter is scored by greedy exact match on the union eval (unseen `reverse`
+and `sort` inputs). Bytes per round (what the coordinator sent and received) are compared
+with the full model's weights.
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from finetune.demo.evaluation import exact_match_rate
+from finetune.demo.skills import SKILLS, generate_splits, read_jsonl, write_jsonl
+from finetune.federated.config import load_federated_config
+from finetune.federated.job import job_recipe
+from finetune.federated.plan import RoundPlan
+from finetune.federated.silo import TRAIN_FILE, silo_recipe
+from finetune.kinds import FEDERATED
+from finetune.runner import JobRunner
+from finetune.trainer import train
+from finetune.worker import run_job
+from registry.service import open_registry
+
+SKILL_NAMES = ("reverse", "sort")
+
+
+def write_silos(root: Path, rows: int) -> tuple[dict[str, Path], list[dict]]:
+    """Silo folders (a: reverse, b: sort, c: other rows of both) and the union eval rows."""
+    splits = {name: generate_splits(SKILLS[name], 0, 2 * rows, 100) for name in SKILL_NAMES}
+    reverse, sort = (splits[name][0] for name in SKILL_NAMES)
+    half = rows // 2
+    silos = {
+        "a": reverse[:rows],
+        "b": sort[:rows],
+        "c": reverse[rows : rows + half] + sort[rows : rows + half],
+    }
+    folders = {}
+    for silo, silo_rows in silos.items():
+        folders[silo] = root / silo
+        write_jsonl(folders[silo] / TRAIN_FILE, silo_rows)
+    pooled = [row for silo_rows in silos.values() for row in silo_rows]
+    write_jsonl(root / "pooled" / TRAIN_FILE, pooled)
+    folders["pooled"] = root / "pooled"
+    return folders, [row for name in SKILL_NAMES for row in splits[name][1]]
+
+
+def score(base_dir: Path, adapter_dir: Path, eval_rows: list[dict]) -> float:
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, adapter_dir).eval()
+    return exact_match_rate(model, tokenizer, eval_rows, batch_size=64, max_new_tokens=12)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", type=Path, default=Path("configs/federated/demo-three-silos.yaml")
+    )
+    parser.add_argument("--rows", type=int, default=2000, help="train rows of silos a and b")
+    parser.add_argument("--data-dir", type=Path, default=Path("data/federated"))
+    parser.add_argument("--output", type=Path, default=Path("results/bench_federated.json"))
+    args = parser.parse_args()
+
+    folders, eval_rows = write_silos(args.data_dir, args.rows)
+    config = load_federated_config(args.config)
+    config = config.model_copy(
+        update={
+            "silos": [
+                s.model_copy(update={"data": str(folders[s.id].resolve())}) for s in config.silos
+            ]
+        }
+    )
+    runner = JobRunner.open()
+    registry = open_registry(runner.stack)
+    base = registry.resolve(config.base_model)
+    base_dir = registry.local_copy(base)
+
+    started = time.monotonic()
+    job = runner.store.create(
+        kind=FEDERATED,
+        model=config.base_model,
+        recipe=job_recipe(config, "run"),
+        created_by=runner.stack.actor,
+        suffix="federated",
+    )
+    job = run_job(runner, job.id)
+    assert job.registered_version, job.error
+    federated_s = time.monotonic() - started
+    federated = registry.resolve(job.registered_version)
+    lineage = json.loads((registry.local_copy(federated) / "federation.json").read_text())
+
+    steps = config.rounds * config.training.local_steps
+    budgets = {silo.id: steps for silo in config.silos}
+    budgets["pooled"] = steps * len(config.silos)
+    adapters = {}
+    for name, budget in budgets.items():
+        plan = RoundPlan(
+            round=0,
+            base_model=base.ref,
+            lora=config.lora,
+            training=config.training.model_copy(update={"local_steps": budget}),
+        )
+        recipe = silo_recipe(plan, base.ref, folders[name] / TRAIN_FILE)
+        work = args.output.parent / "bench_federated" / name
+        adapters[name] = train(recipe, work, registry=registry, progress=False).adapter_dir
+
+    exact = {"federated": score(base_dir, registry.local_copy(federated), eval_rows)}
+    for name, adapter_dir in adapters.items():
+        exact["centralized" if name == "pooled" else f"local_{name}"] = score(
+            base_dir, adapter_dir, eval_rows
+        )
+    per_round = lineage["per_round"]
+    round_bytes = max(r["bytes_sent"] + r["bytes_received"] for r in per_round)
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "config": str(args.config),
+        "rows": {name: len(read_jsonl(folder / TRAIN_FILE)) for name, folder in folders.items()},
+        "eval_rows": len(eval_rows),
+        "steps": {"per_silo": steps, "centralized": budgets["pooled"]},
+        "exact_match_union_eval": exact,
+        "federated_vs_best_local": exact["federated"]
+        - max(v for k, v in exact.items() if k.startswith("local_")),
+        "federated_over_centralized": exact["federated"] / max(exact["centralized"], 1e-9),
+        "bytes_per_round_max": round_bytes,
+        "full_model_bytes": lineage["full_model_bytes"],
+        "round_bytes_over_full_model": round_bytes / lineage["full_model_bytes"],
+        "federated_seconds": federated_s,
+        "per_round": per_round,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "per_round"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
