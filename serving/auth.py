@@ -63,13 +63,7 @@ class Authenticator:
                 api_code="invalid_api_key",
             )
         if model is not None and not key.allows(model):
-            raise ServingError(
-                ErrorCode.PERMISSION_DENIED,
-                f"key {key.name!r} may not use model {model!r}; it may use: "
-                f"{', '.join(key.models)}",
-                param="model",
-                api_code="model_not_allowed",
-            )
+            raise model_not_allowed(key, model)
         return key
 
     def caller(self, request: Request) -> Caller:
@@ -84,3 +78,12 @@ class Authenticator:
 
     def _open(self) -> bool:
         return self.open_without_keys and not self.keys.auth_required()
+
+
+def model_not_allowed(key: ApiKey, model: str) -> ServingError:
+    return ServingError(
+        ErrorCode.PERMISSION_DENIED,
+        f"key {key.name!r} may not use model {model!r}; it may use: {', '.join(key.models)}",
+        param="model",
+        api_code="model_not_allowed",
+    )

@@ -27,7 +27,7 @@ from core.database import utc_now
 from core.errors import ErrorCode, StackError
 from core.http import ErrorDetail, ErrorEnvelope, error_type
 from finetune.service import FineTuningService
-from serving.auth import Authenticator
+from serving.auth import Authenticator, model_not_allowed
 from serving.batches.config import BatchesConfig
 from serving.batches.store import Batch, BatchStore, Line
 from serving.embeddings import Embedder
@@ -187,13 +187,7 @@ class BatchRunner:
             )
         model = str(line.body.get("model"))
         if key is not None and not key.allows(model):
-            raise ServingError(
-                ErrorCode.PERMISSION_DENIED,
-                f"key {key.name!r} may not use model {model!r}; it may use: "
-                f"{', '.join(key.models)}",
-                param="model",
-                api_code="model_not_allowed",
-            )
+            raise model_not_allowed(key, model)
         endpoint = _ENDPOINTS.get(batch.endpoint, "embeddings")
         ctx = RequestContext(
             request_id, key, Authenticator.caller_of(key), endpoint, priority=BATCH_PRIORITY

@@ -136,13 +136,8 @@ class LocalEngine(EngineClient):
         )
         runner.submit(seq)
         try:
-            while True:
-                item = await seq.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
+            async for chunk in seq.chunks():
+                yield chunk
         finally:
             if seq.finish_reason is None:
                 runner.abort(seq)

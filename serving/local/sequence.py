@@ -2,6 +2,7 @@
 queue its chunks go to."""
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +45,16 @@ class Sequence:
 
     def emit(self, chunk: GenerationChunk | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, chunk)
+
+    async def chunks(self) -> AsyncIterator[GenerationChunk]:
+        """The chunks the engine emits, up to the last one; an error it emits is raised."""
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.finish_reason is not None:
+                return
 
     def append(
         self,

@@ -92,13 +92,8 @@ class OnnxEngine(EngineClient):
         )
         worker = asyncio.create_task(asyncio.to_thread(self._run, loaded, seq))
         try:
-            while True:
-                item = await seq.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
+            async for chunk in seq.chunks():
+                yield chunk
         finally:
             seq.aborted = True  # the worker stops at its next token
             await asyncio.shield(worker)
