@@ -53,8 +53,22 @@ def test_system_messages_are_rendered(tokenizer):
 
 
 def test_unknown_role_is_refused(tokenizer):
-    with pytest.raises(TemplateError, match="unknown role tool"):
-        tokenizer.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+    with pytest.raises(TemplateError, match="unknown role ipython"):
+        tokenizer.apply_chat_template([{"role": "ipython", "content": "x"}], tokenize=False)
+
+
+def test_tools_calls_and_results_are_rendered(tokenizer):
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+    call = {"type": "function", "function": {"name": "add", "arguments": {"a": 1}}}
+    messages = [
+        {"role": "user", "content": "1 + 1?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "2"},
+    ]
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    assert text.startswith(f'{tokenizer.bos_token}<|system|>Tools:\nadd {{"type": "object"}}')
+    assert '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>' in text
+    assert text.endswith("<|user|><tool_response>2</tool_response><|end|>")
 
 
 def test_assistant_mask_covers_the_reply_and_its_end(tokenizer):
