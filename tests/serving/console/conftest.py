@@ -12,6 +12,7 @@ from typing import Any
 
 import openai
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from finetune.demo.skills import SKILLS, generate_splits
 from tests.serving.conftest import LIMITS, RunningGateway, make_adapter, running_gateway
@@ -120,11 +121,19 @@ def submit_job(world: ConsoleWorld, secret: str, folder: Path) -> str:
     return job.id
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """Debian's chromium, never a browser build Playwright would download."""
+@pytest.fixture(scope="module")
+def browser(browser_type_launch_args: dict[str, Any]) -> Iterator[Browser]:
+    """Debian's chromium, never a browser build Playwright would download; started and
+    stopped with this module. Playwright's sync API keeps an event loop running in the main
+    thread while it is started, and pytest-playwright's own `browser` lives for the whole
+    session, so every later test's `asyncio.run` would fail."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("LLMOPS_REQUIRE_SERVICES"):
             raise RuntimeError(f"{CHROMIUM} is missing: apt-get install -y chromium")
         pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (see .ci/run)")
-    return {**browser_type_launch_args, "executable_path": CHROMIUM}
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            **{**browser_type_launch_args, "executable_path": CHROMIUM}
+        )
+        yield launched
+        launched.close()
