@@ -293,12 +293,12 @@ def test_structured_outputs_and_tool_calls_match_the_local_engine(client: openai
         },
     }
     named = {"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "pick"}}}
-    _, calls = chat("demo", max_tokens=60, **named)
+    _, calls = chat("demo", max_tokens=120, **named)
     [(name, arguments)] = calls
     assert name == "pick"
     jsonschema.validate(json.loads(arguments), tool["function"]["parameters"])
-    assert chat("local-copy", max_tokens=60, **named)[1] == calls
-    assert chat("demo", stream=True, max_tokens=60, **named)[1] == calls
+    assert chat("local-copy", max_tokens=120, **named)[1] == calls
+    assert chat("demo", stream=True, max_tokens=120, **named)[1] == calls
 
 
 def test_responses_on_vllm(client: openai.OpenAI) -> None:
@@ -306,9 +306,14 @@ def test_responses_on_vllm(client: openai.OpenAI) -> None:
     response = client.responses.create(model="demo", **kwargs)
     assert response.output_text == client.responses.create(model="local-copy", **kwargs).output_text
     with client.responses.stream(model="demo", previous_response_id=response.id, **kwargs) as s:
-        deltas = "".join(e.delta for e in s if e.type == "response.output_text.delta")
-        final = s.get_final_response()
-    assert deltas == final.output_text and final.usage.input_tokens > response.usage.total_tokens
+        events = list(s)
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    # The answer runs to max_output_tokens, so the stream ends as OpenAI's do when cut short.
+    assert events[-1].type == "response.incomplete"
+    final = events[-1].response
+    assert final.incomplete_details.reason == "max_output_tokens"
+    assert deltas == final.output[0].content[0].text
+    assert final.usage.input_tokens > response.usage.total_tokens
 
 
 def test_sampling_fields_reach_vllm(client: openai.OpenAI) -> None:
