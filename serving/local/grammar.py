@@ -17,10 +17,6 @@ class Guide:
     def __init__(self, compiled: xgr.CompiledGrammar):
         self.matcher = xgr.GrammarMatcher(compiled)
 
-    def accept(self, token: int) -> None:
-        if not self.matcher.accept_token(token):
-            raise EngineError(f"token {token} breaks the output's grammar")
-
 
 class Grammars:
     """Compiles grammars for one model's tokenizer; thread-safe, compiled grammars cached."""
@@ -50,3 +46,9 @@ class Grammars:
         bitmask = xgr.allocate_token_bitmask(len(guides), self._vocab_size)
         self._batch.batch_fill_next_token_bitmask([g.matcher for g in guides], bitmask)
         xgr.apply_token_bitmask_inplace(logits, bitmask)
+
+    def accept(self, guides: list[Guide], tokens: list[int]) -> None:
+        """Advance each grammar by its row's chosen token, all in one call."""
+        accepted = self._batch.batch_accept_token([g.matcher for g in guides], tokens)
+        if not all(accepted):
+            raise EngineError("a chosen token breaks its output's grammar")

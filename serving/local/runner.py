@@ -201,20 +201,32 @@ class ModelRunner:
             for row, seq in enumerate(seqs)
             if seq.params.shapes_logits and seq.params.max_tokens
         }
-        if guided := [row for row in shaped if seqs[row].guide is not None]:
+        guided = [row for row in shaped if seqs[row].guide is not None]
+        guides = [seqs[row].guide for row in guided]
+        if guided:  # all the grammars of the step in one pass
             rows = torch.stack([shaped[row] for row in guided])
-            self.grammars.mask([seqs[row].guide for row in guided], rows)
+            self.grammars.mask(guides, rows)  # type: ignore[arg-type]
             shaped.update(zip(guided, rows, strict=True))
+            greedy_rows = rows.argmax(dim=-1).tolist()
+            for row, best in zip(guided, greedy_rows, strict=True):
+                greedy[row] = best
+        tokens = []
         for row, seq in enumerate(seqs):
             params = seq.params
-            if params.max_tokens == 0:  # scoring the prompt only
-                seq.finish_without_tokens()
-                continue
             row_logits = shaped.get(row, logits[row])
-            if row in shaped:
+            if row in shaped and seq.guide is None:
                 greedy[row] = int(row_logits.argmax())
-            token = greedy[row] if params.greedy else next_token(row_logits, params, seq.generator)
-            seq.append(token, logits[row], self.tokenizer, self.eos_ids, self.max_len)
+            if params.greedy or params.max_tokens == 0:
+                tokens.append(greedy[row])
+            else:
+                tokens.append(next_token(row_logits, params, seq.generator))
+        if guided:
+            self.grammars.accept(guides, [tokens[row] for row in guided])  # type: ignore[arg-type]
+        for row, seq in enumerate(seqs):
+            if seq.params.max_tokens == 0:  # scoring the prompt only
+                seq.finish_without_tokens()
+            else:
+                seq.append(tokens[row], logits[row], self.tokenizer, self.eos_ids, self.max_len)
 
     def _drop_finished(self) -> None:
         keep = [i for i, s in enumerate(self._running) if s.finish_reason is None and not s.aborted]

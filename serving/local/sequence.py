@@ -67,8 +67,6 @@ class Sequence:
         """Add a sampled token, update the text, decide whether the sequence is finished, and
         send what can be sent."""
         self.generated += 1
-        if self.guide is not None:
-            self.guide.accept(token)
         if self.params.logprobs is not None:
             logprob, top = token_logprobs(logits, token, self.params.logprobs)
             self.pending_logprobs.append(
