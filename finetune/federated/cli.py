@@ -11,7 +11,6 @@ Both `run` and `serve` are jobs (`llm-finetune list`, `show`), registered as an 
 version when every round completed."""
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -95,6 +94,13 @@ def serve(as_json: bool, config: Path) -> None:
     help="The base model's folder here (default: fetched from this machine's registry).",
 )
 @click.option("--lora", help='LoRA settings to insist on, as JSON ({"lora_r": 8, ...}).')
+@click.option(
+    "--registration-wait",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Seconds to keep trying while the coordinator has not registered this silo's key.",
+)
 def join(
     superlink: str,
     data: Path,
@@ -103,6 +109,7 @@ def join(
     auth_key: Path | None,
     base: Path | None,
     lora: str | None,
+    registration_wait: float,
 ) -> None:
     """Join a federation as a silo (a SuperNode: runs until stopped, e.g. with Ctrl-C)."""
     from finetune.federated import runtime
@@ -121,5 +128,4 @@ def join(
         root_certificates=root_certificates,
         private_key=auth_key,
     )
-    # This process becomes the SuperNode, so that a signal to it reaches the SuperNode.
-    os.execve(command[0], command, runtime.environment())
+    sys.exit(runtime.run_supernode(command, registration_wait))

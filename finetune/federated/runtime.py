@@ -29,6 +29,7 @@ from finetune.federated.config import Transport
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 BIN = Path(sys.executable).parent
+REGISTRATION_RETRY_S = 3.0
 CONNECTION = "coordinator"  # the SuperLink connection's name in the job's Flower config
 
 
@@ -110,14 +111,12 @@ class Processes:
         Flower's SuperExec started for them (in sessions of their own; they can outlive
         their SuperLink or SuperNode), found by the AppIo address they were given."""
         for _, process in reversed(self.running):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+            signal_group(process, signal.SIGTERM)
         for _, process in reversed(self.running):
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
+                signal_group(process, signal.SIGKILL)
                 process.wait()
         self.running.clear()
         for pid in app_processes(self.app_addresses):
@@ -215,6 +214,63 @@ def supernode_command(
     if private_key is not None:
         command += ["--auth-supernode-private-key", str(private_key)]
     return command
+
+
+UNREGISTERED = "No SuperNode found with the given public key"
+
+
+def run_supernode(command: list[str], registration_wait_s: float) -> int:
+    """Run a silo's SuperNode until it stops; returns its exit code. A SuperNode that the
+    SuperLink refuses because its key is not registered stops working but does not exit, so
+    it is stopped here and started again while the coordinator may still be registering keys
+    (`federated serve` registers them only after its SuperLink is up), for at most
+    `registration_wait_s` seconds. SIGTERM and SIGINT are passed on to the SuperNode."""
+    deadline = time.monotonic() + registration_wait_s
+    while True:
+        # Its own process group, so that stopping it stops its SuperExec too.
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=environment(),
+            start_new_session=True,
+        )
+        forward = {
+            sig: signal.signal(sig, lambda s, _, child=process: signal_group(child, s))
+            for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        refused = False
+        try:
+            for line in process.stdout:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+                if UNREGISTERED.encode() in line and not refused:
+                    refused = True
+                    signal_group(process, signal.SIGTERM)
+            try:
+                code = process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                signal_group(process, signal.SIGKILL)
+                code = process.wait()
+        finally:
+            for sig, handler in forward.items():
+                signal.signal(sig, handler)
+        if not refused:
+            return code
+        if time.monotonic() > deadline:
+            print(
+                f"the coordinator has not registered this silo's public key within "
+                f"{registration_wait_s:g} s: send it the public key that belongs to "
+                f"--auth-key, for its authorized_silo_keys",
+                file=sys.stderr,
+            )
+            return 2
+        time.sleep(REGISTRATION_RETRY_S)
+
+
+def signal_group(process: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
 
 
 def _toml_string(value: str) -> str:

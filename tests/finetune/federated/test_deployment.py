@@ -140,6 +140,10 @@ def test_serve_and_join_with_tls_and_node_authentication(
                     str(certificates / "ca.crt"),
                     "--auth-key",
                     str(keys[silo][0]),
+                    # A silo may come before the coordinator registered its key, and waits;
+                    # the intruder, never registered, gives up.
+                    "--registration-wait",
+                    "5" if silo == "intruder" else "600",
                 ],
                 stdout=logs[silo].open("wb"),
                 stderr=subprocess.STDOUT,
@@ -154,7 +158,10 @@ def test_serve_and_join_with_tls_and_node_authentication(
                     os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=30)
         # The SuperLink refused the silo whose key the coordinator did not register.
-        assert "No SuperNode found with the given public key" in logs["intruder"].read_text()
+        assert silos["intruder"].returncode != 0
+        intruder_log = logs["intruder"].read_text()
+        assert "No SuperNode found with the given public key" in intruder_log
+        assert "has not registered this silo's public key within 5 s" in intruder_log
         summary = json.loads(out)
         assert coordinator.returncode == 0, summary["error"]
 
