@@ -315,13 +315,22 @@ def clean(
 @cli.command()
 @click.argument("ref")
 @click.option(
+    "--format",
+    "export_format",
+    type=click.Choice(["onnx", "gguf"]),
+    default="onnx",
+    show_default=True,
+    help="onnx: ONNX Runtime GenAI (the edge bundle, the gateway's onnx backend); "
+    "gguf: llama.cpp's file.",
+)
+@click.option(
     "--precision",
     type=click.Choice(["fp32", "int8", "int4"]),
     default="int8",
     show_default=True,
-    help="Weights of the ONNX model.",
+    help="Weights of the export (GGUF: f32, q8_0, q4_0).",
 )
-@click.option("--name", help="Registry model name (default: <model>-onnx).")
+@click.option("--name", help="Registry model name (default: <model>-onnx or <model>-gguf).")
 @click.option(
     "--prompts",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -337,13 +346,15 @@ def clean(
 def export(
     as_json: bool,
     ref: str,
+    export_format: str,
     precision: str,
     name: str | None,
     prompts: Path | None,
     min_agreement: float | None,
 ) -> None:
-    """Export a version to ONNX (ONNX Runtime GenAI), check it against eager PyTorch, and
-    register it (format: onnx) with the source as its parent."""
+    """Export a version to ONNX or GGUF, check its greedy answers against eager PyTorch, and
+    register it (format: onnx or gguf) with the source as its parent."""
+    from finetune.export.gguf import export_gguf
     from finetune.export.onnx import export_onnx
 
     questions = None
@@ -352,7 +363,8 @@ def export(
             next(m["content"] for m in row["messages"] if m["role"] == "user")
             for _, row in read_rows(prompts)
         ]
-    version, parity = export_onnx(
+    exporter = export_gguf if export_format == "gguf" else export_onnx
+    version, parity = exporter(
         open_registry(_runner().stack),
         ref,
         precision,  # type: ignore[arg-type]
@@ -364,9 +376,9 @@ def export(
         print_json(VersionObject.model_validate(version).model_dump(mode="json"))
     else:
         click.echo(
-            f"registered {version.ref} ({precision} ONNX of {version.parent}): greedy tokens "
-            f"{parity.token_agreement:.1%} equal to PyTorch, answers {parity.exact_match:.1%} "
-            f"exactly, size {version.metrics['size_ratio']:.2f}x"
+            f"registered {version.ref} ({precision} {export_format} of {version.parent}): "
+            f"greedy tokens {parity.token_agreement:.1%} equal to PyTorch, answers "
+            f"{parity.exact_match:.1%} exactly, size {version.metrics['size_ratio']:.2f}x"
         )
 
 
