@@ -159,9 +159,7 @@ def _messages(system: str | None) -> list[dict[str, str]]:
 def _run(args: argparse.Namespace) -> None:
     model = EdgeModel(args.bundle)
     messages = [*_messages(args.system), {"role": "user", "content": args.question}]
-    for piece in model.stream(messages, _sampling(args)):
-        print(piece, end="", flush=True)
-    print()
+    print(model.answer(messages, _sampling(args)))
 
 
 def _chat(args: argparse.Namespace) -> None:

@@ -96,7 +96,7 @@ def _safe_path(path: Any) -> str:
     if not isinstance(path, str) or not path:
         raise EdgeError("the manifest names a file without a path")
     parts = PurePosixPath(path).parts
-    if path.startswith("/") or not all(_PATH_PART.fullmatch(p) for p in parts):
+    if "/".join(parts) != path or not all(_PATH_PART.fullmatch(p) for p in parts):
         raise EdgeError(f"the manifest names a file outside the bundle folder: {path!r}")
     return path
 

@@ -69,8 +69,8 @@ class EdgeModel:
         )
         return [int(t) for t in self.tokenizer.encode(text)]
 
-    def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
-        """The answer's text, piece by piece as tokens are chosen."""
+    def tokens(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[int]:
+        """The answer's tokens as they are chosen, up to the end of the turn."""
         og = self.og
         ids = self.prompt_ids(messages)
         max_length = len(ids) + sampling.max_tokens
@@ -96,14 +96,20 @@ class EdgeModel:
         params.set_search_options(**options)
         generator = og.Generator(self.model, params)
         generator.append_tokens(ids)
-        decoder = self.tokenizer.create_stream()
         eos = {int(t) for t in self.tokenizer.eos_token_ids}
         while not generator.is_done():
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
             if token in eos:
                 break
+            yield token
+
+    def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
+        """The answer's text, piece by piece as tokens are chosen (a character split over
+        several tokens comes with its last one)."""
+        decoder = self.tokenizer.create_stream()
+        for token in self.tokens(messages, sampling):
             yield decoder.decode(token)
 
     def answer(self, messages: list[dict[str, str]], sampling: Sampling) -> str:
-        return "".join(self.stream(messages, sampling))
+        return self.tokenizer.decode(list(self.tokens(messages, sampling)))

@@ -130,8 +130,17 @@ class EdgeGateway:
         return device, created.key
 
     def get(self, path: str, key: str | None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.get(self.url + path, headers=headers, timeout=30)
+        return httpx.get(self.url + path, headers=_auth(key), timeout=30)
+
+    def post(self, path: str, key: str | None, body: dict) -> httpx.Response:
+        return httpx.post(self.url + path, headers=_auth(key), json=body, timeout=30)
+
+    def delete(self, path: str, key: str | None) -> httpx.Response:
+        return httpx.delete(self.url + path, headers=_auth(key), timeout=30)
+
+
+def _auth(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 @pytest.fixture(scope="module")
