@@ -19,10 +19,11 @@ from fastapi.responses import FileResponse
 from core.callers import Caller, admin_caller, current_caller
 from core.http import error_responses
 from core.listing import MAX_PAGE, ListPage
-from core.refs import REF_PATTERN, VERSION_REF_PATTERN
+from core.refs import VERSION_REF_PATTERN
 from serving.edge.handlers import EdgeHandlers
 from serving.edge.protocol import (
     DEVICE_ID_PATTERN,
+    FOLLOW_PATTERN,
     SHA256_PATTERN,
     CreatedDevice,
     DeviceObject,
@@ -43,7 +44,7 @@ Handlers = Annotated[EdgeHandlers, Depends(get_handlers)]
 Who = Annotated[Caller, Depends(current_caller)]
 Admin = Annotated[Caller, Depends(admin_caller)]
 Model = Annotated[
-    str, PathParam(pattern=REF_PATTERN, description="What the device follows: demo-onnx@edge.")
+    str, PathParam(pattern=FOLLOW_PATTERN, description="What the device follows: demo-onnx@edge.")
 ]
 Version = Annotated[
     str, PathParam(pattern=VERSION_REF_PATTERN, description="The manifest's version, name:N.")

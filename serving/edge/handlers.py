@@ -88,13 +88,6 @@ class EdgeHandlers:
             raise _denied(f"key {caller.name!r} may not fetch bundles of {model!r}")
 
     def _onnx_version(self, caller: Caller, model: str) -> ModelVersion:
-        if parse_ref(model).fine_tuned is not None:
-            raise ServingError(
-                ErrorCode.INVALID,
-                "devices follow an ONNX model by alias or version (e.g. demo-onnx@edge), not "
-                "a fine-tuned adapter's name",
-                param="model",
-            )
         version = self.registry.resolve(model)
         if not caller.sees_model(version.owner):
             raise model_not_found(model, "no such model is visible to this key")
@@ -182,14 +175,8 @@ class EdgeHandlers:
 
     def add(self, body: DeviceRequest) -> CreatedDevice:
         """A device and its API key (allowed the model it follows, and only that)."""
-        ref = parse_ref(body.model)
-        if ref.fine_tuned is not None:
-            raise ServingError(
-                ErrorCode.INVALID,
-                "a device follows an ONNX model by alias (e.g. demo-onnx@edge)",
-                param="model",
-            )
-        key, secret = self.keys.create(f"edge:{body.id}", models=(ref.name,))
+        name = parse_ref(body.model).name
+        key, secret = self.keys.create(f"edge:{body.id}", models=(name,))
         try:
             device = self.devices.add(body.id, body.model, key.id)
         except ServingError:

@@ -5,8 +5,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.refs import REF_PATTERN, VERSION_REF_PATTERN
+from core.refs import VERSION_REF_PATTERN
 
+# What a device follows: a model's alias or version (a fine-tuned adapter's name is no bundle).
+FOLLOW_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?::[1-9][0-9]{0,8}|@[a-z][a-z0-9_-]{0,63})?$"
 DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
@@ -54,7 +56,7 @@ class DeviceRequest(BaseModel):
 
     id: str = Field(pattern=DEVICE_ID_PATTERN, description="The device's id, e.g. kiosk-7.")
     model: str = Field(
-        pattern=REF_PATTERN,
+        pattern=FOLLOW_PATTERN,
         max_length=256,
         description="The reference it follows, e.g. demo-onnx@edge; its key may fetch bundles "
         "of that model only.",
@@ -83,7 +85,7 @@ class DeviceReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
-    model: str = Field(pattern=REF_PATTERN, max_length=256)
+    model: str = Field(pattern=FOLLOW_PATTERN, max_length=256)
     version: str | None = Field(default=None, pattern=VERSION_REF_PATTERN, max_length=160)
     bundle_digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
     status: ReportStatus
