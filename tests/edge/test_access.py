@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from llmops_edge.cli import main as edge_main
+from llmops_edge.device import Device
+from serving.edge.protocol import DeviceRequest
 from tests.edge.conftest import EdgeGateway
 
 pytestmark = pytest.mark.slow
@@ -70,3 +73,24 @@ def test_other_keys_and_removed_devices(edge_gateway: EdgeGateway, tmp_path: Pat
     assert removed.status_code == 200 and removed.json()["removed_at"] is not None
     assert get("/v1/edge/device", device_key).status_code == 401
     assert "kiosk-x" not in {d["id"] for d in get("/v1/edge/devices", admin).json()["data"]}
+
+
+def test_enrolling_by_fetching_the_key_checks_its_fingerprint(
+    edge_gateway: EdgeGateway, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    created = edge_gateway.gateway.edge.add(DeviceRequest(id="kiosk-f", model="f-onnx@edge"))
+    (tmp_path / "key").write_text(created.key)
+    enroll = ["enroll", "--gateway", edge_gateway.url, "--api-key-file", str(tmp_path / "key")]
+    device = tmp_path / "device"
+    with pytest.raises(SystemExit):
+        edge_main([*enroll, "--dir", str(device), "--fingerprint", "sha256:" + "0" * 64])
+    assert "nothing was enrolled" in capsys.readouterr().err and not device.exists()
+    with pytest.raises(SystemExit):
+        edge_main(["enroll", "--gateway", "http://192.0.2.1:8000", "--dir", str(device)])
+    assert "plain http to another machine" in capsys.readouterr().err
+
+    fingerprint = edge_gateway.gateway.edge.public_key().key_id
+    edge_main([*enroll, "--dir", str(device), "--fingerprint", fingerprint])
+    assert Device.load(device).public_key.fingerprint == fingerprint
+    assert Device.load(device).device_id == "kiosk-f"
+    assert (device / "device.json").stat().st_mode & 0o077 == 0
