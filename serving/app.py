@@ -24,6 +24,7 @@ from serving.console import keys_pages as console_keys
 from serving.console import routes as console
 from serving.console import traffic_pages as console_traffic
 from serving.console.pages import STATIC_DIR as CONSOLE_STATIC
+from serving.edge import api as edge_api
 from serving.gateway import Gateway
 from serving.middleware import GatewayMiddleware
 
@@ -37,6 +38,7 @@ ROUTERS = (
     feedback_api.router,
     evals_api.router,
     batches_api.router,
+    edge_api.router,
     console.router,
     console_keys.router,
     console_evals.router,
@@ -62,6 +64,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.feedback = gateway.feedback
     app.state.evaluations = gateway.evaluations
     app.state.batches = gateway.batches
+    app.state.edge = gateway.edge
     app.state.authenticate = gateway.auth.caller
     install_error_handlers(app)
     document_errors(app)

@@ -21,6 +21,7 @@ from registry.errors import RegistryError
 from registry.service import Registry
 from serving.app import create_app
 from serving.config import load_config
+from serving.edge.cli import edge
 from serving.gateway import build_gateway
 from serving.keys import ALL_MODELS, MAX_RATE, KeyStore
 from serving.protocol import CreatedKey, KeyObject
@@ -194,6 +195,9 @@ def keys_revoke(as_json: bool, key_id: str) -> None:
         print_json(KeyObject.model_validate(key).model_dump(mode="json"))
     else:
         click.echo(f"revoked {key.id} ({key.name})")
+
+
+cli.add_command(edge)
 
 
 def main(argv: list[str] | None = None) -> None:

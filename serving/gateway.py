@@ -1,6 +1,6 @@
 """The gateway's services, built on one database: the registry, keys, engines, generation,
 rate limits, metrics, the traffic log, the fine-tuning jobs, explanations, feedback, the
-drift monitor and batches.
+drift monitor, batches and the edge update channel.
 `serving.app` mounts the routers that use them."""
 
 import asyncio
@@ -31,6 +31,9 @@ from serving.batches.runner import BatchRunner
 from serving.batches.store import BatchStore
 from serving.catalog import served_bases
 from serving.config import ServingConfig
+from serving.edge.handlers import EdgeHandlers
+from serving.edge.signing import BundleSigner
+from serving.edge.store import DeviceStore
 from serving.engine import EngineClient
 from serving.explanations import GatewayModelHost
 from serving.generation import Generator, Limits
@@ -42,6 +45,7 @@ from serving.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from serving.resolver import ModelResolver, ResolvedModel
 from serving.responses.service import Responses
 from serving.responses.store import ResponseStore
+from serving.settings import ServingSettings
 from serving.tables import CHAIN
 from serving.traffic import Retention, TrafficLog
 from serving.vllm.engine import VllmEngine
@@ -72,6 +76,7 @@ class Gateway:
     upload_limits: dict[str, int]  # path pattern -> largest body, beyond `limits`
     batches: BatchHandlers
     batch_runner: BatchRunner
+    edge: EdgeHandlers
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -221,6 +226,12 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         drift=drift,
         batches=BatchHandlers(batch_store, fine_tuning, config.batches),
         batch_runner=BatchRunner(batch_store, fine_tuning, keys, generator, config.batches),
+        edge=EdgeHandlers(
+            registry,
+            keys,
+            DeviceStore(database),
+            BundleSigner(ServingSettings().signing_key_path(stack.resolved_home)),
+        ),
         upload_limits={
             "/v1/files": jobs.settings.max_file_bytes,
             "/v1/registry/models/[^/]+/versions/upload": registry_settings.max_upload_bytes,

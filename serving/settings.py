@@ -20,3 +20,11 @@ class ServingSettings(BaseSettings):
         description="Embedding model `llm-serve` registers on first run if it is missing "
         "(all-MiniLM-L6-v2, shipped offline); empty: none.",
     )
+    edge_signing_key: Path | None = Field(
+        default=None,
+        description="PEM file of the Ed25519 private key that signs edge bundles (readable by "
+        "its owner only); default LLMOPS_HOME/edge/signing_key.pem, generated on first use.",
+    )
+
+    def signing_key_path(self, home: Path) -> Path:
+        return self.edge_signing_key or home / "edge" / "signing_key.pem"

@@ -1,5 +1,5 @@
-"""The gateway's tables (API keys, the traffic log, stored responses), prefixed `serving_`, in
-the stack's database, with their own migration chain in `serving/migrations`."""
+"""The gateway's tables (API keys, the traffic log, stored responses, edge devices), prefixed
+`serving_`, in the stack's database, with their own migration chain in `serving/migrations`."""
 
 from pathlib import Path
 
@@ -116,4 +116,19 @@ responses = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("response", JSON, nullable=False),  # the Responses API object
     Column("conversation", JSON, nullable=False),  # every message up to its output, as chat
+)
+
+edge_devices = Table(
+    "serving_edge_devices",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("key_id", String(32), nullable=False, unique=True),  # its API key, made with it
+    Column("model", String(256), nullable=False),  # the reference it follows
+    Column("version", String(160), nullable=True),  # as it last reported
+    Column("bundle_digest", String(80), nullable=True),
+    Column("status", String(16), nullable=True),
+    Column("detail", String(500), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=True),
+    Column("removed_at", DateTime(timezone=True), nullable=True),
 )

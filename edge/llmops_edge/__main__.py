@@ -1,0 +1,3 @@
+from llmops_edge.cli import main
+
+main()
