@@ -5,7 +5,7 @@ throughout, which decoders render differently), and samples repeatably with a se
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune.export.parity import greedy_torch
 from llmops_edge.errors import EdgeError
@@ -20,6 +20,7 @@ def test_greedy_answers_are_those_of_the_source_model(
 ) -> None:
     tokenizer = AutoTokenizer.from_pretrained(random_model_dir)
     model = EdgeModel(onnx_dir)
+    source = AutoModelForCausalLM.from_pretrained(random_model_dir)
     for question in QUESTIONS:
         messages = [
             {"role": "system", "content": "Be brief."},
@@ -28,7 +29,7 @@ def test_greedy_answers_are_those_of_the_source_model(
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids = tokenizer(text, add_special_tokens=False).input_ids
         assert model.prompt_ids(messages) == ids
-        tokens = greedy_torch(random_model_dir, [ids], 10)[0]
+        tokens = greedy_torch(source, [ids], 10)[0]
         if tokenizer.eos_token_id in tokens:
             tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
         assert list(model.tokens(messages, Sampling(max_tokens=10))) == tokens
