@@ -47,7 +47,26 @@ def student_config(teacher_config: Any, spec: StudentSpec) -> Any:
         config.head_dim = config.hidden_size // heads
     if getattr(config, "layer_types", None) is not None:
         config.layer_types = config.layer_types[: config.num_hidden_layers]
+    if spec.init == "teacher":
+        _check_copyable(teacher_config, config)
     return config
+
+
+def _check_copyable(teacher_config: Any, config: Any) -> None:
+    """A student made of the teacher's layers has the teacher's widths and fewer layers."""
+    changed = [n for n in _WIDTHS.values() if getattr(config, n) != getattr(teacher_config, n)]
+    if changed:
+        raise RecipeError(
+            f"student: init: teacher copies the teacher's layers, so {', '.join(changed)} must "
+            "stay the teacher's; use init: random for another width",
+            param="student.init",
+        )
+    if config.num_hidden_layers > teacher_config.num_hidden_layers:
+        raise RecipeError(
+            f"student: num_layers {config.num_hidden_layers} is more than the teacher's "
+            f"{teacher_config.num_hidden_layers}",
+            param="student.num_layers",
+        )
 
 
 def teacher_layers(teacher_layers: int, student_layers: int) -> list[int]:
@@ -64,20 +83,7 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec, seed: int) -> Pre
     student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if spec.init == "random":
         return student
-    widths = [name for key, name in _WIDTHS.items() if getattr(spec, key) is not None]
-    changed = [n for n in widths if getattr(config, n) != getattr(teacher.config, n)]
-    if changed:
-        raise RecipeError(
-            f"student: init: teacher copies the teacher's layers, so {', '.join(changed)} must "
-            "stay the teacher's; use init: random for another width",
-            param="student.init",
-        )
     total = teacher.config.num_hidden_layers
-    if config.num_hidden_layers > total:
-        raise RecipeError(
-            f"student: num_layers {config.num_hidden_layers} is more than the teacher's {total}",
-            param="student.num_layers",
-        )
     chosen = teacher_layers(total, config.num_hidden_layers)
     renamed = {f"layers.{old}.": f"layers.{new}." for new, old in enumerate(chosen)}
     state = {}
