@@ -85,9 +85,7 @@ def distill(
     teacher, tokenizer = source.load()
     train_rows, eval_rows, digests = load_training_data(recipe, tokenizer)  # type: ignore[arg-type]
     if recipe.traffic is not None:
-        extra, digest = _traffic_examples(
-            recipe, teacher, tokenizer, database_url, owner
-        )
+        extra, digest = _traffic_examples(recipe, teacher, tokenizer, database_url, owner)
         train_rows, digests = [*train_rows, *extra], [*digests, digest]
     student = build_student(teacher, recipe.student, recipe.seed)
     model_dir, metrics = train_full(

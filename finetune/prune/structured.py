@@ -21,15 +21,20 @@ def _keep(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def _linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """`layer` keeping the rows (dim 0) or columns (dim 1) in `index`."""
     weight = layer.weight.detach().index_select(dim, index).clone()
     out_features, in_features = weight.shape
-    bias = layer.bias is not None
-    new = nn.Linear(in_features, out_features, bias=bias, dtype=weight.dtype)
-    new.weight.data = weight
-    if bias:
-        new.bias.data = (
-            layer.bias.detach().index_select(0, index).clone() if dim == 0 else layer.bias.clone()
-        )
+    new = nn.Linear(
+        in_features,
+        out_features,
+        bias=layer.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    new.weight = nn.Parameter(weight)
+    if layer.bias is not None:
+        bias = layer.bias.detach()
+        new.bias = nn.Parameter(bias.index_select(0, index).clone() if dim == 0 else bias.clone())
     return new
 
 
@@ -105,7 +110,9 @@ def prune_heads(model: PreTrainedModel, ratio: float, p: int) -> None:
             for proj in (attention.q_proj, attention.k_proj, attention.v_proj)
         ) + _norm(attention.o_proj.weight, 0, p).view(heads, head_dim).sum(1)
         kept_heads = _keep(scores, keep)
-        index = (kept_heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
+        index = (
+            kept_heads[:, None] * head_dim + torch.arange(head_dim, device=kept_heads.device)
+        ).flatten()
         for name in ("q_proj", "k_proj", "v_proj"):
             setattr(attention, name, _linear(getattr(attention, name), index, 0))
         attention.o_proj = _linear(attention.o_proj, index, 1)

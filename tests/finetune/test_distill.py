@@ -19,6 +19,7 @@ from finetune.demo.random_model import build_random_model
 from finetune.distill.loss import distillation_loss
 from finetune.distill.recipe import StudentSpec
 from finetune.distill.student import build_student
+from finetune.export.onnx import export_onnx
 from registry.entities import VersionKind
 from registry.service import open_registry
 
@@ -27,9 +28,7 @@ from registry.service import open_registry
 def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 layers, hidden 64, 2 heads, MLP 256; a wide initialisation makes its next-token
     distributions peaked, so that a student can be seen to learn them."""
-    return build_random_model(
-        tmp_path_factory.mktemp("teacher") / "model", initializer_range=0.3
-    )
+    return build_random_model(tmp_path_factory.mktemp("teacher") / "model", initializer_range=0.3)
 
 
 @pytest.fixture
@@ -85,7 +84,7 @@ def test_the_loss_mixes_kl_and_cross_entropy_as_alpha_says() -> None:
     _, kl, ce = distillation_loss(student, teacher, labels, temperature=2.0, alpha=0.5)
     mask = labels[:, 1:] != -100
     s, t = student[:, :-1][mask], teacher[:, :-1][mask]
-    expected_kl = (F.softmax(t / 2, -1) * (F.log_softmax(t / 2, -1) - F.log_softmax(s / 2, -1)))
+    expected_kl = F.softmax(t / 2, -1) * (F.log_softmax(t / 2, -1) - F.log_softmax(s / 2, -1))
     assert kl.item() == pytest.approx(expected_kl.sum(-1).mean().item() * 4, rel=1e-5)
     assert ce.item() == pytest.approx(F.cross_entropy(s, labels[:, 1:][mask]).item(), rel=1e-5)
     assert distillation_loss(student, teacher, labels, 2.0, 1.0)[0].item() == pytest.approx(
@@ -129,6 +128,12 @@ def test_a_distilled_student_learns_the_teachers_distribution_and_is_registered(
     # moved toward the teacher's distribution, not the labels.
     assert kl_to_teacher(student, teacher, batch) < 0.5 * kl_to_teacher(untrained, teacher, batch)
     assert generate_replies(student, tokenizer, [[{"role": "user", "content": "hi"}]], 1, 4)
+
+    # A student is a plain Hugging Face model: the ONNX export takes it as it is (int8 of the
+    # demo student: scripts/bench_edge.py).
+    exported, parity = export_onnx(registry, version.ref, "fp32", prompts=["What is 1 + 2?"])
+    assert exported.parent == version.ref and exported.kind is VersionKind.DISTILLED
+    assert parity.prompts == 1 and parity.token_agreement >= 0.99
 
 
 @pytest.mark.slow
