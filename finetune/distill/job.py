@@ -9,11 +9,11 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from core.digests import bytes_digest
+from finetune.data import encode_rows
 from finetune.distill.loss import DistillationTrainer
 from finetune.distill.recipe import DistillRecipe, parse_distill_recipe
 from finetune.distill.student import build_student, student_config
 from finetune.distill.traffic import teacher_rows, traffic_prompts
-from finetune.data import encode_rows
 from finetune.errors import RecipeError
 from finetune.full_training import num_parameters, recipe_digest, register_once, train_full
 from finetune.kinds import JobContext, JobOutcome

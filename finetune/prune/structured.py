@@ -66,7 +66,7 @@ def drop_layers(model: PreTrainedModel, indices: list[int]) -> None:
 
 def prune_mlp(model: PreTrainedModel, ratio: float, p: int) -> None:
     width = model.config.intermediate_size
-    keep = width - int(round(width * ratio))
+    keep = width - round(width * ratio)
     if keep < 1:
         raise RecipeError(
             f"pruning.mlp_ratio {ratio} leaves no MLP channel", param="pruning.mlp_ratio"
@@ -96,7 +96,7 @@ def prune_heads(model: PreTrainedModel, ratio: float, p: int) -> None:
             f"(this one has {heads} query and {kv_heads} key/value heads)",
             param="pruning.heads_ratio",
         )
-    keep = heads - int(round(heads * ratio))
+    keep = heads - round(heads * ratio)
     if keep < 1:
         raise RecipeError(
             f"pruning.heads_ratio {ratio} leaves no attention head of {heads}",

@@ -67,7 +67,7 @@ def distill_recipe(skills_dir: Path, **keys) -> dict:
 def kl_to_teacher(student, teacher, batch) -> float:
     """Mean KL(teacher || student) over the batch's labelled positions."""
     with torch.no_grad():
-        loss, kl, _ = distillation_loss(
+        _loss, kl, _ = distillation_loss(
             student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
             teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
             batch["labels"],
