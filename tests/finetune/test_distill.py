@@ -20,6 +20,8 @@ from finetune.distill.loss import distillation_loss
 from finetune.distill.recipe import StudentSpec
 from finetune.distill.student import build_student
 from finetune.export.onnx import export_onnx
+from finetune.prune.recipe import PruningSpec
+from finetune.prune.structured import prune_model
 from registry.entities import VersionKind
 from registry.service import open_registry
 
@@ -234,3 +236,30 @@ def test_bad_pruning_recipes_fail_in_one_line(
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("llm-finetune: error: ") and message in line
     assert [v.ref for v in registry.list_versions()] == ["teacher:1"]
+
+
+def _kept_rows(original: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(pruned, original).argmin(dim=1)
+
+
+def test_pruned_heads_and_channels_compute_what_the_rest_of_the_model_did(
+    teacher_dir: Path,
+) -> None:
+    """Pruning removes whole heads and channels: the pruned model's logits are the original's
+    with the removed heads' and channels' outputs zeroed."""
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    reference = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    prune_model(model, PruningSpec(mlp_ratio=0.25, heads_ratio=0.5))
+    assert model.config.intermediate_size == 192 and model.config.num_attention_heads == 1
+    with torch.no_grad():
+        for layer, original in zip(model.model.layers, reference.model.layers, strict=True):
+            heads = _kept_rows(original.self_attn.q_proj.weight, layer.self_attn.q_proj.weight)
+            gone = torch.ones(64, dtype=torch.bool)
+            gone[heads] = False
+            original.self_attn.o_proj.weight[:, gone] = 0
+            channels = _kept_rows(original.mlp.up_proj.weight, layer.mlp.up_proj.weight)
+            gone = torch.ones(256, dtype=torch.bool)
+            gone[channels] = False
+            original.mlp.down_proj.weight[:, gone] = 0
+        ids = torch.randint(0, model.config.vocab_size, (2, 12))
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, atol=1e-4, rtol=1e-4)
