@@ -2,6 +2,7 @@
 on a tiny teacher with clear-cut next-token choices, registered with their lineage."""
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from finetune.data import Collator, encode_rows, read_rows
 from finetune.demo.evaluation import generate_replies
 from finetune.demo.random_model import build_random_model
 from finetune.distill.loss import distillation_loss
-from finetune.distill.recipe import StudentSpec
+from finetune.distill.recipe import StudentSpec, TrafficPrompts
 from finetune.distill.student import build_student
+from finetune.distill.traffic import teacher_rows, traffic_prompts
+from finetune.errors import RecipeError
 from finetune.export.onnx import export_onnx
 from finetune.prune.recipe import PruningSpec
 from finetune.prune.structured import prune_model
@@ -263,3 +266,47 @@ def test_pruned_heads_and_channels_compute_what_the_rest_of_the_model_did(
             original.mlp.down_proj.weight[:, gone] = 0
         ids = torch.randint(0, model.config.vocab_size, (2, 12))
         torch.testing.assert_close(model(ids).logits, reference(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_traffic_prompts_come_from_the_gateways_log_and_get_the_teachers_answers(
+    tmp_path: Path, teacher_dir: Path
+) -> None:
+    from sqlalchemy import insert
+
+    from core.database import open_database
+    from serving.tables import CHAIN, traffic
+
+    url = f"sqlite:///{tmp_path / 'stack.db'}"
+    spec = TrafficPrompts(model="teacher", limit=5, max_new_tokens=3)
+    with pytest.raises(RecipeError, match="no traffic log"):
+        traffic_prompts(url, spec, None)
+    engine = open_database(url, CHAIN)
+    asked = [{"role": "user", "content": "What is 2 + 2?"}]
+    common = {
+        "created_at": datetime.now(UTC),
+        "request_id": "r",
+        "version": "teacher:1",
+        "backend": "local",
+        "prompt": "",
+        "output": "4",
+        "prompt_tokens": 1,
+        "completion_tokens": 1,
+        "latency_ms": 1,
+    }
+    with engine.begin() as conn:
+        conn.execute(
+            insert(traffic),
+            [
+                {**common, "model": "teacher", "endpoint": "chat", "messages": asked},
+                {**common, "model": "other", "endpoint": "chat", "messages": asked},
+                {**common, "model": "teacher", "endpoint": "completions", "messages": None},
+            ],
+        )
+    assert traffic_prompts(url, spec, None) == [asked]
+    with pytest.raises(RecipeError, match="no chat requests to 'x'"):
+        traffic_prompts(url, spec.model_copy(update={"model": "x"}), None)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    [(where, row)] = teacher_rows(teacher, tokenizer, [asked], 3)
+    assert where == "traffic:1" and row["messages"][:1] == asked
+    assert row["messages"][1]["role"] == "assistant" and row["messages"][1]["content"]
