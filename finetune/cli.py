@@ -1,4 +1,5 @@
-"""`llm-finetune`: run LoRA / QLoRA fine-tuning jobs from YAML recipes.
+"""`llm-finetune`: run LoRA / QLoRA fine-tuning, distillation (`method: distill`) and pruning
+(`method: prune`) jobs from YAML recipes.
 
     llm-finetune run RECIPE [--KEY VALUE ...]     train in the foreground
     llm-finetune run --resume JOB_ID              continue a stopped job from its checkpoint
@@ -28,7 +29,8 @@ from finetune.federated.cli import federated
 from finetune.federated.progress import round_lines
 from finetune.jobs import Job, JobStatus
 from finetune.kinds import FEDERATED
-from finetune.recipe import Recipe, load_recipe
+from finetune.methods import check_job_recipe, load_job_recipe
+from finetune.recipe import Recipe
 from finetune.runner import JobRunner
 from registry.protocol import VersionObject
 from registry.service import open_registry
@@ -54,16 +56,18 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def _recipe(path: Path, extra: list[str]) -> Recipe:
-    """The recipe with flags applied, its data paths made absolute (a worker may run
-    elsewhere) and its rows checked, so bad data stops here rather than in a job."""
-    recipe = load_recipe(path, parse_overrides(extra))
+def _recipe(path: Path, extra: list[str], runner: JobRunner) -> tuple[str, Recipe]:
+    """The job kind and the recipe with flags applied, its data paths made absolute (a worker
+    may run elsewhere) and its rows and models checked, so bad input stops here rather than in
+    a job."""
+    kind, recipe = load_job_recipe(path, parse_overrides(extra))
+    check_job_recipe(recipe, open_registry(runner.stack))
     datasets = []
     for spec in recipe.datasets:
         data = Path(spec.path).expanduser().resolve()
         read_rows(data, spec.type)
         datasets.append(spec.model_copy(update={"path": str(data)}))
-    return recipe.model_copy(update={"datasets": datasets})
+    return kind, recipe.model_copy(update={"datasets": datasets})
 
 
 def _runner() -> JobRunner:
@@ -127,7 +131,8 @@ def run_cmd(ctx: click.Context, recipe: Path | None, resume_id: str | None) -> N
     elif recipe is None:
         raise click.UsageError("give a RECIPE file, or --resume JOB_ID")
     else:
-        job = runner.create(_recipe(recipe, ctx.args))
+        kind, parsed = _recipe(recipe, ctx.args, runner)
+        job = runner.create(parsed, kind=kind)
     click.echo(f"job {job.id}: logs and checkpoints in {runner.job_dir(job)}", err=True)
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result (--json)
         job = run_job(runner, job.id, progress=True)
@@ -144,7 +149,9 @@ cli.add_command(run_cmd, name="run")
 @click.pass_context
 def submit(ctx: click.Context, recipe: Path) -> None:
     """Queue a job; a worker process trains it (see `list`, `logs`)."""
-    job = _runner().submit(_recipe(recipe, ctx.args))
+    runner = _runner()
+    kind, parsed = _recipe(recipe, ctx.args, runner)
+    job = runner.submit(parsed, kind=kind)
     if ctx.obj:
         print_json(_job_summary(job))
     else:

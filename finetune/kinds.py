@@ -22,10 +22,14 @@ from registry.service import Registry
 
 FINE_TUNE = "fine-tune"
 FEDERATED = "federated"
+DISTILL = "distill"
+PRUNE = "prune"
 
 JOB_KINDS: dict[str, str] = {
     FINE_TUNE: "finetune.fine_tune:run_fine_tune",
     FEDERATED: "finetune.federated.job:run_federated",
+    DISTILL: "finetune.distill.job:run_distill",
+    PRUNE: "finetune.prune.job:run_prune",
 }
 
 

@@ -117,6 +117,11 @@ def parse_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
 
 def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read a YAML recipe; `overrides` (from command-line flags) replace its keys."""
+    return parse_recipe(read_recipe_data(path, overrides), str(path))
+
+
+def read_recipe_data(path: Path, overrides: dict[str, Any] | None = None) -> Any:
+    """A YAML recipe file's data, with `overrides` replacing its keys; not yet validated."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -125,4 +130,4 @@ def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:
         raise RecipeError(f"recipe {path} is not valid YAML: {err}") from None
     if isinstance(data, dict):
         data = {**data, **(overrides or {})}
-    return parse_recipe(data, str(path))
+    return data
