@@ -33,8 +33,7 @@ from finetune.demo.skills import exact_match, read_jsonl
 from finetune.demo.spec import FULL
 from finetune.distill.job import distill, register_distilled
 from finetune.distill.recipe import parse_distill_recipe
-from finetune.export.onnx import export_onnx
-from finetune.export.parity import greedy_onnx
+from finetune.export.onnx import export_onnx, greedy_onnx
 from registry.service import open_registry
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "demo-distill.yaml"
