@@ -22,10 +22,12 @@ from registry.service import Registry
 
 FINE_TUNE = "fine-tune"
 FEDERATED = "federated"
+TUNE_TRIAL = "tune-trial"
 
 JOB_KINDS: dict[str, str] = {
     FINE_TUNE: "finetune.fine_tune:run_fine_tune",
     FEDERATED: "finetune.federated.job:run_federated",
+    TUNE_TRIAL: "finetune.automl.trial:run_tune_trial",
 }
 
 

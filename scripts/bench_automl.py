@@ -1,0 +1,158 @@
+"""AutoML benchmark: the compute a median pruner saves on the same trials.
+
+    python scripts/bench_automl.py [--trials 8] [--max-steps 40] [--every 10]
+                                   [--home results/bench-automl] [--output results/bench_automl.json]
+
+On the demo world (the demo model, built and registered in `--home` on first use, and the
+`reverse` skill it lacks), two studies run the same `--trials` LoRA configurations in the same
+order (drawn once from the demo search space), each trial a `tune-trial` job: one runs every
+trial to `--max-steps`, the other prunes on exact match (median pruner, evaluated every
+`--every` steps). Compute is counted in training steps. The result: the best exact match of
+each, the steps each spent in all, and the steps the pruned study spent until it first reached
+the best value of the full study; target: that is at most 0.6x the full study's steps.
+"""
+
+import argparse
+import json
+import logging
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.settings import StackSettings
+from finetune.automl.search import parse_search
+from finetune.automl.study import run_study
+from finetune.demo.build import build_demo_model, register_demo_model
+from finetune.demo.skills import write_skill_splits
+from finetune.demo.spec import FULL
+from finetune.runner import JobRunner
+from registry.errors import RegistryError
+from registry.service import open_registry
+
+SEARCH = Path("configs/automl/demo-lora.yaml")
+
+
+def ensure_demo(home: Path) -> None:
+    """The demo model registered in `home` (built there the first time: minutes)."""
+    registry = open_registry(StackSettings(home=home, actor="bench"))
+    try:
+        registry.resolve("demo")
+    except RegistryError:
+        build = build_demo_model(home / "demo-model", FULL)
+        register_demo_model(registry, build)
+
+
+def configurations(space: dict[str, Any], count: int, seed: int) -> list[dict[str, Any]]:
+    """`count` draws from the search space (log-uniform for log ranges)."""
+    rng = random.Random(seed)
+    drawn = []
+    for _ in range(count):
+        values: dict[str, Any] = {}
+        for key, param in space.items():
+            if "choices" in param:
+                values[key] = rng.choice(param["choices"])
+            elif param.get("log"):
+                low, high = param["low"], param["high"]
+                values[key] = low * (high / low) ** rng.random()
+            else:
+                values[key] = rng.uniform(param["low"], param["high"])
+        drawn.append(values)
+    return drawn
+
+
+def run(home: Path, data: dict[str, Any], study: str, pruner: dict | None) -> dict[str, Any]:
+    search = parse_search({**data, "study": study, "pruner": pruner}, study)
+    search = search.model_copy(update={"recipe": search.base_recipe().model_dump(mode="json")})
+    runner = JobRunner.open(StackSettings(home=home, actor="bench"))
+    started = time.monotonic()
+    outcome = run_study(runner, open_registry(runner.stack), search, here=True)
+    trials = []
+    for trial in sorted(outcome.study.get_trials(), key=lambda t: t.number):
+        metrics = trial.user_attrs.get("metrics", {})
+        trials.append(
+            {
+                "number": trial.number,
+                "state": trial.state.name.lower(),
+                "params": trial.params,
+                "steps": int(metrics.get("steps", 0)),
+                "exact_match": trial.values[0] if trial.values else None,
+            }
+        )
+    return {
+        "trials": trials,
+        "steps": sum(t["steps"] for t in trials),
+        "best": max((t["exact_match"] or 0.0) for t in trials),
+        "seconds": time.monotonic() - started,
+        "registered": outcome.registered.ref if outcome.registered else None,
+    }
+
+
+def steps_to_reach(result: dict[str, Any], target: float) -> int | None:
+    spent = 0
+    for trial in result["trials"]:
+        spent += trial["steps"]
+        if trial["state"] == "complete" and trial["exact_match"] >= target:
+            return spent
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--every", type=int, default=10, help="steps between evaluations")
+    parser.add_argument("--rows", type=int, default=2000, help="reverse-skill train rows")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--home", type=Path, default=Path("results/bench-automl"))
+    parser.add_argument("--output", type=Path, default=Path("results/bench_automl.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    home = args.home.resolve()
+    ensure_demo(home)
+    files = write_skill_splits(home / "skills", args.seed, args.rows, 64, ["reverse"])["reverse"]
+    data = yaml.safe_load(SEARCH.read_text())
+    recipe = yaml.safe_load(Path(data["recipe"]).read_text())
+    recipe["datasets"] = [
+        {"path": str(files.train), "type": "chat"},
+        {"path": str(files.eval), "type": "chat", "split": "validation"},
+    ]
+    suffix = f"{int(time.time())}"
+    data.update(
+        recipe={**recipe, **data.pop("overrides"), "max_steps": args.max_steps, "save_steps": 1000},
+        trials=args.trials,
+        enqueue=configurations(data["space"], args.trials, args.seed),
+        evaluation={**data["evaluation"], "every_steps": args.every},
+    )
+    pruner = {"type": "median", "n_startup_trials": 2, "n_warmup_steps": args.every - 1}
+    full = run(home, {**data, "register_chosen": False}, f"bench-full-{suffix}", None)
+    pruned = run(home, data, f"bench-pruned-{suffix}", pruner)
+    reached = steps_to_reach(pruned, full["best"])
+    result = {
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"{__import__('os').cpu_count()} cores",
+        "trials": args.trials,
+        "max_steps": args.max_steps,
+        "full": full,
+        "pruned": pruned,
+        "steps_ratio_total": pruned["steps"] / full["steps"],
+        "pruned_reaches_full_best": reached is not None,
+        "steps_ratio_to_best": (reached / full["steps"]) if reached is not None else None,
+        "target_ratio": 0.6,
+    }
+    result["meets_target"] = bool(reached is not None and reached / full["steps"] <= 0.6)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1))
+    print(
+        f"best exact match: full {full['best']:.3f} in {full['steps']} steps, pruned "
+        f"{pruned['best']:.3f} in {pruned['steps']} steps (reached the full best after "
+        f"{reached} steps: ratio {result['steps_ratio_to_best']}); written to {args.output}"
+    )
+
+
+if __name__ == "__main__":
+    main()
