@@ -1,11 +1,24 @@
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from core.settings import StackSettings
 from registry.service import open_registry
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """One torch thread here and in workers: on a shared, loaded machine two threads per
+    process spin against each other and a tiny model's step takes 50x longer."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -19,7 +32,10 @@ def home(tmp_path: Path, base_model_dir: Path) -> Path:
 
 
 def search_data(skills_dir: Path, **keys: Any) -> dict[str, Any]:
-    """A small LoRA search on the `reverse` skill: steps of 8 rows, scored on 16 rows."""
+    """A small LoRA search on the `reverse` skill: steps of 4 rows, scored on 8 rows."""
+    validation = skills_dir / "reverse" / "eval-8.jsonl"
+    lines = (skills_dir / "reverse" / "eval.jsonl").read_text().splitlines(keepends=True)
+    validation.write_text("".join(lines[:8]))
     return {
         "kind": "lora",
         "study": "tiny",
@@ -27,11 +43,11 @@ def search_data(skills_dir: Path, **keys: Any) -> dict[str, Any]:
             "base_model": "demo",
             "datasets": [
                 {"path": str(skills_dir / "reverse" / "train.jsonl")},
-                {"path": str(skills_dir / "reverse" / "eval.jsonl"), "split": "validation"},
+                {"path": str(validation), "split": "validation"},
             ],
             "sequence_len": 64,
-            "micro_batch_size": 8,
-            "max_steps": 6,
+            "micro_batch_size": 4,
+            "max_steps": 4,
             "save_steps": 2,
             "eval_steps": 100,
             "learning_rate": 1e-3,
@@ -41,7 +57,7 @@ def search_data(skills_dir: Path, **keys: Any) -> dict[str, Any]:
         "space": {"learning_rate": {"low": 1e-6, "high": 2e-2, "log": True}},
         "trials": 2,
         "objectives": ["eval_loss"],
-        "evaluation": {"every_steps": 2, "max_rows": 16, "max_new_tokens": 8},
+        "evaluation": {"every_steps": 2, "max_rows": 8, "max_new_tokens": 8},
         **keys,
     }
 

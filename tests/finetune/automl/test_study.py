@@ -49,8 +49,8 @@ def test_a_pruned_study_registers_its_best_trial_and_shows_its_plots(
 
     trials = outcome.study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
-    assert trials[2].user_attrs["metrics"]["steps"] == 2  # of 6
-    assert all(t.user_attrs["metrics"]["steps"] == 6 for t in trials[:2])
+    assert trials[2].user_attrs["metrics"]["steps"] == 2  # of 4
+    assert all(t.user_attrs["metrics"]["steps"] == 4 for t in trials[:2])
     assert [j.kind for j in outcome.jobs] == [TUNE_TRIAL] * 3
     assert all(j.status is JobStatus.SUCCEEDED for j in outcome.jobs)
 
@@ -87,7 +87,7 @@ def test_several_objectives_give_a_pareto_front(
         enqueue=[{"lora_r": 1, "learning_rate": 1e-2}, {"lora_r": 16, "learning_rate": 1e-2}],
         select={"by": "eval_loss", "where": {"trainable_params": {"max": 5000}}},
     )
-    data["recipe"]["max_steps"] = 4
+    data["recipe"]["max_steps"] = 2
     runner = _runner(home)
     outcome = run_study(runner, open_registry(runner.stack), parse_search(data), here=True)
 
@@ -112,7 +112,7 @@ def test_several_objectives_give_a_pareto_front(
 @pytest.mark.slow
 def test_a_trial_whose_worker_is_killed_resumes_and_finishes(home: Path, skills_dir: Path) -> None:
     data = search_data(skills_dir, study="killed", trials=1)
-    data["recipe"].update(max_steps=30, save_steps=2)
+    data["recipe"].update(max_steps=12, save_steps=2)
     runner = _runner(home)
     search = parse_search(data)
     study = create_study(runner.stack, search)
@@ -130,7 +130,7 @@ def test_a_trial_whose_worker_is_killed_resumes_and_finishes(home: Path, skills_
     (ended,) = wait_for_trials(runner, "killed", poll_s=0.3)
     assert ended.status is JobStatus.SUCCEEDED and ended.attempts == 2, ended.error
     (trial,) = study.get_trials()  # the same trial, resumed: not a second one
-    assert trial.state is TrialState.COMPLETE and trial.user_attrs["metrics"]["steps"] == 30
+    assert trial.state is TrialState.COMPLETE and trial.user_attrs["metrics"]["steps"] == 12
     assert current.pid != ended.pid
 
 
