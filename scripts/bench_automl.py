@@ -1,15 +1,19 @@
 """AutoML benchmark: the compute a median pruner saves on the same trials.
 
     python scripts/bench_automl.py [--trials 8] [--max-steps 40] [--every 10]
-                                   [--home results/bench-automl] [--output results/bench_automl.json]
+        [--objective eval_loss] [--threads 1]
+        [--home results/bench-automl] [--output results/bench_automl.json]
 
 On the demo world (the demo model, built and registered in `--home` on first use, and the
 `reverse` skill it lacks), two studies run the same `--trials` LoRA configurations in the same
 order (drawn once from the demo search space), each trial a `tune-trial` job: one runs every
-trial to `--max-steps`, the other prunes on exact match (median pruner, evaluated every
-`--every` steps). Compute is counted in training steps. The result: the best exact match of
-each, the steps each spent in all, and the steps the pruned study spent until it first reached
-the best value of the full study; target: that is at most 0.6x the full study's steps.
+trial to `--max-steps`, the other prunes (median pruner, evaluated every `--every` steps) on
+`--objective`: eval_loss by default, since in a few dozen steps the demo model's exact match on
+a new skill is still 0 for every trial, which leaves the pruner nothing to compare. Compute
+is counted in training steps. The result: the best objective value of each study, the steps
+each spent in all, and the steps the pruned study spent until it first reached the full
+study's best value. Target: the pruned study reaches that best value, having spent in all at
+most 0.6x the steps of the full study.
 """
 
 import argparse
@@ -21,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from core.settings import StackSettings
@@ -79,23 +84,27 @@ def run(home: Path, data: dict[str, Any], study: str, pruner: dict | None) -> di
                 "state": trial.state.name.lower(),
                 "params": trial.params,
                 "steps": int(metrics.get("steps", 0)),
-                "exact_match": trial.values[0] if trial.values else None,
+                "value": trial.values[0] if trial.values else None,
             }
         )
     return {
         "trials": trials,
         "steps": sum(t["steps"] for t in trials),
-        "best": max((t["exact_match"] or 0.0) for t in trials),
+        "best": (min if search.directions[0] == "minimize" else max)(
+            t["value"] for t in trials if t["value"] is not None
+        ),
         "seconds": time.monotonic() - started,
         "registered": outcome.registered.ref if outcome.registered else None,
     }
 
 
-def steps_to_reach(result: dict[str, Any], target: float) -> int | None:
+def steps_to_reach(result: dict[str, Any], target: float, sign: int) -> int | None:
+    """Steps spent until a complete trial scored `target` or better (sign 1: lower is
+    better)."""
     spent = 0
     for trial in result["trials"]:
         spent += trial["steps"]
-        if trial["state"] == "complete" and trial["exact_match"] >= target:
+        if trial["state"] == "complete" and sign * trial["value"] <= sign * target + 1e-9:
             return spent
     return None
 
@@ -107,10 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=10, help="steps between evaluations")
     parser.add_argument("--rows", type=int, default=2000, help="reverse-skill train rows")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--objective", default="eval_loss", choices=["eval_loss", "exact_match"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--home", type=Path, default=Path("results/bench-automl"))
     parser.add_argument("--output", type=Path, default=Path("results/bench_automl.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
 
     home = args.home.resolve()
     ensure_demo(home)
@@ -125,18 +137,21 @@ def main(argv: list[str] | None = None) -> None:
     data.update(
         recipe={**recipe, **data.pop("overrides"), "max_steps": args.max_steps, "save_steps": 1000},
         trials=args.trials,
+        objectives=[args.objective],
         enqueue=configurations(data["space"], args.trials, args.seed),
         evaluation={**data["evaluation"], "every_steps": args.every},
     )
     pruner = {"type": "median", "n_startup_trials": 2, "n_warmup_steps": args.every - 1}
     full = run(home, {**data, "register_chosen": False}, f"bench-full-{suffix}", None)
     pruned = run(home, data, f"bench-pruned-{suffix}", pruner)
-    reached = steps_to_reach(pruned, full["best"])
+    sign = 1 if args.objective == "eval_loss" else -1
+    reached = steps_to_reach(pruned, full["best"], sign)
     result = {
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
         f"{__import__('os').cpu_count()} cores",
         "trials": args.trials,
         "max_steps": args.max_steps,
+        "objective": args.objective,
         "full": full,
         "pruned": pruned,
         "steps_ratio_total": pruned["steps"] / full["steps"],
@@ -144,12 +159,14 @@ def main(argv: list[str] | None = None) -> None:
         "steps_ratio_to_best": (reached / full["steps"]) if reached is not None else None,
         "target_ratio": 0.6,
     }
-    result["meets_target"] = bool(reached is not None and reached / full["steps"] <= 0.6)
+    # Same trials in the same order: the pruned study reaches the full study's best value
+    # only if the pruner kept the best trial; the target is on all the steps it spent.
+    result["meets_target"] = bool(reached is not None and result["steps_ratio_total"] <= 0.6)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1))
     print(
-        f"best exact match: full {full['best']:.3f} in {full['steps']} steps, pruned "
-        f"{pruned['best']:.3f} in {pruned['steps']} steps (reached the full best after "
+        f"best {args.objective}: full {full['best']:.4f} in {full['steps']} steps, pruned "
+        f"{pruned['best']:.4f} in {pruned['steps']} steps (reached the full best after "
         f"{reached} steps: ratio {result['steps_ratio_to_best']}); written to {args.output}"
     )
 

@@ -8,14 +8,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # after use("Agg"), so no display is needed
+import optuna
+from optuna.trial import TrialState
+from optuna.visualization import matplotlib as optuna_plots
 
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
-from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
-
-from finetune.automl.search import LoraSearch  # noqa: E402
-from finetune.automl.trial import JOB_ATTR, METRICS_ATTR  # noqa: E402
+from finetune.automl.search import LoraSearch
+from finetune.automl.trial import JOB_ATTR, METRICS_ATTR
 
 
 def trial_rows(study: optuna.Study, search: LoraSearch) -> tuple[list[str], list[list[Any]]]:

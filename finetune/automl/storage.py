@@ -18,12 +18,12 @@ from optuna.storages import RDBStorage
 from sqlalchemy import make_url
 
 from core.database import open_database
+from core.errors import ErrorCode
 from core.settings import StackSettings
 from finetune.automl.search import LoraSearch, parse_search
 from finetune.errors import FinetuneError
 from finetune.tables import CHAIN as FINETUNE_CHAIN
 from registry.tables import CHAIN as REGISTRY_CHAIN
-from core.errors import ErrorCode
 
 SEARCH_ATTR = "search"  # the validated search, in the study's user attributes
 DIGEST_ATTR = "search_digest"

@@ -95,14 +95,18 @@ def queue_trials(
 
 
 def wait_for_trials(runner: JobRunner, study: str, poll_s: float = 1.0) -> list[Job]:
-    """Keep workers going (recovering dead ones, starting queued ones) until none of the
-    study's trial jobs is queued or running."""
+    """Wait until none of the study's trial jobs is queued or running: start workers for
+    queued jobs now and then (as the gateway does) and whenever a dead worker's job was
+    requeued. A worker that ends starts the next queued job itself; starting workers on every
+    poll would start several for a job whose worker has not claimed it yet."""
+    started = -math.inf
     while True:
         jobs = trial_jobs(runner, study)
         if all(j.status.finished for j in jobs):
             return jobs
-        runner.recover()
-        runner.dispatch()
+        if runner.recover() or time.monotonic() - started >= runner.settings.recover_every_s:
+            runner.dispatch()
+            started = time.monotonic()
         time.sleep(poll_s)
 
 
@@ -185,7 +189,6 @@ def run_study(
                 run_job(runner, job.id)
     else:
         queue_trials(runner, study, search)
-        runner.dispatch()
         wait_for_trials(runner, search.study)
     reconcile(runner, study)
     chosen = choose(study, search)

@@ -112,7 +112,7 @@ def test_several_objectives_give_a_pareto_front(
 @pytest.mark.slow
 def test_a_trial_whose_worker_is_killed_resumes_and_finishes(home: Path, skills_dir: Path) -> None:
     data = search_data(skills_dir, study="killed", trials=1)
-    data["recipe"].update(max_steps=12, save_steps=2)
+    data["recipe"].update(max_steps=60, save_steps=2)
     runner = _runner(home)
     search = parse_search(data)
     study = create_study(runner.stack, search)
@@ -122,16 +122,19 @@ def test_a_trial_whose_worker_is_killed_resumes_and_finishes(home: Path, skills_
     while not runner.store.list_checkpoints(job.id):
         assert time.monotonic() < deadline, runner.get(job.id)
         time.sleep(0.2)
-    os.kill(runner.get(job.id).pid, signal.SIGKILL)
-    while (current := runner.get(job.id)).pid and runner.recover() == []:
+    killed = runner.get(job.id)
+    assert killed.status is JobStatus.RUNNING
+    os.kill(killed.pid, signal.SIGKILL)
+    while runner.recover() == []:
+        assert time.monotonic() < deadline
         time.sleep(0.1)
     assert runner.get(job.id).status is JobStatus.QUEUED
 
     (ended,) = wait_for_trials(runner, "killed", poll_s=0.3)
     assert ended.status is JobStatus.SUCCEEDED and ended.attempts == 2, ended.error
     (trial,) = study.get_trials()  # the same trial, resumed: not a second one
-    assert trial.state is TrialState.COMPLETE and trial.user_attrs["metrics"]["steps"] == 12
-    assert current.pid != ended.pid
+    assert trial.state is TrialState.COMPLETE and trial.user_attrs["metrics"]["steps"] == 60
+    assert killed.pid != ended.pid
 
 
 @pytest.mark.slow
