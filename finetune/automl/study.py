@@ -94,18 +94,24 @@ def queue_trials(
     ]
 
 
-def wait_for_trials(runner: JobRunner, study: str, poll_s: float = 1.0) -> list[Job]:
-    """Wait until none of the study's trial jobs is queued or running: start workers for
-    queued jobs now and then (as the gateway does) and whenever a dead worker's job was
-    requeued. A worker that ends starts the next queued job itself; starting workers on every
-    poll would start several for a job whose worker has not claimed it yet."""
+def wait_for_trials(
+    runner: JobRunner, study: str, poll_s: float = 1.0, respawn_after_s: float = 300.0
+) -> list[Job]:
+    """Wait until none of the study's trial jobs is queued or running, starting workers for
+    queued jobs and again for jobs whose worker died. Workers are started only once every
+    worker started before has claimed its job (a worker takes a while to start, and a second
+    one for the same job would only exit again), or after `respawn_after_s` without a claim
+    (a worker that failed to start)."""
+    spawned: set[str] = set()
     started = -math.inf
     while True:
         jobs = trial_jobs(runner, study)
         if all(j.status.finished for j in jobs):
             return jobs
-        if runner.recover() or time.monotonic() - started >= runner.settings.recover_every_s:
-            runner.dispatch()
+        spawned -= {j.id for j in runner.recover()}
+        unclaimed = spawned & {j.id for j in jobs if j.status is JobStatus.QUEUED}
+        if not unclaimed or time.monotonic() - started >= respawn_after_s:
+            spawned |= set(runner.dispatch())
             started = time.monotonic()
         time.sleep(poll_s)
 
