@@ -4,6 +4,8 @@ llm-finetune tune run SEARCH.yaml [--trials N] [--parallel K] [--here]
 llm-finetune tune show STUDY [--out DIR]
 """
 
+import contextlib
+import sys
 from pathlib import Path
 
 import click
@@ -42,7 +44,8 @@ def run_cmd(
         settings = settings.model_copy(update={"max_running_jobs": parallel})
     runner = JobRunner.open(settings=settings)
     runner.recover()
-    outcome = run_study(runner, open_registry(runner.stack), search, here=here)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result (--json)
+        outcome = run_study(runner, open_registry(runner.stack), search, here=here)
     chosen = outcome.chosen
     summary = {
         "study": search.study,

@@ -1,6 +1,7 @@
 """Studies whose trials are jobs: pruning, registration, Pareto fronts, plots, a killed
 worker, and two workers sharing one study on PostgreSQL."""
 
+import json
 import os
 import signal
 import time
@@ -11,15 +12,22 @@ from optuna.trial import TrialState
 
 from core.settings import StackSettings
 from finetune.automl.search import parse_search
-from finetune.automl.storage import create_study
-from finetune.automl.study import STUDY_TAG, TRIAL_TAG, queue_trials, run_study, wait_for_trials
+from finetune.automl.storage import create_study, load_study
+from finetune.automl.study import (
+    STUDY_TAG,
+    TRIAL_TAG,
+    queue_trials,
+    run_study,
+    trial_jobs,
+    wait_for_trials,
+)
 from finetune.cli import main
 from finetune.jobs import JobStatus
 from finetune.kinds import TUNE_TRIAL
 from finetune.runner import JobRunner
 from finetune.settings import FinetuneSettings
 from registry.service import open_registry
-from tests.finetune.automl.conftest import search_data
+from tests.finetune.automl.conftest import search_data, write_search
 
 
 def _runner(home: Path, url: str | None = None, parallel: int = 1) -> JobRunner:
@@ -43,30 +51,35 @@ def test_a_pruned_study_registers_its_best_trial_and_shows_its_plots(
         pruner={"type": "median", "n_startup_trials": 2},
         enqueue=[{"learning_rate": 2e-2}, {"learning_rate": 1e-2}, {"learning_rate": 1e-6}],
     )
+    monkeypatch.setenv("LLMOPS_HOME", str(home))
+    monkeypatch.delenv("LLMOPS_DATABASE_URL", raising=False)
+    search_file = write_search(tmp_path / "tiny.yaml", data)
+    assert main(["--json", "tune", "run", str(search_file), "--here"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     runner = _runner(home)
     registry = open_registry(runner.stack)
-    outcome = run_study(runner, registry, parse_search(data), here=True)
+    study, _ = load_study(runner.stack, "tiny")
 
-    trials = outcome.study.get_trials()
+    trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
+    assert summary["trials"] == {"complete": 2, "pruned": 1, "fail": 0, "running": 0}
     assert trials[2].user_attrs["metrics"]["steps"] == 2  # of 4
     assert all(t.user_attrs["metrics"]["steps"] == 4 for t in trials[:2])
-    assert [j.kind for j in outcome.jobs] == [TUNE_TRIAL] * 3
-    assert all(j.status is JobStatus.SUCCEEDED for j in outcome.jobs)
+    jobs = trial_jobs(runner, "tiny")
+    assert [j.kind for j in jobs] == [TUNE_TRIAL] * 3
+    assert all(j.status is JobStatus.SUCCEEDED for j in jobs)
 
     best = min(trials[:2], key=lambda t: t.values[0])
-    assert outcome.chosen.number == best.number
-    version = outcome.registered
+    assert summary["chosen_trial"] == best.number
+    version = registry.resolve(summary["registered_version"])
     assert version.tags[STUDY_TAG] == "tiny" and version.tags[TRIAL_TAG] == str(best.number)
     assert version.parent == "demo:1"
     assert version.metrics["eval_loss"] == pytest.approx(best.values[0])
     assert [v.ref for v in registry.lineage(version)] == ["demo:1"]
 
-    monkeypatch.setenv("LLMOPS_HOME", str(home))
-    monkeypatch.delenv("LLMOPS_DATABASE_URL", raising=False)
     assert main(["list"]) == 0
     listed = capsys.readouterr().out
-    assert all(j.id in listed for j in outcome.jobs)
+    assert all(j.id in listed for j in jobs)
     assert main(["tune", "show", "tiny", "--out", str(tmp_path / "plots")]) == 0
     shown = capsys.readouterr().out
     assert "pruned" in shown and f"registered: {version.ref}" in shown
