@@ -17,6 +17,7 @@ most 0.6x the steps of the full study.
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -41,13 +42,14 @@ from registry.service import open_registry
 SEARCH = Path("configs/automl/demo-lora.yaml")
 
 
-def ensure_demo(home: Path) -> None:
+def ensure_demo(home: Path, threads: int) -> None:
     """The demo model registered in `home` (built there the first time: minutes)."""
     registry = open_registry(StackSettings(home=home, actor="bench"))
     try:
         registry.resolve("demo")
     except RegistryError:
-        build = build_demo_model(home / "demo-model", FULL)
+        spec = dataclasses.replace(FULL, torch_threads=threads)
+        build = build_demo_model(home / "demo-model", spec)
         register_demo_model(registry, build)
 
 
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     home = args.home.resolve()
-    ensure_demo(home)
+    ensure_demo(home, args.threads)
     files = write_skill_splits(home / "skills", args.seed, args.rows, 64, ["reverse"])["reverse"]
     data = yaml.safe_load(SEARCH.read_text())
     recipe = yaml.safe_load(Path(data["recipe"]).read_text())
