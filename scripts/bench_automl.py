@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         recipe={**recipe, **data.pop("overrides"), "max_steps": args.max_steps, "save_steps": 1000},
         trials=args.trials,
         objectives=[args.objective],
+        select={},
         enqueue=configurations(data["space"], args.trials, args.seed),
         evaluation={**data["evaluation"], "every_steps": args.every},
     )
