@@ -137,7 +137,14 @@ def main(argv: list[str] | None = None) -> None:
     ]
     suffix = f"{int(time.time())}"
     data.update(
-        recipe={**recipe, **data.pop("overrides"), "max_steps": args.max_steps, "save_steps": 1000},
+        # Both studies evaluate at the same steps, so that a trial trains the same in each.
+        recipe={
+            **recipe,
+            **data.pop("overrides"),
+            "max_steps": args.max_steps,
+            "save_steps": 1000,
+            "eval_steps": args.every,
+        },
         trials=args.trials,
         objectives=[args.objective],
         select={},
