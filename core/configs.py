@@ -24,10 +24,16 @@ def unknown_key(key: str, choices: list[str], where: str = "") -> str:
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model a field holds, directly, in a list or in an optional."""
+    """The pydantic model a field holds, directly, in a list or dict, or in an optional."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType, typing.Annotated):
+    if typing.get_origin(annotation) in (
+        list,
+        dict,
+        typing.Union,
+        types.UnionType,
+        typing.Annotated,
+    ):
         for arg in typing.get_args(annotation):
             if (found := _model_in(arg)) is not None:
                 return found

@@ -7,6 +7,7 @@
     llm-finetune list | show JOB | cancel JOB | logs JOB [--follow]
     llm-finetune merge ADAPTER_REF                merge an adapter into its base, register it
     llm-finetune federated run|serve|join ...     federated LoRA fine-tuning on Flower
+    llm-finetune tune run SEARCH | show STUDY     hyperparameter search (Optuna), trials as jobs
 
 Any recipe key can be given as a flag (`--learning_rate 1e-3`, `--max_steps=50`); flags
 override the recipe file.
@@ -23,6 +24,7 @@ import yaml
 
 from core.console import print_json, print_table, run
 from core.errors import ErrorCode
+from finetune.automl.cli import tune
 from finetune.data import read_rows
 from finetune.errors import FinetuneError
 from finetune.federated.cli import federated
@@ -390,6 +392,7 @@ def export(
 
 
 cli.add_command(federated)
+cli.add_command(tune)
 
 
 def main(argv: list[str] | None = None) -> int:

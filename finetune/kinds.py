@@ -24,12 +24,14 @@ FINE_TUNE = "fine-tune"
 FEDERATED = "federated"
 DISTILL = "distill"
 PRUNE = "prune"
+TUNE_TRIAL = "tune-trial"
 
 JOB_KINDS: dict[str, str] = {
     FINE_TUNE: "finetune.fine_tune:run_fine_tune",
     FEDERATED: "finetune.federated.job:run_federated",
     DISTILL: "finetune.distill.job:run_distill",
     PRUNE: "finetune.prune.job:run_prune",
+    TUNE_TRIAL: "finetune.automl.trial:run_tune_trial",
 }
 
 

@@ -30,7 +30,12 @@ def _registered(registry: Registry, job_id: str) -> ModelVersion | None:
 
 
 def register_adapter(
-    registry: Registry, result: TrainResult, recipe: Recipe, job_id: str, owner: str | None
+    registry: Registry,
+    result: TrainResult,
+    recipe: Recipe,
+    job_id: str,
+    owner: str | None,
+    tags: dict[str, str] | None = None,
 ) -> ModelVersion:
     """Register the adapter of job `job_id` once: a job that registered before its worker died,
     or while another process registered it too, gets the existing version back.
@@ -44,7 +49,7 @@ def register_adapter(
     if owner is not None and recipe.register_as is None:
         name = f"{name}-{owner}"
     try:
-        version = _register(registry, name, result, recipe, job_id, base, owner)
+        version = _register(registry, name, result, recipe, job_id, base, owner, tags or {})
     except RegistryError as err:
         if err.code is not ErrorCode.ALREADY_EXISTS or not (found := _registered(registry, job_id)):
             raise
@@ -64,6 +69,7 @@ def _register(
     job_id: str,
     base: str,
     owner: str | None,
+    tags: dict[str, str],
 ) -> ModelVersion:
     return registry.register(
         name,
@@ -78,6 +84,7 @@ def _register(
             "adapter": recipe.adapter,
             "lora_r": recipe.lora_r,
             "base": result.base.reference,
+            **tags,
         },
         recipe_digest=recipe_digest(recipe),
         dataset_digests=result.dataset_digests,
