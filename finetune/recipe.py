@@ -3,18 +3,23 @@
 Keys follow axolotl / LLaMA-Factory names. An unknown key is an error that suggests the
 nearest valid name."""
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core.configs import unknown_key
+from core.configs import validation_message
+from core.digests import bytes_digest
 from finetune.errors import RecipeError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+K = TypeVar("K", bound=_Strict)
 
 
 class DatasetSpec(_Strict):
@@ -27,7 +32,48 @@ class DatasetSpec(_Strict):
     split: Literal["train", "validation"] = Field("train", description="What the rows are for.")
 
 
-class Recipe(_Strict):
+class TrainingKeys(_Strict):
+    """The keys every training job shares: its data, batches, schedule, checkpoints, and how
+    its result is named."""
+
+    datasets: list[DatasetSpec] = Field(min_length=1, description="Training (and validation) data.")
+    sequence_len: int = Field(512, gt=0, description="Longer rows are reported, not truncated.")
+    micro_batch_size: int = Field(8, gt=0, description="Rows per device per step.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per update.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="transformers scheduler name."
+    )
+    warmup_ratio: float = Field(
+        0.03, ge=0.0, lt=1.0, description="Share of steps spent warming up."
+    )
+    num_epochs: float | None = Field(None, gt=0, description="Passes over the data (or max_steps).")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps (overrides num_epochs).")
+    eval_steps: int | None = Field(None, gt=0, description="Steps between evaluations.")
+    save_steps: int | None = Field(None, gt=0, description="Steps between checkpoints.")
+    seed: int = Field(0, description="Seeds data order, fresh weights and dropout.")
+    output_dir: str | None = Field(None, description="Job folder; default under LLMOPS_HOME/jobs.")
+    suffix: str | None = Field(
+        None,
+        max_length=40,
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="Names the result: registered as <source model>-<suffix>.",
+    )
+    register_as: str | None = Field(None, description="Registry model name of the result.")
+    set_staging_alias: bool = Field(
+        False, description="Point the registered model's `staging` alias at the new version."
+    )
+
+    @model_validator(mode="after")
+    def _steps(self) -> "TrainingKeys":
+        if self.num_epochs is None and self.max_steps is None:
+            raise ValueError("set num_epochs or max_steps")
+        return self
+
+
+class Recipe(TrainingKeys):
+    """A LoRA / QLoRA fine-tune."""
+
     base_model: str = Field(
         description="Registry reference (demo, demo@staging, demo:1) or a "
         "Hugging Face model directory."
@@ -42,22 +88,7 @@ class Recipe(_Strict):
         "all-linear", description="Module names to adapt, or all-linear."
     )
     load_in_4bit: bool = Field(False, description="Load the base in bitsandbytes NF4 (qlora).")
-    datasets: list[DatasetSpec] = Field(min_length=1, description="Training (and validation) data.")
-    sequence_len: int = Field(512, gt=0, description="Longer rows are reported, not truncated.")
     sample_packing: bool = Field(False, description="Pack several rows into one sequence.")
-    micro_batch_size: int = Field(8, gt=0, description="Rows per device per step.")
-    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per update.")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="transformers scheduler name."
-    )
-    warmup_ratio: float = Field(
-        0.03, ge=0.0, lt=1.0, description="Share of steps spent warming up."
-    )
-    num_epochs: float | None = Field(None, gt=0, description="Passes over the data (or max_steps).")
-    max_steps: int | None = Field(None, gt=0, description="Optimizer steps (overrides num_epochs).")
-    eval_steps: int | None = Field(None, gt=0, description="Steps between evaluations.")
-    save_steps: int | None = Field(None, gt=0, description="Steps between checkpoints.")
     num_processes: int | None = Field(
         None,
         gt=0,
@@ -70,8 +101,6 @@ class Recipe(_Strict):
         description="How several GPUs share a job (accelerate launch with "
         "configs/accelerate/<name>.yaml); unused on one device.",
     )
-    seed: int = Field(0, description="Seeds data order, adapter init and dropout.")
-    output_dir: str | None = Field(None, description="Job folder; default under LLMOPS_HOME/jobs.")
     suffix: str | None = Field(
         None,
         max_length=40,
@@ -81,14 +110,9 @@ class Recipe(_Strict):
     register_as: str | None = Field(
         None, description="Registry model name of the adapter (default <base>-<suffix or ft>)."
     )
-    set_staging_alias: bool = Field(
-        False, description="Point the registered model's `staging` alias at the new version."
-    )
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Recipe":
-        if self.num_epochs is None and self.max_steps is None:
-            raise ValueError("set num_epochs or max_steps")
+    def _quantized(self) -> "Recipe":
         if self.adapter == "qlora":
             self.load_in_4bit = True
         elif self.load_in_4bit:
@@ -96,23 +120,23 @@ class Recipe(_Strict):
         return self
 
 
-def parse_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
-    """Validate recipe data; RecipeError names the first wrong key."""
+def parse_keys(model: type[K], data: Any, source: str) -> K:
+    """`data` validated as `model`; RecipeError names the first wrong key (and the nearest
+    valid one for a misspelt key)."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe is a mapping of keys to values")
     try:
-        return Recipe.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = [str(part) for part in first["loc"]]
-        if first["type"] == "extra_forbidden":
-            model = DatasetSpec if loc[0] == "datasets" else Recipe
-            prefix = f"in datasets[{loc[1]}]: " if loc[0] == "datasets" else ""
-            message = unknown_key(loc[-1], list(model.model_fields), prefix)
-        else:
-            where = ".".join(loc) or "recipe"
-            message = f"{where}: {first['msg']}"
-        raise RecipeError(f"{source}: {message}") from None
+        raise RecipeError(f"{source}: {validation_message(err, model)}") from None
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    return parse_keys(Recipe, data, source)
+
+
+def recipe_digest(recipe: BaseModel) -> str:
+    return bytes_digest(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode())
 
 
 def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:

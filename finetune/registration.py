@@ -1,11 +1,8 @@
 """A succeeded job's adapter as a registry version, with its lineage and `ft:` name."""
 
-import json
-
-from core.digests import bytes_digest
 from core.errors import ErrorCode
 from core.refs import fine_tuned_name
-from finetune.recipe import Recipe
+from finetune.recipe import Recipe, recipe_digest
 from finetune.trainer import TrainResult
 from registry.entities import FINE_TUNED_TAG, ModelVersion, VersionFormat, VersionKind
 from registry.errors import RegistryError
@@ -16,10 +13,6 @@ JOB_TAG = "fine_tuning_job"
 
 def base_name(result: TrainResult) -> str:
     return result.base.version.name if result.base.version else result.base.path.name
-
-
-def recipe_digest(recipe: Recipe) -> str:
-    return bytes_digest(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode())
 
 
 def _registered(registry: Registry, job_id: str) -> ModelVersion | None:

@@ -30,7 +30,7 @@ from core.digests import file_digest
 from finetune.data import Collator, Example, Packed, encode_rows, pack, read_rows
 from finetune.errors import RecipeError
 from finetune.loss_curve import plot_loss_curve
-from finetune.recipe import Recipe
+from finetune.recipe import Recipe, TrainingKeys
 from registry.entities import ModelVersion, VersionKind
 from registry.service import Registry
 
@@ -126,7 +126,7 @@ def load_model(path: Path, recipe: Recipe) -> PreTrainedModel:
     return get_peft_model(model, config)
 
 
-def training_arguments(recipe: Recipe, job_dir: Path, has_eval: bool, **extra: Any) -> Any:
+def training_arguments(recipe: TrainingKeys, job_dir: Path, has_eval: bool, **extra: Any) -> Any:
     eval_steps = recipe.eval_steps if has_eval else None
     return TrainingArguments(
         output_dir=str(job_dir / "checkpoints"),

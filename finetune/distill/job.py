@@ -15,8 +15,9 @@ from finetune.distill.recipe import DistillRecipe, parse_distill_recipe
 from finetune.distill.student import build_student, student_config
 from finetune.distill.traffic import teacher_rows, traffic_prompts
 from finetune.errors import RecipeError
-from finetune.full_training import num_parameters, recipe_digest, register_once, train_full
+from finetune.full_training import num_parameters, register_once, train_full
 from finetune.kinds import JobContext, JobOutcome
+from finetune.recipe import recipe_digest
 from finetune.source_model import SourceModel, resolve_source
 from finetune.trainer import load_training_data
 from registry.entities import ModelVersion, VersionKind

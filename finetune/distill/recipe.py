@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from finetune.full_training import TrainingKeys, parse_keys
+from finetune.full_training import FullTrainingKeys
+from finetune.recipe import parse_keys
 
 
 class StudentSpec(BaseModel):
@@ -59,7 +60,7 @@ class TrafficPrompts(BaseModel):
     max_new_tokens: int = Field(64, gt=0, le=4096, description="Longest teacher answer.")
 
 
-class DistillRecipe(TrainingKeys):
+class DistillRecipe(FullTrainingKeys):
     method: Literal["distill"] = Field(description="Selects this recipe type.")
     teacher_model: str = Field(
         description="Registry reference (demo, demo@staging, demo-rev:2; an adapter is merged "

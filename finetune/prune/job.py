@@ -5,10 +5,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.full_training import num_parameters, recipe_digest, register_once, train_full
+from finetune.full_training import num_parameters, register_once, train_full
 from finetune.kinds import JobContext, JobOutcome
 from finetune.prune.recipe import PruneRecipe, parse_prune_recipe
 from finetune.prune.structured import prune_model
+from finetune.recipe import recipe_digest
 from finetune.source_model import SourceModel, resolve_source
 from finetune.trainer import load_training_data
 from registry.entities import ModelVersion, VersionKind

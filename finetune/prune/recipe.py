@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from finetune.full_training import TrainingKeys, parse_keys
+from finetune.full_training import FullTrainingKeys
+from finetune.recipe import parse_keys
 
 
 class PruningSpec(BaseModel):
@@ -43,7 +44,7 @@ class PruningSpec(BaseModel):
         return self
 
 
-class PruneRecipe(TrainingKeys):
+class PruneRecipe(FullTrainingKeys):
     method: Literal["prune"] = Field(description="Selects this recipe type.")
     base_model: str = Field(
         description="Registry reference of the model to prune (an adapter is merged into its "

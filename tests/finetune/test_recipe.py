@@ -37,7 +37,7 @@ def test_qlora_loads_in_4bit() -> None:
         ({**MINIMAL, "lora_rank": 8}, "did you mean 'lora_r'?"),
         (
             {**MINIMAL, "datasets": [{"path": "x", "typ": "chat"}]},
-            "in datasets[0]: 'typ'; did you mean 'type'?",
+            "in datasets.0: 'typ'; did you mean 'type'?",
         ),
         ({**MINIMAL, "zzz": 1}, "unknown key 'zzz'; valid keys:"),
         ({**MINIMAL, "lora_r": 0}, "lora_r: Input should be greater than 0"),
