@@ -11,11 +11,11 @@ from typing import Any
 from pydantic import Field
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
-from finetune.data import Collator, Example
+from finetune.data import Example
 from finetune.loss_curve import plot_loss_curve
 from finetune.recipe import TrainingKeys
 from finetune.registration import JOB_TAG
-from finetune.trainer import _Throughput, training_arguments
+from finetune.trainer import run_trainer
 from registry.entities import ModelVersion, VersionFormat, VersionKind
 from registry.errors import RegistryError
 from registry.service import Registry
@@ -51,31 +51,19 @@ def train_full(
     """Train every weight of `model`; saves it with `tokenizer` to `<job_dir>/model` and
     returns that folder and the metrics (train/eval loss, tokens, steps)."""
     model.config.use_cache = False
-    throughput = _Throughput()
-    args = training_arguments(
+    trainer, metrics = run_trainer(
+        model,
+        tokenizer,
         keys,
         job_dir,
-        bool(eval_rows),
-        disable_tqdm=not progress,
-        include_num_input_tokens_seen="non_padding",
+        train_rows,
+        eval_rows,
+        trainer_class=trainer_class,
+        trainer_options=trainer_options,
+        resume_from=resume_from,
+        callbacks=callbacks,
+        progress=progress,
     )
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=list(train_rows),
-        eval_dataset=list(eval_rows) or None,
-        data_collator=Collator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=[throughput, *callbacks],
-        **(trainer_options or {}),
-    )
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    metrics: dict[str, float] = {"train_loss": output.training_loss}
-    if eval_rows:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    metrics["train_tokens"] = float(trainer.state.num_input_tokens_seen)
-    metrics["train_tokens_per_second"] = throughput.tokens_per_second
-    metrics["steps"] = float(output.global_step)
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
     model_dir = job_dir / "model"
     model.config.use_cache = True

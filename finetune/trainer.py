@@ -170,6 +170,52 @@ class _Throughput(TrainerCallback):
         self.tokens_per_second = (state.num_input_tokens_seen - self._start[1]) / seconds
 
 
+def run_trainer(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    keys: TrainingKeys,
+    job_dir: Path,
+    train_data: Sequence[Example | Packed],
+    eval_rows: Sequence[Example],
+    *,
+    trainer_class: type[Trainer] = Trainer,
+    trainer_options: dict[str, Any] | None = None,
+    resume_from: Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    progress: bool = True,
+) -> tuple[Trainer, dict[str, float]]:
+    """Train `model` with transformers' Trainer (or `trainer_class`) as `keys` say; returns
+    the trainer and the metrics: train and eval loss, tokens, tokens per second, steps."""
+    throughput = _Throughput()
+    args = training_arguments(
+        keys,
+        job_dir,
+        bool(eval_rows),
+        disable_tqdm=not progress,
+        include_num_input_tokens_seen="non_padding",
+    )
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=list(train_data),
+        eval_dataset=list(eval_rows) or None,
+        data_collator=Collator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[throughput, *callbacks],
+        **(trainer_options or {}),
+    )
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    metrics: dict[str, float] = {"train_loss": output.training_loss}
+    if eval_rows:
+        evaluated = [e for e in trainer.state.log_history if "eval_loss" in e]
+        final = evaluated[-1] if evaluated and evaluated[-1]["step"] == output.global_step else None
+        metrics["eval_loss"] = (final or trainer.evaluate())["eval_loss"]
+    metrics["train_tokens"] = float(trainer.state.num_input_tokens_seen)
+    metrics["train_tokens_per_second"] = throughput.tokens_per_second
+    metrics["steps"] = float(output.global_step)
+    return trainer, metrics
+
+
 def train(
     recipe: Recipe,
     job_dir: Path,
@@ -192,36 +238,20 @@ def train(
     )
     torch.manual_seed(recipe.seed)
     model = load_model(base.path, recipe)
-    throughput = _Throughput()
-    args = training_arguments(
-        recipe,
-        job_dir,
-        bool(eval_rows),
-        disable_tqdm=not progress,
-        include_num_input_tokens_seen="non_padding",
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_data,
-        eval_dataset=eval_rows or None,
-        data_collator=Collator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=[throughput, *callbacks],
-    )
     checkpoint = str(resume_from) if resume_from else None
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    output = trainer.train(resume_from_checkpoint=checkpoint)
-
-    metrics: dict[str, float] = {"train_loss": output.training_loss}
-    if eval_rows:
-        evaluated = [e for e in trainer.state.log_history if "eval_loss" in e]
-        final = evaluated[-1] if evaluated and evaluated[-1]["step"] == output.global_step else None
-        metrics["eval_loss"] = (final or trainer.evaluate())["eval_loss"]
-    metrics["train_tokens"] = float(trainer.state.num_input_tokens_seen)
-    metrics["train_tokens_per_second"] = throughput.tokens_per_second
-    metrics["steps"] = float(output.global_step)
+    trainer, metrics = run_trainer(
+        model,
+        tokenizer,
+        recipe,
+        job_dir,
+        train_data,
+        eval_rows,
+        resume_from=resume_from,
+        callbacks=callbacks,
+        progress=progress,
+    )
     adapter_dir = job_dir / "adapter"
     if not trainer.is_world_process_zero():
         return TrainResult(adapter_dir, base, metrics, digests, checkpoint)
