@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {**os.environ, **(extra or {})}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
+    env["FLWR_TELEMETRY_ENABLED"] = "0"  # Flower reports usage to flower.ai unless told not to
     return env
 
 
@@ -217,14 +219,15 @@ def supernode_command(
 
 
 UNREGISTERED = "No SuperNode found with the given public key"
+STOP_GRACE_S = 15.0
 
 
 def run_supernode(command: list[str], registration_wait_s: float) -> int:
     """Run a silo's SuperNode until it stops; returns its exit code. A SuperNode that the
-    SuperLink refuses because its key is not registered stops working but does not exit, so
-    it is stopped here and started again while the coordinator may still be registering keys
-    (`federated serve` registers them only after its SuperLink is up), for at most
-    `registration_wait_s` seconds. SIGTERM and SIGINT are passed on to the SuperNode."""
+    SuperLink refuses because its key is not registered stops working but does not exit, not
+    even on SIGTERM, so it is killed here and started again while the coordinator may still be
+    registering keys (`federated serve` registers them only after its SuperLink is up), for at
+    most `registration_wait_s` seconds. SIGTERM and SIGINT are passed on to the SuperNode."""
     deadline = time.monotonic() + registration_wait_s
     while True:
         # Its own process group, so that stopping it stops its SuperExec too.
@@ -235,27 +238,20 @@ def run_supernode(command: list[str], registration_wait_s: float) -> int:
             env=environment(),
             start_new_session=True,
         )
+        refused = threading.Event()
+        relay = threading.Thread(target=_relay_output, args=(process, refused), daemon=True)
+        relay.start()
         forward = {
-            sig: signal.signal(sig, lambda s, _, child=process: signal_group(child, s))
+            sig: signal.signal(sig, lambda s, _, child=process: stop_group(child, s))
             for sig in (signal.SIGTERM, signal.SIGINT)
         }
-        refused = False
         try:
-            for line in process.stdout:
-                sys.stdout.buffer.write(line)
-                sys.stdout.flush()
-                if UNREGISTERED.encode() in line and not refused:
-                    refused = True
-                    signal_group(process, signal.SIGTERM)
-            try:
-                code = process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                signal_group(process, signal.SIGKILL)
-                code = process.wait()
+            code = process.wait()
         finally:
             for sig, handler in forward.items():
                 signal.signal(sig, handler)
-        if not refused:
+        relay.join(timeout=5)
+        if not refused.is_set():
             return code
         if time.monotonic() > deadline:
             print(
@@ -266,6 +262,23 @@ def run_supernode(command: list[str], registration_wait_s: float) -> int:
             )
             return 2
         time.sleep(REGISTRATION_RETRY_S)
+
+
+def _relay_output(process: subprocess.Popen, refused: threading.Event) -> None:
+    for line in process.stdout:
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+        if UNREGISTERED.encode() in line and not refused.is_set():
+            refused.set()
+            signal_group(process, signal.SIGKILL)
+
+
+def stop_group(process: subprocess.Popen, sig: int) -> None:
+    """Send `sig` to the process's group, and SIGKILL if it is still there after a grace."""
+    signal_group(process, sig)
+    killer = threading.Timer(STOP_GRACE_S, signal_group, (process, signal.SIGKILL))
+    killer.daemon = True
+    killer.start()
 
 
 def signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -156,7 +156,10 @@ def test_serve_and_join_with_tls_and_node_authentication(
             for process in silos.values():  # each silo's SuperNode and its app processes
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
+            for process in silos.values():
                 process.wait(timeout=30)
+            for log in [tmp_path / "serve.log", *logs.values()]:  # shown when the test fails
+                print(f"== {log.name}\n{log.read_text(errors='replace')[-4000:]}")
         # The SuperLink refused the silo whose key the coordinator did not register.
         assert silos["intruder"].returncode != 0
         intruder_log = logs["intruder"].read_text()
