@@ -2,7 +2,9 @@
 silos start from), and written back as a PEFT adapter folder at the end."""
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +33,17 @@ def _lora_model(base_dir: Path, lora: LoraSettings, seed: int) -> PeftModel:
     return get_peft_model(model, config)
 
 
+def adapter_keys(state: Mapping[str, Any]) -> list[str]:
+    """The names of the tensors that travel, in the order silos and coordinator use: the
+    low-rank matrices. With embed_tokens or lm_head among the targets, PEFT's adapter state
+    also holds those layers' full base weights, which LoRA training never changes."""
+    return sorted(key for key in state if ".lora_" in key)
+
+
 def initial_adapter(base_dir: Path, lora: LoraSettings, seed: int) -> list[np.ndarray]:
-    """The adapter's tensors in the order silos use (sorted by PEFT's saved names)."""
+    """The adapter's tensors, as every silo starts round 0 from them."""
     state = get_peft_model_state_dict(_lora_model(base_dir, lora, seed))
-    return [state[key].numpy().copy() for key in sorted(state)]
+    return [state[key].numpy().copy() for key in adapter_keys(state)]
 
 
 def write_adapter(
@@ -42,7 +51,7 @@ def write_adapter(
 ) -> Path:
     """A PEFT adapter folder holding `arrays`, its base recorded as the registry reference."""
     model = _lora_model(base_dir, lora, 0)
-    keys = sorted(get_peft_model_state_dict(model))
+    keys = adapter_keys(get_peft_model_state_dict(model))
     state = {k: torch.from_numpy(np.array(a)) for k, a in zip(keys, arrays, strict=True)}
     set_peft_model_state_dict(model, state)
     model.save_pretrained(out)

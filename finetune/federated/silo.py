@@ -28,6 +28,7 @@ from core.digests import file_digest
 from core.settings import StackSettings
 from finetune.data import read_rows
 from finetune.errors import RecipeError
+from finetune.federated.adapter import adapter_keys
 from finetune.federated.config import LoraSettings, lora_mismatch
 from finetune.federated.plan import RoundPlan
 from finetune.recipe import Recipe, parse_recipe
@@ -49,7 +50,7 @@ class StartFromGlobal(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         model = kwargs["model"]
         own = get_peft_model_state_dict(model)
-        keys = sorted(own)
+        keys = adapter_keys(own)
         shapes = [tuple(own[k].shape) for k in keys]
         if shapes != [tuple(t.shape) for t in self.tensors]:
             raise RecipeError(
@@ -118,7 +119,7 @@ class Silo(NumPyClient):
             progress=False,
         )
         tensors = load_file(result.adapter_dir / "adapter_model.safetensors")
-        arrays = [tensors[key].numpy() for key in sorted(tensors)]
+        arrays = [tensors[key].numpy() for key in adapter_keys(tensors)]
         metrics = {
             "silo_id": self.silo_id,
             "data_digest": file_digest(data_file),
