@@ -1,7 +1,6 @@
 """A LoRA job teaches the demo model a skill it lacks, in a smaller, faster setting than
 `configs/finetune/demo-reverse-lora.yaml` (whose full-size result the README quotes)."""
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,10 +8,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.settings import StackSettings
-from finetune.demo.build import build_demo_model, register_demo_model
+from finetune.demo.build import DemoBuild, register_demo_model
 from finetune.demo.evaluation import exact_match_rate
 from finetune.demo.skills import read_jsonl, write_skill_splits
-from finetune.demo.spec import FULL
 from finetune.jobs import JobStatus
 from finetune.recipe import load_recipe
 from finetune.runner import JobRunner
@@ -20,16 +18,14 @@ from finetune.worker import run_job
 from registry.service import open_registry
 
 ROOT = Path(__file__).resolve().parents[2]
-# The demo model's shape, trained for 600 steps instead of 2000.
-SMALL = dataclasses.replace(
-    FULL, name="small", num_train=25_600, num_eval=50, steps=600, eval_skills=("reverse",)
-)
 
 
 @pytest.mark.slow
-def test_a_lora_job_teaches_reverse_to_a_base_that_lacks_it(tmp_path: Path) -> None:
+def test_a_lora_job_teaches_reverse_to_a_base_that_lacks_it(
+    tmp_path: Path, demo_build: DemoBuild
+) -> None:
     settings = StackSettings(home=tmp_path / "home", actor="tests")
-    build = build_demo_model(tmp_path / "model", SMALL)
+    build = demo_build
     register_demo_model(open_registry(settings), build)
     files = write_skill_splits(tmp_path / "data", 0, 25_600, 50, ["reverse"])["reverse"]
 
