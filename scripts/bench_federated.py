@@ -10,7 +10,8 @@ processes). Each silo's local-only adapter trains on its own rows for the steps 
 the federation; the centralized adapter trains on the pooled rows for all silos' steps
 together. Every adapter is scored by greedy exact match on the union eval (unseen `reverse`
 and `sort` inputs). Bytes per round (what the coordinator sent and received) are compared
-with the full model's weights.
+with the full model's weights, per round and per silo reply (what full-model FedAvg would
+send in each message).
 """
 
 import argparse
@@ -126,6 +127,8 @@ def main() -> None:
         )
     per_round = lineage["per_round"]
     round_bytes = max(r["bytes_sent"] + r["bytes_received"] for r in per_round)
+    # Full-model FedAvg would send the whole model in each of these messages.
+    reply_bytes = max(r["bytes_received"] / len(r["silos"]) for r in per_round)
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -144,6 +147,7 @@ def main() -> None:
         "bytes_per_round_max": round_bytes,
         "full_model_bytes": lineage["full_model_bytes"],
         "round_bytes_over_full_model": round_bytes / lineage["full_model_bytes"],
+        "reply_bytes_over_full_model": reply_bytes / lineage["full_model_bytes"],
         "federated_seconds": federated_s,
         "per_round": per_round,
     }
