@@ -2,28 +2,25 @@
 traffic for drift and retrain on it (the continuous loop), and explain why a version
 answered as it did (attribution heat maps)."""
 
-import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from pydantic import ValidationError
 
-from core.callers import Caller
 from core.console import print_json, print_table, run
-from core.settings import StackSettings
-from evals.compare import Comparison
 from evals.continuous import cli as loop_cli
 from evals.drift import cli as drift_cli
-from evals.explain.attribution import METHODS
-from evals.explain.features import GRANULARITIES
-from evals.explain.heatmap import write_html, write_png
-from evals.explain.protocol import ExplanationRequest
-from evals.explain.service import ExplanationService
-from evals.explain.standalone import RegistryModelHost
-from evals.runs import EvalRun
-from evals.service import Evaluations, HttpOptions
-from registry.service import open_registry
+from evals.explain.protocol import GRANULARITIES, METHODS, ExplanationRequest
+
+if TYPE_CHECKING:
+    from evals.compare import Comparison
+    from evals.runs import EvalRun
+    from evals.service import Evaluations
+
+# Commands import the evaluation machinery (torch, transformers, captum) when they run, so
+# that help and bad input answer at once.
 
 PROG = "llm-evals"
 
@@ -35,11 +32,17 @@ def cli(ctx: click.Context, as_json: bool) -> None:
     ctx.obj = as_json
 
 
+def _evaluations() -> "Evaluations":
+    from evals.service import Evaluations
+
+    return Evaluations.open()
+
+
 def _interval(value: dict[str, float]) -> str:
     return f"{value['value']:.4g} [{value['low']:.4g}, {value['high']:.4g}]"
 
 
-def _print_run(run: EvalRun) -> None:
+def _print_run(run: "EvalRun") -> None:
     scored = run.version or run.model
     click.echo(f"{run.id}  {run.suite} on {scored} ({run.target}): {run.status.value}")
     if run.error:
@@ -50,7 +53,7 @@ def _print_run(run: EvalRun) -> None:
     )
 
 
-def _run_json(run: EvalRun) -> dict:
+def _run_json(run: "EvalRun") -> dict:
     return {**run.__dict__, "status": run.status.value}
 
 
@@ -64,7 +67,9 @@ def _run_json(run: EvalRun) -> dict:
 @click.pass_obj
 def run_suite(as_json: bool, suite, model, base_url, api_key, concurrency, reuse) -> None:
     """Score SUITE (a name in configs/evals/ or a YAML path) on a model; record the run."""
-    evaluations = Evaluations.open()
+    from evals.service import HttpOptions
+
+    evaluations = _evaluations()
     http = None if base_url is None else HttpOptions(base_url, api_key, concurrency)
     result = evaluations.run(
         evaluations.suite(suite), model, http=http, progress=not as_json, reuse=reuse
@@ -78,7 +83,7 @@ def run_suite(as_json: bool, suite, model, base_url, api_key, concurrency, reuse
 @click.pass_obj
 def show(as_json: bool, run_id, examples) -> None:
     """A run's metrics with their intervals (and outputs with --examples)."""
-    evaluations = Evaluations.open()
+    evaluations = _evaluations()
     found = evaluations.runs.get(run_id)
     outputs = evaluations.runs.examples(found)[:examples] if examples else []
     if as_json:
@@ -95,7 +100,7 @@ def show(as_json: bool, run_id, examples) -> None:
 @click.pass_obj
 def list_runs(as_json: bool, version, limit) -> None:
     """Evaluation runs, newest first (running ones included)."""
-    found = Evaluations.open().runs.list_runs(limit, version)
+    found = _evaluations().runs.list_runs(limit, version)
     if as_json:
         print_json([_run_json(r) for r in found])
         return
@@ -108,7 +113,7 @@ def list_runs(as_json: bool, version, limit) -> None:
     )
 
 
-def _print_comparison(comparison: Comparison, changed: int) -> None:
+def _print_comparison(comparison: "Comparison", changed: int) -> None:
     a, b = comparison.a, comparison.b
     click.echo(f"A {a.id} ({a.version or a.model})  vs  B {b.id} ({b.version or b.model})")
     print_table(
@@ -131,7 +136,7 @@ def _print_comparison(comparison: Comparison, changed: int) -> None:
 @click.pass_obj
 def compare(as_json: bool, run_a, run_b, changed) -> None:
     """Per-metric deltas (B minus A) with paired tests, and the examples that changed."""
-    comparison = Evaluations.open().compare(run_a, run_b)
+    comparison = _evaluations().compare(run_a, run_b)
     if as_json:
         print_json(
             {
@@ -187,6 +192,15 @@ def explain(as_json: bool, model, prompt, messages, raw_prompt, target, method,
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise click.UsageError(f"{where}: {first['msg']}".removeprefix(": ")) from None
+    import asyncio
+
+    from core.callers import Caller
+    from core.settings import StackSettings
+    from evals.explain.heatmap import write_html, write_png
+    from evals.explain.service import ExplanationService
+    from evals.explain.standalone import RegistryModelHost
+    from registry.service import open_registry
+
     settings = StackSettings()
     service = ExplanationService(RegistryModelHost(open_registry(settings)))
     operator = Caller(None, admin=True, name=settings.actor)

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-import uvicorn
 
 from core.console import print_json, print_table, run
 from core.database import open_database
@@ -19,10 +18,8 @@ from core.settings import StackSettings
 from registry.entities import ModelVersion
 from registry.errors import RegistryError
 from registry.service import Registry
-from serving.app import create_app
 from serving.config import load_config
 from serving.edge.cli import edge
-from serving.gateway import build_gateway
 from serving.keys import ALL_MODELS, MAX_RATE, KeyStore
 from serving.protocol import CreatedKey, KeyObject
 from serving.settings import ServingSettings
@@ -90,6 +87,12 @@ def cli(
     ctx.obj = as_json
     if ctx.invoked_subcommand is not None:
         return
+    # The gateway's imports (torch, transformers, the evals) cost seconds: not for `keys` or `edge`.
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.gateway import build_gateway
+
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

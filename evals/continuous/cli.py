@@ -11,9 +11,6 @@ from core.console import print_json, print_table
 from core.database import open_database
 from core.settings import StackSettings
 from evals.continuous.events import LoopEvents
-from evals.continuous.loop import ContinuousLoop
-from evals.continuous.policy import load_policy
-from evals.continuous.timeline import label, write_png
 from evals.drift.checks import DriftStore
 from evals.tables import CHAIN
 
@@ -29,6 +26,9 @@ def loop() -> None:
 @click.pass_obj
 def run_loop(as_json: bool, policy_path, every) -> None:
     """Check the policy's model for drift and, on drift, go as far as the policy says."""
+    from evals.continuous.loop import ContinuousLoop  # the evals, the trainer: torch
+    from evals.continuous.policy import load_policy
+
     driver = ContinuousLoop.open(load_policy(policy_path))
     while True:
         outcome = driver.step()
@@ -45,6 +45,8 @@ def run_loop(as_json: bool, policy_path, every) -> None:
 @click.pass_obj
 def history(as_json: bool, model, png_path, limit) -> None:
     """MODEL's loop timeline, oldest first: each step and what it links to."""
+    from evals.continuous.timeline import label, write_png  # matplotlib
+
     stack = StackSettings()
     engine = open_database(stack.resolved_database_url, CHAIN)
     events = LoopEvents(engine).history(model, limit)

@@ -13,8 +13,6 @@ from core.database import open_database
 from core.settings import StackSettings
 from evals.drift.checks import DriftCheck, DriftStore
 from evals.drift.config import DriftConfig
-from evals.drift.monitor import DriftMonitor, TemplateRenderer
-from evals.drift.report import write_html, write_png
 from evals.drift.traffic import open_traffic_source
 from evals.tables import CHAIN
 from registry.service import open_registry
@@ -76,6 +74,8 @@ def monitor(as_json: bool, model, config_path, window, alpha, reference_data, ev
     stack = StackSettings()
     registry = open_registry(stack, RegistrySettings(promotion_gate=None))
     version = registry.resolve(model).ref
+    from evals.drift.monitor import DriftMonitor, TemplateRenderer  # torch, transformers
+
     drift = DriftMonitor(
         open_traffic_source(stack),
         open_database(stack.resolved_database_url, CHAIN),
@@ -151,6 +151,8 @@ def report(model, html_path, png_path, limit) -> None:
         raise click.ClickException(
             f"no drift checks of {model!r} yet; `llm-evals monitor {model}` makes one"
         )
+    from evals.drift.report import write_html, write_png  # matplotlib
+
     for path, write in ((html_path, write_html), (png_path, write_png)):
         if path is not None:
             click.echo(f"wrote {write(model, checks, path)}")

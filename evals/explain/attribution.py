@@ -6,7 +6,7 @@ and one answer token per forward pass. Integrated gradients run through
 `LLMGradientAttribution` on the input embeddings."""
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from captum.attr import (
@@ -23,9 +23,9 @@ from transformers import PreTrainedTokenizerBase
 
 from evals.errors import invalid
 from evals.explain.features import PromptFeatures
+from evals.explain.protocol import METHODS
 from evals.explain.scoring import AnswerScorer
 
-Method = Literal["feature_ablation", "shapley", "lime", "kernel_shap", "integrated_gradients"]
 PERTURBATION_METHODS: dict[str, type] = {
     "feature_ablation": FeatureAblation,
     "shapley": ShapleyValueSampling,
@@ -33,7 +33,6 @@ PERTURBATION_METHODS: dict[str, type] = {
     "kernel_shap": KernelShap,
 }
 GRADIENT_METHODS = ("integrated_gradients",)
-METHODS: tuple[str, ...] = (*PERTURBATION_METHODS, *GRADIENT_METHODS)
 
 
 @dataclass(frozen=True)

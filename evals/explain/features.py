@@ -7,16 +7,14 @@ every row shares the prompt up to its first absent feature."""
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from captum.attr import TextTokenInput
 from transformers import PreTrainedTokenizerBase
 
 from evals.errors import invalid
+from evals.explain.protocol import Granularity
 
-Granularity = Literal["tokens", "words", "segments"]
-GRANULARITIES: tuple[str, ...] = ("tokens", "words", "segments")
 _WORD = re.compile(r"\w+|[^\w\s]+")  # words, and runs of punctuation
 _SEGMENT = re.compile(r"[^\n.!?]+[.!?]*")  # a prompt's sentences and lines
 

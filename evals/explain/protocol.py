@@ -1,13 +1,16 @@
 """`POST /v1/explanations`: request and response models. Not an OpenAI API; its shapes follow
 the chat and completions requests (`model`, `messages` or `prompt`) and OpenAI's object style."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from core.refs import REF_PATTERN
-from evals.explain.attribution import Method
-from evals.explain.features import Granularity
+
+Method = Literal["feature_ablation", "shapley", "lime", "kernel_shap", "integrated_gradients"]
+METHODS: tuple[str, ...] = get_args(Method)
+Granularity = Literal["tokens", "words", "segments"]
+GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 
 MAX_PROMPT_CHARS = 16_384
 Text = Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]

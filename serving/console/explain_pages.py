@@ -2,22 +2,20 @@
 gateway's explanation service (the same limits, key permissions and token charges as
 `POST /v1/explanations`) and show its heat map."""
 
-from typing import Annotated, get_args
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
-from evals.explain.attribution import Method
 from evals.explain.heatmap import heat_colour, heat_grid
-from evals.explain.protocol import ExplanationRequest
+from evals.explain.protocol import METHODS, ExplanationRequest
 from serving.console.errors import ConsoleError
 from serving.console.pages import ConsoleRoute, render
 from serving.console.session import Session, current_session
 
 router = APIRouter(prefix="/ui/explain", route_class=ConsoleRoute, include_in_schema=False)
 SessionDep = Annotated[Session, Depends(current_session)]
-METHODS = get_args(Method)
 
 
 def _ink(value: float, scale: float) -> str:

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evals.explain.explainer import ExplainSettings, explain
 from evals.explain.features import Message, prompt_features
+from evals.explain.protocol import METHODS
 from tests.serving.conftest import LIMITS, RunningGateway, make_adapter, running_gateway
 
 PROMPT = [{"role": "user", "content": "What colour is the zorblax today?"}]
@@ -42,9 +43,7 @@ def _error(response: httpx.Response, status: int, code: str) -> dict:
     return error
 
 
-@pytest.mark.parametrize(
-    "method", ["feature_ablation", "shapley", "lime", "kernel_shap", "integrated_gradients"]
-)
+@pytest.mark.parametrize("method", METHODS)  # every method the protocol names runs
 def test_every_method_explains_over_http(explaining: RunningGateway, method: str) -> None:
     reply = _explain(explaining, method=method, n_samples=12, n_steps=8, max_tokens=4)
     assert reply.status_code == 200, reply.text
