@@ -315,13 +315,14 @@ def test_runs_are_cancelled_and_bounded(gw: RunningGateway, keys: dict[str, str]
     assert err.value.code == "too_many_eval_runs"
     assert err.value.response.headers["retry-after"]
 
-    cancelled = client.evals.runs.cancel(first.id, eval_id="held")
-    assert cancelled.status == "canceled"
+    # The queued run first: once the running one is cancelled, the worker is free for it.
     queued = httpx.post(  # OpenAI's documented cancel: POST on the run
         f"{gw.base_url}/v1/evals/tiny/runs/{second.id}",
         headers={"Authorization": f"Bearer {keys['bob']}"},
     )
     assert queued.status_code == 200 and queued.json()["status"] == "canceled"
+    cancelled = client.evals.runs.cancel(first.id, eval_id="held")
+    assert cancelled.status == "canceled"
     HOLD.set()
     deadline = time.monotonic() + 60
     while gw.gateway.evaluations.background.active:  # the workers notice and stop
