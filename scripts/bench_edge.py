@@ -1,7 +1,7 @@
 """The edge benchmark: distil the demo model into a small student, export it to int8 ONNX, and
 measure quality, size and decode speed side by side in one run.
 
-    python scripts/bench_edge.py [--output results/bench_edge.json] [--max-steps 1500]
+    python scripts/bench_edge.py [--output results/bench_edge.json] [--max-steps 3000]
                                  [--demo-dir DIR --data-dir DIR]
 
 Builds the demo model (FULL spec, 2-4 minutes; or takes a built one with --demo-dir and its
