@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from core.redaction import Redactor
-from finetune.data import row_problem
+from core.redaction import Redactor, redact_pii
+from finetune.data import DataError, row_problem
 
 _WORD = re.compile(r"\w+")
 SHINGLE = 5  # characters per shingle for near-duplicate detection
@@ -70,9 +70,10 @@ def normalized(text: str) -> str:
 
 def clean_rows(
     lines: Iterable[str], kind: str, config: CleanConfig, against: Iterable[str] = ()
-) -> tuple[list[dict[str, Any]], CleanReport]:
-    """The rows of JSONL `lines` worth training on, and what was removed and why. `against`
-    holds the prompts of evaluation data that training rows must not overlap."""
+) -> tuple[list[tuple[int, dict[str, Any]]], CleanReport]:
+    """The rows of JSONL `lines` worth training on, with their line numbers, and what was
+    removed and why. `against` holds the prompts of evaluation data that training rows must
+    not overlap."""
     report = CleanReport()
     contaminated = _Contamination(against)
     exact: set[str] = set()
@@ -103,7 +104,7 @@ def clean_rows(
             masked = _redacted(row, config.redactor)
             report.masked += masked != row
             row = masked
-        kept.append(row)
+        kept.append((number, row))
     report.kept = len(kept)
     return kept, report
 
@@ -115,9 +116,21 @@ def clean_file(
     prompts = (prompt_text(row) for p in against for row in _rows(p))
     with path.open(encoding="utf-8", errors="replace") as lines:
         rows, report = clean_rows(lines, kind, config, prompts)
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for _, r in rows))
     out.with_suffix(".report.json").write_text(json.dumps(report.summary(), indent=2))
     return report
+
+
+def clean_dataset(
+    path: Path, kind: str, against: Iterable[str]
+) -> tuple[list[tuple[str, dict[str, Any]]], CleanReport]:
+    """A recipe's training file cleaned with the default settings and the built-in PII
+    redactor: its rows as `read_rows` returns them, and the report."""
+    if not path.is_file():
+        raise DataError([f"{path}: no such file"])
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        rows, report = clean_rows(lines, kind, CleanConfig(redactor=redact_pii), against)
+    return [(f"{path.name}:{number}", row) for number, row in rows], report
 
 
 def _parse(line: str, kind: str) -> dict[str, Any] | str:

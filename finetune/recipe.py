@@ -52,6 +52,12 @@ class TrainingKeys(_Strict):
     eval_steps: int | None = Field(None, gt=0, description="Steps between evaluations.")
     save_steps: int | None = Field(None, gt=0, description="Steps between checkpoints.")
     seed: int = Field(0, description="Seeds data order, fresh weights and dropout.")
+    clean: bool = Field(
+        False,
+        description="Clean the training datasets first, as `llm-finetune clean` does: drop "
+        "malformed, too long, duplicate and near-duplicate rows and rows that overlap the "
+        "validation datasets, and mask personal data; the report goes to the job folder.",
+    )
     output_dir: str | None = Field(None, description="Job folder; default under LLMOPS_HOME/jobs.")
     suffix: str | None = Field(
         None,

@@ -27,7 +27,8 @@ from transformers import (
 )
 
 from core.digests import file_digest
-from finetune.data import Collator, Example, Packed, encode_rows, pack, read_rows
+from finetune.clean import clean_dataset, prompt_text
+from finetune.data import Collator, DataError, Example, Packed, encode_rows, pack, read_rows
 from finetune.errors import RecipeError
 from finetune.loss_curve import plot_loss_curve
 from finetune.recipe import Recipe, TrainingKeys
@@ -78,21 +79,59 @@ def resolve_base(reference: str, registry: Registry | None) -> BaseModel:
 
 
 def load_training_data(
-    recipe: Recipe, tokenizer: Any
+    recipe: TrainingKeys, tokenizer: Any, job_dir: Path
 ) -> tuple[list[Example], list[Example], list[str]]:
-    """(train, validation, dataset digests) for the recipe's datasets."""
+    """(train, validation, dataset digests) for the recipe's datasets. With `clean`, training
+    rows are cleaned against the validation rows, each file's report written to `job_dir`."""
     train: list[Example] = []
     validation: list[Example] = []
     digests = []
-    for spec in recipe.datasets:
+    held_out = {
+        number: read_rows(Path(spec.path).expanduser(), spec.type)
+        for number, spec in enumerate(recipe.datasets)
+        if spec.split == "validation"
+    }
+    against = [prompt_text(row) for rows in held_out.values() for _, row in rows]
+    for number, spec in enumerate(recipe.datasets):
         path = Path(spec.path).expanduser()
-        rows = read_rows(path, spec.type)
-        examples = encode_rows(tokenizer, rows, spec.type, recipe.sequence_len)
-        (train if spec.split == "train" else validation).extend(examples)
+        if number in held_out:
+            validation.extend(
+                encode_rows(tokenizer, held_out[number], spec.type, recipe.sequence_len)
+            )
+        elif recipe.clean:
+            report = job_dir / f"clean-{number}-{path.stem}.report.json"
+            train.extend(_cleaned_examples(path, spec.type, recipe, tokenizer, against, report))
+        else:
+            rows = read_rows(path, spec.type)
+            train.extend(encode_rows(tokenizer, rows, spec.type, recipe.sequence_len))
         digests.append(file_digest(path))
     if not train:
         raise RecipeError("datasets: none has split: train; add one to train on", param="datasets")
     return train, validation, digests
+
+
+def _cleaned_examples(
+    path: Path,
+    kind: str,
+    recipe: TrainingKeys,
+    tokenizer: Any,
+    against: list[str],
+    report_path: Path,
+) -> list[Example]:
+    """A training file's cleaned rows, tokenized; rows over `sequence_len` are removed too."""
+    rows, report = clean_dataset(path, kind, against)
+    examples = []
+    for example in encode_rows(tokenizer, rows, kind):
+        if len(example) > recipe.sequence_len:
+            report.remove("over sequence_len", f"{example.line}: {len(example)} tokens")
+        else:
+            examples.append(example)
+    report.kept = len(examples)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps({"data": str(path), **report.summary()}, indent=2))
+    if not examples:
+        raise DataError([f"{path.name}: no rows left after cleaning (see {report_path})"])
+    return examples
 
 
 def load_model(path: Path, recipe: Recipe) -> PreTrainedModel:
@@ -232,7 +271,7 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_rows, eval_rows, digests = load_training_data(recipe, tokenizer)
+    train_rows, eval_rows, digests = load_training_data(recipe, tokenizer, job_dir)
     train_data: Sequence[Example | Packed] = (
         pack(train_rows, recipe.sequence_len) if recipe.sample_packing else train_rows
     )

@@ -84,7 +84,7 @@ def distill(
     source = resolve_source(recipe.teacher_model, registry, "teacher_model")
     student_size, teacher_size = check_student_size(source, recipe)
     teacher, tokenizer = source.load()
-    train_rows, eval_rows, digests = load_training_data(recipe, tokenizer)  # type: ignore[arg-type]
+    train_rows, eval_rows, digests = load_training_data(recipe, tokenizer, job_dir)
     if recipe.traffic is not None:
         extra, digest = _traffic_examples(recipe, teacher, tokenizer, database_url, owner)
         train_rows, digests = [*train_rows, *extra], [*digests, digest]

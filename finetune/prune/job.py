@@ -50,7 +50,7 @@ def prune(
     before = num_parameters(model)
     prune_model(model, recipe.pruning)
     after = num_parameters(model)
-    train_rows, eval_rows, digests = load_training_data(recipe, tokenizer)  # type: ignore[arg-type]
+    train_rows, eval_rows, digests = load_training_data(recipe, tokenizer, job_dir)
     model_dir, metrics = train_full(
         model.train(),
         tokenizer,

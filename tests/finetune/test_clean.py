@@ -6,8 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from transformers import AutoTokenizer
+
 from core.redaction import redact_pii
 from finetune.clean import CleanConfig, clean_rows
+from finetune.data import DataError
+from finetune.recipe import parse_recipe
+from finetune.trainer import load_training_data
 
 
 def chat(question: str, answer: str) -> str:
@@ -60,9 +66,9 @@ def test_each_kind_of_bad_row_is_removed_with_its_reason() -> None:
     assert report.removed["near duplicate"] == ["line 4: of line 1"]
     assert any("not JSON" in line for line in report.removed["malformed"])
     assert any("a turn is empty" in line for line in report.removed["malformed"])
-    assert rows[2]["messages"][0]["content"] == "Email me at [EMAIL] or call [NUMBER]"
+    assert rows[2][1]["messages"][0]["content"] == "Email me at [EMAIL] or call [NUMBER]"
     assert report.masked == 1
-    questions = [r["messages"][0]["content"] for r in rows]
+    questions = [r["messages"][0]["content"] for _, r in rows]
     assert questions[:2] == [
         "How do I reset my router?",
         "How do I reset my modem after a power cut?",
@@ -97,3 +103,30 @@ def test_the_command_writes_the_file_and_its_report(tmp_path: Path) -> None:
         text=True,
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_a_recipe_with_clean_trains_on_the_cleaned_rows(
+    tmp_path: Path, base_model_dir: Path
+) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(LINES) + "\n")
+    evaluation = tmp_path / "eval.jsonl"
+    evaluation.write_text(chat("What is the capital of Peru?", "Lima") + "\n")
+    recipe = {
+        "base_model": str(base_model_dir),
+        "max_steps": 1,
+        "datasets": [{"path": str(data)}, {"path": str(evaluation), "split": "validation"}],
+    }
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    with pytest.raises(DataError, match="not JSON"):  # as written, the file cannot train
+        load_training_data(parse_recipe(recipe), tokenizer, tmp_path / "job")
+    cleaned = parse_recipe({**recipe, "clean": True})
+    train, validation, _ = load_training_data(cleaned, tokenizer, tmp_path / "job")
+    assert (len(train), len(validation)) == (4, 1)
+    texts = [tokenizer.decode(example.input_ids) for example in train]
+    assert not any("capital of Peru" in text or "ana.lopez" in text for text in texts)
+    (report_file,) = (tmp_path / "job").glob("clean-*.report.json")
+    report = json.loads(report_file.read_text())
+    assert report["kept"] == 4 and report["masked"] == 1
+    assert report["removed"]["overlaps evaluation data"] == 1
+    assert report["removed"]["over sequence_len"] == 1  # tokens, which the recipe sets
