@@ -55,6 +55,20 @@ def prompt_ids(tokenizer, rows: list[dict]) -> list[list[int]]:
     return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
 
 
+def position_table_bytes(onnx_dir: Path) -> int:
+    """Bytes of the export's rotary cos/sin tables: their length is the model's context, not
+    its weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(onnx_dir / "model.onnx")
+    return sum(
+        numpy_helper.to_array(t).nbytes
+        for t in model.graph.initializer
+        if t.name in ("cos_cache", "sin_cache")
+    )
+
+
 def onnx_exact_match(onnx_dir: Path, tokenizer, rows: list[dict]) -> float:
     answers = greedy_onnx(onnx_dir, prompt_ids(tokenizer, rows), MAX_NEW_TOKENS)
     replies = [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
@@ -149,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         int8_em = onnx_exact_match(onnx_dir, tokenizer, rows)
         onnx_bytes = sum(f.stat().st_size for f in onnx_dir.iterdir() if "onnx" in f.name)
         fp32_bytes = sum(f.stat().st_size for f in student_dir.glob("*.safetensors"))
+        table_bytes = position_table_bytes(onnx_dir)
         prompts = prompt_ids(tokenizer, rows[:: max(1, len(rows) // 8)][:8])
         torch_s = torch_decode_seconds(student_dir, prompts, args.decode_tokens)
         onnx_s = onnx_decode_seconds(onnx_dir, prompts, args.decode_tokens)
@@ -169,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         "int8_onnx_bytes": onnx_bytes,
         "fp32_safetensors_bytes": fp32_bytes,
         "size_ratio": onnx_bytes / fp32_bytes,
+        "position_table_bytes": table_bytes,
+        "size_ratio_without_position_tables": (onnx_bytes - table_bytes) / fp32_bytes,
         "decode_ms_per_token_torch": 1000 * torch_s,
         "decode_ms_per_token_int8_onnx": 1000 * onnx_s,
         "decode_latency_ratio": onnx_s / torch_s,

@@ -36,6 +36,12 @@ class StudentSpec(BaseModel):
         None, gt=0, description="Key/value heads (grouped-query attention); default num_heads."
     )
     intermediate_size: int | None = Field(None, gt=0, description="MLP width.")
+    max_position_embeddings: int | None = Field(
+        None,
+        gt=0,
+        description="Longest sequence (prompt and answer) the student serves; an export stores "
+        "position tables of this length.",
+    )
 
     @model_validator(mode="after")
     def _whole_heads(self) -> "StudentSpec":

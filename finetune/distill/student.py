@@ -24,6 +24,7 @@ def student_config(teacher_config: Any, spec: StudentSpec) -> Any:
     config = copy.deepcopy(teacher_config)
     changes = {
         "num_hidden_layers": spec.num_layers,
+        "max_position_embeddings": spec.max_position_embeddings,
         **{name: getattr(spec, key) for key, name in _WIDTHS.items()},
     }
     if spec.num_heads and not spec.num_kv_heads:

@@ -108,7 +108,9 @@ def test_a_distilled_student_learns_the_teachers_distribution_and_is_registered(
     cli, teacher_dir: Path, skills_dir: Path, tmp_path: Path, capsys
 ) -> None:
     main, registry = cli
-    recipe = write(tmp_path / "distill.yaml", **distill_recipe(skills_dir))
+    shape = {"num_layers": 1, "hidden_size": 32, "num_heads": 1, "intermediate_size": 64}
+    keys = distill_recipe(skills_dir, student={**shape, "max_position_embeddings": 96})
+    recipe = write(tmp_path / "distill.yaml", **keys)
     assert main(["--json", "run", str(recipe), "--suffix", "small"]) == 0
     job = json.loads(capsys.readouterr().out)
     assert job["status"] == "succeeded", job
@@ -123,10 +125,9 @@ def test_a_distilled_student_learns_the_teachers_distribution_and_is_registered(
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     student = AutoModelForCausalLM.from_pretrained(registry.local_copy(version)).eval()
+    assert student.config.max_position_embeddings == 96  # the teacher's is 256
     assert AutoTokenizer.from_pretrained(registry.local_copy(version)).vocab == tokenizer.vocab
-    untrained = build_student(
-        teacher, StudentSpec(num_layers=1, hidden_size=32, num_heads=1, intermediate_size=64), 0
-    ).eval()
+    untrained = build_student(teacher, StudentSpec(**shape), 0).eval()
     rows = read_rows(skills_dir / "add" / "eval.jsonl")
     batch = Collator(tokenizer.pad_token_id)(encode_rows(tokenizer, rows, "chat"))
     # Pure KL (alpha 1) on rows whose answers the random teacher does not give: the student
