@@ -55,6 +55,7 @@ def run_cmd(
         },
         "chosen_trial": chosen.number if chosen else None,
         "chosen_values": dict(zip(search.metrics, chosen.values, strict=True)) if chosen else None,
+        "chosen_params": chosen.params if chosen else None,
         "registered_version": outcome.registered.ref if outcome.registered else None,
     }
     if as_json:

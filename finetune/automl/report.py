@@ -13,11 +13,11 @@ import optuna
 from optuna.trial import TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
-from finetune.automl.search import LoraSearch
+from finetune.automl.search import RecipeSearch
 from finetune.automl.trial import JOB_ATTR, METRICS_ATTR
 
 
-def trial_rows(study: optuna.Study, search: LoraSearch) -> tuple[list[str], list[list[Any]]]:
+def trial_rows(study: optuna.Study, search: RecipeSearch) -> tuple[list[str], list[list[Any]]]:
     """Header and one row per trial: number, state, objective values, steps, params, job."""
     params = list(search.space)
     header = ["trial", "state", *search.metrics, "steps", *params, "job"]
@@ -48,7 +48,7 @@ def _save(axes: Any, path: Path) -> Path:
     return path
 
 
-def write_plots(study: optuna.Study, search: LoraSearch, out: Path) -> list[Path]:
+def write_plots(study: optuna.Study, search: RecipeSearch, out: Path) -> list[Path]:
     """The study's plots as PNG files in `out`; those that need two complete trials (the
     importances) or several objectives (the Pareto front) only where they apply."""
     out.mkdir(parents=True, exist_ok=True)

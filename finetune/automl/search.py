@@ -1,14 +1,13 @@
 """Search files: YAML in `configs/automl/`, validated into a typed `Search`.
 
-A search names its `kind` (what a trial trains; `lora` today, with a base recipe whose keys the
-space overrides), the space, one or several objectives, the sampler and pruner, and the rule
-that picks the trial to register. Kinds share everything but the space and what a trial
-builds, so another kind (a student architecture for distillation) is one more model in
-`SEARCH_KINDS` and one more trial runner."""
+A search names its `kind` (what a trial trains: `lora`, a LoRA fine-tune, or `distill`, a
+student of a teacher), its base recipe and the keys the space changes in it, one or several
+objectives, the sampler and pruner, and the rule that picks the trial to register. Kinds share
+everything but the recipe type, the searchable keys and what a trial builds."""
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import optuna
 import yaml
@@ -165,7 +164,7 @@ class Select(_Strict):
 
 
 class SearchBase(_Strict):
-    kind: str = Field(description="What a trial trains: lora.")
+    kind: str = Field(description="What a trial trains: lora or distill.")
     study: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
         description="Study name in the database; running the file again resumes it.",
@@ -233,8 +232,44 @@ class SearchBase(_Strict):
         return bytes_digest(json.dumps(data, sort_keys=True).encode())
 
 
-class LoraSearch(SearchBase):
-    kind: Literal["lora"] = Field(description="A LoRA fine-tune per trial.")
+# Distillation recipe keys a student space may search: the student's shape and the training
+# keys that matter most for it.
+DISTILL_SEARCHABLE: dict[str, type] = {
+    "student.num_layers": int,
+    "student.hidden_size": int,
+    "student.num_heads": int,
+    "student.num_kv_heads": int,
+    "student.intermediate_size": int,
+    "student.init": str,
+    "kd_temperature": float,
+    "kd_alpha": float,
+    "learning_rate": float,
+    "lr_scheduler": str,
+    "warmup_ratio": float,
+    "num_epochs": float,
+    "max_steps": int,
+    "micro_batch_size": int,
+}
+
+
+def _with_values(recipe: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Recipe data with searched values set; `student.hidden_size` sets a nested key."""
+    data = {**recipe}
+    for key, value in values.items():
+        outer, _, inner = key.partition(".")
+        if inner:
+            data[outer] = {**(data.get(outer) or {}), inner: value}
+        else:
+            data[key] = value
+    return data
+
+
+class RecipeSearch(SearchBase):
+    """A search whose trials train a recipe: a base recipe and the keys the space changes."""
+
+    SEARCHABLE: ClassVar[dict[str, type]]
+    MODEL_KEY: ClassVar[str]  # the recipe key naming the model a trial starts from
+
     recipe: str | dict[str, Any] = Field(
         description="The base recipe: a YAML file (configs/finetune/...) or the recipe inline."
     )
@@ -243,17 +278,21 @@ class LoraSearch(SearchBase):
     )
     space: dict[str, Param] = Field(description="Recipe keys searched, each a range or choices.")
 
+    @classmethod
+    def parse_recipe(cls, data: Any, source: str) -> Any:
+        raise NotImplementedError
+
     @field_validator("space")
     @classmethod
     def _space(cls, space: dict[str, Param]) -> dict[str, Param]:
         if not space:
             raise ValueError(
-                f"the search space is empty; search at least one of {', '.join(LORA_SEARCHABLE)}"
+                f"the search space is empty; search at least one of {', '.join(cls.SEARCHABLE)}"
             )
         for key, param in space.items():
-            if key not in LORA_SEARCHABLE:
-                raise ValueError(unknown_key(key, list(LORA_SEARCHABLE), "in space: "))
-            kind = LORA_SEARCHABLE[key]
+            if key not in cls.SEARCHABLE:
+                raise ValueError(unknown_key(key, list(cls.SEARCHABLE), "in space: "))
+            kind = cls.SEARCHABLE[key]
             if param.choices is None and kind not in (int, float):
                 raise ValueError(f"space.{key}: give choices (it is not a number)")
             if kind is int and param.choices is None:
@@ -263,14 +302,22 @@ class LoraSearch(SearchBase):
         return space
 
     @model_validator(mode="after")
-    def _enqueued_in_space(self) -> "LoraSearch":
+    def _enqueued_in_space(self) -> "RecipeSearch":
         for values in self.enqueue:
             for key in values:
                 if key not in self.space:
                     raise ValueError(unknown_key(key, list(self.space), "in enqueue: "))
         return self
 
-    def base_recipe(self) -> Recipe:
+    def trial_recipe(self, source: str = "") -> Any:
+        """The (inline) base recipe, validated."""
+        return self.parse_recipe(self.recipe, source or f"study {self.study} recipe")
+
+    def model(self) -> str:
+        """The model every trial starts from (a registry reference or a folder)."""
+        return getattr(self.trial_recipe(), self.MODEL_KEY)
+
+    def base_recipe(self) -> Any:
         """The base recipe with `overrides`; data paths made absolute, since trials run in
         worker processes that may start elsewhere."""
         source = "recipe"
@@ -284,14 +331,14 @@ class LoraSearch(SearchBase):
                 raise RecipeError(f"recipe {path} does not exist", param="recipe") from None
         if not isinstance(data, dict):
             raise RecipeError(f"{source}: a recipe is a mapping of keys to values")
-        recipe = parse_recipe({**data, **self.overrides}, source)
+        recipe = self.parse_recipe({**data, **self.overrides}, source)
         datasets = [
             d.model_copy(update={"path": str(Path(d.path).expanduser().resolve())})
             for d in recipe.datasets
         ]
         return recipe.model_copy(update={"datasets": datasets})
 
-    def check(self) -> Recipe:
+    def check(self) -> Any:
         """The base recipe, with every edge of the space tried on it (a rank of 0, an unknown
         scheduler), so a bad space fails here and not in its first trial."""
         recipe = self.base_recipe()
@@ -305,16 +352,16 @@ class LoraSearch(SearchBase):
             )
         for key, param in self.space.items():
             for value in param.values():
-                value = int(value) if LORA_SEARCHABLE[key] is int else value
-                trial = {**recipe.model_dump(mode="json"), key: value}
-                parse_recipe(trial, f"space.{key} = {value!r}")
+                value = int(value) if self.SEARCHABLE[key] is int else value
+                trial = _with_values(recipe.model_dump(mode="json"), {key: value})
+                self.parse_recipe(trial, f"space.{key} = {value!r}")
         return recipe
 
-    def suggest(self, trial: optuna.Trial, recipe: Recipe) -> Recipe:
+    def suggest(self, trial: optuna.Trial, recipe: Any) -> Any:
         """The trial's recipe: the base with this trial's values."""
         values: dict[str, Any] = {}
         for key, param in self.space.items():
-            kind = LORA_SEARCHABLE[key]
+            kind = self.SEARCHABLE[key]
             if param.choices is not None:
                 labels = {_choice_label(c): c for c in param.choices}
                 values[key] = labels[trial.suggest_categorical(key, list(labels))]
@@ -329,13 +376,42 @@ class LoraSearch(SearchBase):
                     step=param.step,
                     log=param.log,
                 )
-        return parse_recipe({**recipe.model_dump(mode="json"), **values}, f"trial {trial.number}")
+        data = _with_values(recipe.model_dump(mode="json"), values)
+        return self.parse_recipe(data, f"trial {trial.number}")
 
 
-SEARCH_KINDS: dict[str, type[SearchBase]] = {"lora": LoraSearch}
+class LoraSearch(RecipeSearch):
+    SEARCHABLE = LORA_SEARCHABLE
+    MODEL_KEY = "base_model"
+
+    kind: Literal["lora"] = Field(description="A LoRA fine-tune per trial.")
+
+    @classmethod
+    def parse_recipe(cls, data: Any, source: str) -> Recipe:
+        return parse_recipe(data, source)
 
 
-def parse_search(data: Any, source: str = "search") -> LoraSearch:
+class DistillSearch(RecipeSearch):
+    SEARCHABLE = DISTILL_SEARCHABLE
+    MODEL_KEY = "teacher_model"
+
+    kind: Literal["distill"] = Field(
+        description="A student distilled per trial (recipe: a method: distill recipe)."
+    )
+
+    @classmethod
+    def parse_recipe(cls, data: Any, source: str) -> Any:
+        from finetune.distill.recipe import parse_distill_recipe
+
+        if isinstance(data, dict) and data.get("method", "distill") != "distill":
+            raise RecipeError(f"{source}: kind: distill searches a method: distill recipe")
+        return parse_distill_recipe({"method": "distill", **data}, source)
+
+
+SEARCH_KINDS: dict[str, type[RecipeSearch]] = {"lora": LoraSearch, "distill": DistillSearch}
+
+
+def parse_search(data: Any, source: str = "search") -> RecipeSearch:
     """Validate search data; RecipeError names the wrong key (and the nearest valid one)."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a search is a mapping of keys to values")
@@ -347,12 +423,12 @@ def parse_search(data: Any, source: str = "search") -> LoraSearch:
         )
     model = SEARCH_KINDS[kind]
     try:
-        return model.model_validate({"kind": kind, **data})  # type: ignore[return-value]
+        return model.model_validate({"kind": kind, **data})
     except ValidationError as err:
         raise RecipeError(f"{source}: {validation_message(err, model)}") from None
 
 
-def load_search(path: Path, trials: int | None = None) -> LoraSearch:
+def load_search(path: Path, trials: int | None = None) -> RecipeSearch:
     """A search file, validated and checked against its base recipe; `study` defaults to the
     file's name."""
     try:
@@ -369,6 +445,6 @@ def load_search(path: Path, trials: int | None = None) -> LoraSearch:
     return embed_recipe(search, search.check())
 
 
-def embed_recipe(search: LoraSearch, recipe: Recipe) -> LoraSearch:
+def embed_recipe(search: RecipeSearch, recipe: Any) -> RecipeSearch:
     """`search` with `recipe` inline: what the study stores, the same for every worker."""
     return search.model_copy(update={"recipe": recipe.model_dump(mode="json"), "overrides": {}})

@@ -20,7 +20,7 @@ from sqlalchemy import make_url
 from core.database import open_database
 from core.errors import ErrorCode
 from core.settings import StackSettings
-from finetune.automl.search import LoraSearch, parse_search
+from finetune.automl.search import RecipeSearch, parse_search
 from finetune.errors import FinetuneError
 from finetune.tables import CHAIN as FINETUNE_CHAIN
 from registry.tables import CHAIN as REGISTRY_CHAIN
@@ -47,7 +47,7 @@ def study_storage(stack: StackSettings) -> RDBStorage:
     return _storages[url]
 
 
-def create_study(stack: StackSettings, search: LoraSearch) -> optuna.Study:
+def create_study(stack: StackSettings, search: RecipeSearch) -> optuna.Study:
     """The search's study, created or (same search) loaded; INVALID when a study of that name
     was made from another search."""
     storage = study_storage(stack)
@@ -75,7 +75,7 @@ def create_study(stack: StackSettings, search: LoraSearch) -> optuna.Study:
 
 def load_study(
     stack: StackSettings, name: str, job_seed: int = 0
-) -> tuple[optuna.Study, LoraSearch]:
+) -> tuple[optuna.Study, RecipeSearch]:
     """An existing study with its search (sampler seeded by `job_seed`, pruner as searched)."""
     storage = study_storage(stack)
     try:

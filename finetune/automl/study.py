@@ -14,13 +14,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from core.errors import ErrorCode
-from finetune.automl.search import LoraSearch, embed_recipe
+from finetune.automl.search import DistillSearch, RecipeSearch, embed_recipe
 from finetune.automl.storage import create_study
-from finetune.automl.trial import ADAPTER_ATTR, DIGESTS_ATTR, JOB_ATTR, METRICS_ATTR, RECIPE_ATTR
+from finetune.automl.trial import DIGESTS_ATTR, JOB_ATTR, METRICS_ATTR, OUTPUT_ATTR, RECIPE_ATTR
 from finetune.errors import FinetuneError
 from finetune.jobs import Job, JobStatus
 from finetune.kinds import TUNE_TRIAL
-from finetune.recipe import parse_recipe
 from finetune.registration import register_adapter
 from finetune.runner import JobRunner
 from finetune.trainer import TrainResult, resolve_base
@@ -39,19 +38,19 @@ _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 @dataclass
 class StudyRun:
     study: optuna.Study
-    search: LoraSearch
+    search: RecipeSearch
     jobs: list[Job]
     chosen: FrozenTrial | None
     registered: ModelVersion | None
 
 
-def pin_base(search: LoraSearch, registry: Registry) -> LoraSearch:
+def pin_base(search: RecipeSearch, registry: Registry) -> RecipeSearch:
     """The search with its base model pinned (a registry reference to the version it resolves
     to now, a folder to its absolute path), so every trial trains on the same weights."""
-    recipe = parse_recipe(search.recipe)  # type: ignore[arg-type]
-    folder = Path(recipe.base_model).expanduser()
-    base = str(folder.resolve()) if folder.is_dir() else registry.resolve(recipe.base_model).ref
-    return embed_recipe(search, recipe.model_copy(update={"base_model": base}))
+    model = search.model()
+    folder = Path(model).expanduser()
+    base = str(folder.resolve()) if folder.is_dir() else registry.resolve(model).ref
+    return embed_recipe(search, search.trial_recipe().model_copy(update={search.MODEL_KEY: base}))
 
 
 def trial_jobs(runner: JobRunner, study: str) -> list[Job]:
@@ -74,14 +73,14 @@ def reconcile(runner: JobRunner, study: optuna.Study) -> None:
 
 
 def queue_trials(
-    runner: JobRunner, study: optuna.Study, search: LoraSearch, at_most: int | None = None
+    runner: JobRunner, study: optuna.Study, search: RecipeSearch, at_most: int | None = None
 ) -> list[Job]:
     """Queue trial jobs (`at_most` of them) until finished and active trials make
     `search.trials`; the new jobs."""
     reconcile(runner, study)
     finished = len(study.get_trials(deepcopy=False, states=_COUNTED))
     active = [j for j in trial_jobs(runner, search.study) if not j.status.finished]
-    model = parse_recipe(search.recipe).base_model  # type: ignore[arg-type]
+    model = search.model()
     missing = search.trials - finished - len(active)
     return [
         runner.store.create(
@@ -116,7 +115,7 @@ def wait_for_trials(
         time.sleep(poll_s)
 
 
-def _within(trial: FrozenTrial, search: LoraSearch) -> bool:
+def _within(trial: FrozenTrial, search: RecipeSearch) -> bool:
     metrics = trial.user_attrs.get(METRICS_ATTR, {})
     for metric, bound in search.select.where.items():
         value = metrics.get(metric, math.nan)
@@ -129,7 +128,7 @@ def _within(trial: FrozenTrial, search: LoraSearch) -> bool:
     return True
 
 
-def choose(study: optuna.Study, search: LoraSearch) -> FrozenTrial | None:
+def choose(study: optuna.Study, search: RecipeSearch) -> FrozenTrial | None:
     """The complete trial within `select.where` that is best on `select.by` (default: the
     first objective), ties going to the other objectives in order; with several objectives
     that trial is on the Pareto front of those within the limits."""
@@ -149,29 +148,40 @@ def choose(study: optuna.Study, search: LoraSearch) -> FrozenTrial | None:
 
 
 def register_trial(
-    runner: JobRunner, registry: Registry, study: optuna.Study, trial: FrozenTrial
+    runner: JobRunner,
+    registry: Registry,
+    study: optuna.Study,
+    search: RecipeSearch,
+    trial: FrozenTrial,
 ) -> ModelVersion:
-    """Register the trial's adapter (once) with its study and trial in its tags."""
+    """Register the trial's adapter or student (once) with its study and trial in its tags."""
     attrs = trial.user_attrs
-    recipe = parse_recipe(attrs[RECIPE_ATTR], f"trial {trial.number} recipe")
-    result = TrainResult(
-        adapter_dir=runner.stack.resolved_home / attrs[ADAPTER_ATTR],
-        base=resolve_base(recipe.base_model, registry),
-        metrics=attrs[METRICS_ATTR],
-        dataset_digests=attrs[DIGESTS_ATTR],
-    )
-    if not result.adapter_dir.is_dir():
+    recipe = search.parse_recipe(attrs[RECIPE_ATTR], f"trial {trial.number} recipe")
+    output_dir = runner.stack.resolved_home / attrs[OUTPUT_ATTR]
+    if not output_dir.is_dir():
         raise FinetuneError(
             ErrorCode.NOT_FOUND,
-            f"trial {trial.number}'s adapter is not on this machine; register it where its job "
+            f"trial {trial.number}'s result is not on this machine; register it where its job "
             f"{attrs[JOB_ATTR]} ran (llm-finetune tune run there)",
         )
     tags = {STUDY_TAG: study.study_name, TRIAL_TAG: str(trial.number)}
-    version = register_adapter(registry, result, recipe, attrs[JOB_ATTR], None, tags)
+    metrics, digests = attrs[METRICS_ATTR], attrs[DIGESTS_ATTR]
+    if isinstance(search, DistillSearch):
+        from finetune.distill.job import Distilled, register_distilled
+        from finetune.source_model import resolve_source
+
+        teacher = resolve_source(recipe.teacher_model, registry, "teacher_model")
+        student = Distilled(output_dir, teacher, metrics, digests)
+        version = register_distilled(registry, student, recipe, attrs[JOB_ATTR], None, tags)
+    else:
+        result = TrainResult(
+            output_dir, resolve_base(recipe.base_model, registry), metrics, digests
+        )
+        version = register_adapter(registry, result, recipe, attrs[JOB_ATTR], None, tags)
     runner.store.update(
         attrs[JOB_ATTR],
         registered_version=version.ref,
-        fine_tuned_model=version.tags[FINE_TUNED_TAG],
+        fine_tuned_model=version.tags.get(FINE_TUNED_TAG),
     )
     study.set_user_attr(REGISTERED_ATTR, version.ref)
     study.set_user_attr(CHOSEN_ATTR, trial.number)
@@ -179,7 +189,7 @@ def register_trial(
 
 
 def run_study(
-    runner: JobRunner, registry: Registry, search: LoraSearch, *, here: bool = False
+    runner: JobRunner, registry: Registry, search: RecipeSearch, *, here: bool = False
 ) -> StudyRun:
     """Create or resume the search's study, run its missing trials, register the choice.
 
@@ -200,5 +210,5 @@ def run_study(
     chosen = choose(study, search)
     registered = None
     if chosen is not None and search.register_chosen:
-        registered = register_trial(runner, registry, study, chosen)
+        registered = register_trial(runner, registry, study, search, chosen)
     return StudyRun(study, search, trial_jobs(runner, search.study), chosen, registered)

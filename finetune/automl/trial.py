@@ -1,12 +1,13 @@
 """The `tune-trial` job kind: one trial of a study. The worker asks the study for the trial's
 values (or, resuming after its worker died, finds the trial it had), trains the recipe they
-make, reports intermediate scores so the pruner can stop it early, and tells the study the
-trial's objective values. Which result is registered is the study's decision, after all its
-trials (see `finetune.automl.study`)."""
+make (a LoRA adapter, or a distilled student), reports intermediate scores so the pruner can
+stop it early, and tells the study the trial's objective values. Which result is registered is
+the study's decision, after all its trials (see `finetune.automl.study`)."""
 
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,14 @@ import optuna
 from optuna.trial import TrialState
 from transformers import TrainerCallback
 
-from finetune.automl.search import LoraSearch
+from finetune.automl.search import DistillSearch, RecipeSearch
 from finetune.automl.storage import job_seed, load_study
 from finetune.data import read_rows
 from finetune.demo.evaluation import generate_replies
 from finetune.demo.skills import exact_match
 from finetune.errors import RecipeError
 from finetune.kinds import JobContext, JobOutcome
-from finetune.recipe import Recipe, parse_recipe
+from finetune.recipe import TrainingKeys
 from finetune.trainer import train
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,29 @@ log = logging.getLogger(__name__)
 JOB_ATTR = "job_id"  # the trial's job, in the trial's user attributes
 METRICS_ATTR = "metrics"
 RECIPE_ATTR = "recipe"
-ADAPTER_ATTR = "adapter_dir"
+OUTPUT_ATTR = "output_dir"  # the trained adapter or student, under LLMOPS_HOME
 DIGESTS_ATTR = "dataset_digests"
 
 
-def validation_rows(recipe: Recipe, limit: int) -> list[dict[str, Any]]:
+# Training metrics a trial keeps (a student's parameter counts too).
+KEPT_METRICS = (
+    "train_loss",
+    "eval_loss",
+    "steps",
+    "num_parameters",
+    "teacher_num_parameters",
+    "parameter_ratio",
+)
+
+
+@dataclass
+class Trained:
+    output_dir: Path
+    metrics: dict[str, float]
+    dataset_digests: list[str]
+
+
+def validation_rows(recipe: TrainingKeys, limit: int) -> list[dict[str, Any]]:
     """The recipe's validation chat rows that exact match scores (at most `limit`)."""
     rows = []
     for spec in recipe.datasets:
@@ -49,7 +68,7 @@ def validation_rows(recipe: Recipe, limit: int) -> list[dict[str, Any]]:
 class TrialCallback(TrainerCallback):
     """Scores the model while it trains (for the pruner) and once at the end."""
 
-    def __init__(self, trial: optuna.Trial, search: LoraSearch, rows: Sequence[dict[str, Any]]):
+    def __init__(self, trial: optuna.Trial, search: RecipeSearch, rows: Sequence[dict[str, Any]]):
         self.trial = trial
         self.search = search
         self.rows = rows
@@ -113,6 +132,33 @@ def _relative(path: Path, home: Path) -> str:
     return str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
 
 
+def _train(search: RecipeSearch, recipe: Any, ctx: JobContext, callback: TrialCallback) -> Trained:
+    callbacks = [*ctx.callbacks, callback]
+    if isinstance(search, DistillSearch):
+        from finetune.distill.job import distill
+
+        student = distill(
+            recipe,
+            ctx.job_dir,
+            ctx.registry,
+            database_url=ctx.stack.resolved_database_url,
+            owner=ctx.job.owner,
+            resume_from=ctx.resume_from,
+            callbacks=callbacks,
+            progress=ctx.progress,
+        )
+        return Trained(student.model_dir, student.metrics, student.dataset_digests)
+    result = train(
+        recipe,
+        ctx.job_dir,
+        registry=ctx.registry,
+        resume_from=ctx.resume_from,
+        callbacks=callbacks,
+        progress=ctx.progress,
+    )
+    return Trained(result.adapter_dir, result.metrics, result.dataset_digests)
+
+
 def run_tune_trial(ctx: JobContext) -> JobOutcome:
     name = ctx.job.recipe["study"]
     study, search = load_study(ctx.stack, name, job_seed(ctx.job.id))
@@ -124,34 +170,23 @@ def run_tune_trial(ctx: JobContext) -> JobOutcome:
     else:
         trial = study.ask()
         trial.set_user_attr(JOB_ATTR, ctx.job.id)
-    recipe = search.suggest(trial, parse_recipe(search.recipe, f"study {name} recipe"))
+    recipe = search.suggest(trial, search.trial_recipe())
     if search.pruner is not None and search.metrics[0] == "eval_loss":
         recipe = recipe.model_copy(update={"eval_steps": search.evaluation.every_steps})
     shown = ", ".join(f"{k}={v}" for k, v in trial.params.items())
     ctx.store.add_event(ctx.job.id, f"Study {name}, trial {trial.number}: {shown}")
     callback = TrialCallback(trial, search, validation_rows(recipe, search.evaluation.max_rows))
-    result = train(
-        recipe,
-        ctx.job_dir,
-        registry=ctx.registry,
-        resume_from=ctx.resume_from,
-        callbacks=[*ctx.callbacks, callback],
-        progress=ctx.progress,
-    )
+    trained = _train(search, recipe, ctx, callback)
     if ctx.stop.is_set():  # cancelled or stopped: the study marks the trial failed
-        return JobOutcome(metrics=result.metrics)
+        return JobOutcome(metrics=trained.metrics)
     metrics = {
-        **{
-            k: result.metrics[k]
-            for k in ("train_loss", "eval_loss", "steps")
-            if k in result.metrics
-        },
+        **{k: trained.metrics[k] for k in KEPT_METRICS if k in trained.metrics},
         **callback.metrics,
     }
     trial.set_user_attr(METRICS_ATTR, metrics)
     trial.set_user_attr(RECIPE_ATTR, recipe.model_dump(mode="json"))
-    trial.set_user_attr(ADAPTER_ATTR, _relative(result.adapter_dir, ctx.stack.resolved_home))
-    trial.set_user_attr(DIGESTS_ATTR, result.dataset_digests)
+    trial.set_user_attr(OUTPUT_ATTR, _relative(trained.output_dir, ctx.stack.resolved_home))
+    trial.set_user_attr(DIGESTS_ATTR, trained.dataset_digests)
     if callback.pruned_at is not None:
         study.tell(trial, state=TrialState.PRUNED)
         ctx.store.add_event(ctx.job.id, f"Trial {trial.number} pruned at step {callback.pruned_at}")

@@ -53,7 +53,11 @@ def test_a_search_embeds_its_recipe_with_absolute_data_paths(
             {"objectives": ["trainable_params"], "pruner": {"type": "hyperband"}},
             "trainable_params is measured after training only",
         ),
-        ({"kind": "distil"}, "kind 'distil' is unknown; known kinds: lora"),
+        ({"kind": "distil"}, "kind 'distil' is unknown; known kinds: lora, distill"),
+        (
+            {"kind": "distill", "space": {"student.hiden_size": {"choices": [32]}}},
+            "unknown key in space: 'student.hiden_size'; did you mean 'student.hidden_size'?",
+        ),
         (
             {"select": {"where": {"trainable_param": {"max": 1}}}},
             "unknown key in select.where: 'trainable_param'; did you mean 'trainable_params'?",

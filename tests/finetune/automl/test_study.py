@@ -26,6 +26,7 @@ from finetune.jobs import JobStatus
 from finetune.kinds import TUNE_TRIAL
 from finetune.runner import JobRunner
 from finetune.settings import FinetuneSettings
+from registry.entities import VersionKind
 from registry.service import open_registry
 from tests.finetune.automl.conftest import search_data, write_search
 
@@ -120,6 +121,42 @@ def test_several_objectives_give_a_pareto_front(
 
     plots = write_plots(outcome.study, outcome.search, tmp_path / "plots")
     assert tmp_path / "plots" / "pareto.png" in plots
+
+
+def test_a_student_search_distils_each_shape_and_registers_the_chosen_student(
+    home: Path, skills_dir: Path
+) -> None:
+    data = search_data(
+        skills_dir,
+        kind="distill",
+        study="students",
+        objectives=["eval_loss", "trainable_params"],
+        space={"student.hidden_size": {"choices": [16, 32]}, "kd_alpha": {"low": 0.3, "high": 0.7}},
+        enqueue=[{"student.hidden_size": 16}, {"student.hidden_size": 32}],
+        select={"by": "eval_loss", "where": {"trainable_params": {"max": 40_000}}},
+    )
+    student = {"num_layers": 1, "num_heads": 1, "intermediate_size": 64}
+    data["recipe"] = {
+        **{k: v for k, v in data["recipe"].items() if not k.startswith(("base_model", "lora"))},
+        "method": "distill",
+        "teacher_model": "demo",
+        "student": student,
+    }
+    runner = _runner(home)
+    registry = open_registry(runner.stack)
+    outcome = run_study(runner, registry, parse_search(data), here=True)
+
+    complete = outcome.study.get_trials(states=(TrialState.COMPLETE,))
+    sizes = {t.params["student.hidden_size"]: t.user_attrs["metrics"] for t in complete}
+    assert sizes[16]["trainable_params"] < sizes[32]["trainable_params"]
+    assert all(m["parameter_ratio"] < 1 for m in sizes.values())  # students of the teacher
+    chosen = outcome.chosen
+    assert chosen is not None and chosen.user_attrs["metrics"]["trainable_params"] <= 40_000
+    version = outcome.registered
+    assert version is not None and version.kind is VersionKind.DISTILLED
+    assert version.parent == "demo:1" and version.tags[TRIAL_TAG] == str(chosen.number)
+    assert version.tags["hidden_size"] == str(chosen.params["student.hidden_size"])
+    assert version.metrics["num_parameters"] == chosen.user_attrs["metrics"]["trainable_params"]
 
 
 @pytest.mark.slow
