@@ -115,7 +115,12 @@ def distill(
 
 
 def register_distilled(
-    registry: Registry, result: Distilled, recipe: DistillRecipe, job_id: str, owner: str | None
+    registry: Registry,
+    result: Distilled,
+    recipe: DistillRecipe,
+    job_id: str,
+    owner: str | None,
+    tags: dict[str, str] | None = None,
 ) -> ModelVersion:
     teacher = result.teacher
     name = recipe.register_as or f"{teacher.name}-{recipe.suffix or 'distilled'}"
@@ -137,6 +142,7 @@ def register_distilled(
             "num_layers": str(shape.num_hidden_layers),
             "hidden_size": str(shape.hidden_size),
             "traffic": recipe.traffic.model if recipe.traffic else "none",
+            **(tags or {}),
         },
         recipe_digest=recipe_digest(recipe),
         dataset_digests=result.dataset_digests,
