@@ -7,7 +7,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
-from registry.entities import ModelVersion, VersionKind
+from evals.errors import invalid
+from registry.entities import ModelVersion, VersionFormat, VersionKind
 from registry.service import Registry
 
 
@@ -21,6 +22,12 @@ class LoadedVersion:
 def load_version(registry: Registry, ref: str) -> LoadedVersion:
     transformers_logging.disable_progress_bar()  # stderr is for the command's own messages
     version = registry.resolve(ref)
+    if version.format is not VersionFormat.HF_SAFETENSORS:
+        raise invalid(
+            f"{version.ref} is {version.format.value}, which this process cannot load; score it "
+            "through a gateway that serves it (--base-url http://GATEWAY/v1)",
+            param="model",
+        )
     base = registry.base_of(version)
     path = registry.local_copy(base)
     model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()

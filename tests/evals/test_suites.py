@@ -16,6 +16,7 @@ from evals.cli import main
 from evals.metrics import resolve_metric
 from evals.service import Evaluations, HttpOptions
 from evals.suites import load_suite
+from registry.service import open_registry
 from tests.serving.conftest import running_gateway
 
 pytestmark = pytest.mark.slow
@@ -150,9 +151,15 @@ def test_an_unknown_suite_or_model_is_a_clear_error_and_records_nothing(
     tmp_path: Path, suites: Path, monkeypatch, capsys
 ) -> None:
     monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "home"))
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.onnx").write_bytes(b"onnx")
+    registry = open_registry(StackSettings(home=tmp_path / "home"))
+    registry.register("edge-onnx", export, kind="quantized", format="onnx")
     for argv, says in (
         (["run", "no-such-suite", "--model", "demo"], "small-skills"),
         (["run", "small-skills", "--model", "nope"], "nope"),
+        (["run", "small-skills", "--model", "edge-onnx:1"], "through a gateway that serves it"),
         (["show", "evalrun-missing"], "no evaluation run"),
     ):
         with pytest.raises(SystemExit) as code:
