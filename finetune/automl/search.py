@@ -29,12 +29,9 @@ METRICS: dict[str, str] = {
 # Metrics that a trial can report while it trains, which pruning compares across trials.
 INTERMEDIATE = ("exact_match", "eval_loss")
 
-# Recipe keys a LoRA space may search, and how their values are drawn when given as a range.
-LORA_SEARCHABLE: dict[str, type] = {
-    "lora_r": int,
-    "lora_alpha": int,
-    "lora_dropout": float,
-    "lora_target_modules": list,
+# Training keys every kind of search may change, and how their values are drawn when given
+# as a range.
+TRAINING_SEARCHABLE: dict[str, type] = {
     "learning_rate": float,
     "lr_scheduler": str,
     "warmup_ratio": float,
@@ -42,8 +39,27 @@ LORA_SEARCHABLE: dict[str, type] = {
     "max_steps": int,
     "micro_batch_size": int,
     "gradient_accumulation_steps": int,
+}
+LORA_SEARCHABLE: dict[str, type] = {
+    "lora_r": int,
+    "lora_alpha": int,
+    "lora_dropout": float,
+    "lora_target_modules": list,
     "adapter": str,
     "sample_packing": bool,
+    **TRAINING_SEARCHABLE,
+}
+# A student space: the student's shape, the distillation loss and the training keys.
+DISTILL_SEARCHABLE: dict[str, type] = {
+    "student.num_layers": int,
+    "student.hidden_size": int,
+    "student.num_heads": int,
+    "student.num_kv_heads": int,
+    "student.intermediate_size": int,
+    "student.init": str,
+    "kd_temperature": float,
+    "kd_alpha": float,
+    **TRAINING_SEARCHABLE,
 }
 
 
@@ -230,26 +246,6 @@ class SearchBase(_Strict):
         """What makes two runs the same study: everything but the trial count."""
         data = self.model_dump(mode="json", exclude={"trials"})
         return bytes_digest(json.dumps(data, sort_keys=True).encode())
-
-
-# Distillation recipe keys a student space may search: the student's shape and the training
-# keys that matter most for it.
-DISTILL_SEARCHABLE: dict[str, type] = {
-    "student.num_layers": int,
-    "student.hidden_size": int,
-    "student.num_heads": int,
-    "student.num_kv_heads": int,
-    "student.intermediate_size": int,
-    "student.init": str,
-    "kd_temperature": float,
-    "kd_alpha": float,
-    "learning_rate": float,
-    "lr_scheduler": str,
-    "warmup_ratio": float,
-    "num_epochs": float,
-    "max_steps": int,
-    "micro_batch_size": int,
-}
 
 
 def _with_values(recipe: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:

@@ -135,18 +135,9 @@ def _relative(path: Path, home: Path) -> str:
 def _train(search: RecipeSearch, recipe: Any, ctx: JobContext, callback: TrialCallback) -> Trained:
     callbacks = [*ctx.callbacks, callback]
     if isinstance(search, DistillSearch):
-        from finetune.distill.job import distill
+        from finetune.distill.job import distill_in_job
 
-        student = distill(
-            recipe,
-            ctx.job_dir,
-            ctx.registry,
-            database_url=ctx.stack.resolved_database_url,
-            owner=ctx.job.owner,
-            resume_from=ctx.resume_from,
-            callbacks=callbacks,
-            progress=ctx.progress,
-        )
+        student = distill_in_job(ctx, recipe, callbacks)
         return Trained(student.model_dir, student.metrics, student.dataset_digests)
     result = train(
         recipe,

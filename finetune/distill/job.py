@@ -151,18 +151,23 @@ def register_distilled(
     )
 
 
-def run_distill(ctx: JobContext) -> JobOutcome:
-    recipe = parse_distill_recipe(ctx.job.recipe, f"job {ctx.job.id} recipe")
-    result = distill(
+def distill_in_job(ctx: JobContext, recipe: DistillRecipe, callbacks: Any) -> Distilled:
+    """`distill` in a job's folder, for its owner, resuming where the job left off."""
+    return distill(
         recipe,
         ctx.job_dir,
         ctx.registry,
         database_url=ctx.stack.resolved_database_url,
         owner=ctx.job.owner,
         resume_from=ctx.resume_from,
-        callbacks=ctx.callbacks,
+        callbacks=callbacks,
         progress=ctx.progress,
     )
+
+
+def run_distill(ctx: JobContext) -> JobOutcome:
+    recipe = parse_distill_recipe(ctx.job.recipe, f"job {ctx.job.id} recipe")
+    result = distill_in_job(ctx, recipe, ctx.callbacks)
     if ctx.stop.is_set():
         return JobOutcome(metrics=result.metrics)
     version = register_distilled(ctx.registry, result, recipe, ctx.job.id, ctx.job.owner)
