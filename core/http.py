@@ -52,6 +52,26 @@ def error_response(
     )
 
 
+def stream_error(exc: Exception) -> ErrorEnvelope:
+    """The envelope of an error that ends a stream whose status line has already gone out:
+    sent as its last event, so the client learns why it ended."""
+    if isinstance(exc, StackError):
+        detail = ErrorDetail(
+            message=exc.message,
+            type=error_type(exc.http_status),
+            param=exc.param,
+            code=exc.api_code,
+        )
+    else:
+        log.error("unhandled error in a stream", exc_info=exc)
+        detail = ErrorDetail(
+            message="internal error; the server log has the details",
+            type="server_error",
+            code="internal_error",
+        )
+    return ErrorEnvelope(error=detail)
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses` of a route for OpenAPI: each status with the envelope's schema."""
     return {

@@ -16,6 +16,7 @@ import anyio
 
 from core.callers import Caller
 from core.errors import ErrorCode
+from core.http import ErrorEnvelope, stream_error
 from serving.config import OpenAIConfig
 from serving.engine import EngineClient, GenerationChunk, SamplingParams, TokenLogprob
 from serving.errors import ServingError, bad_request, model_not_found
@@ -618,7 +619,7 @@ class Generator:
         echoed: set[int] = set()
         # Closed on the way out, however this generator ends (finished, failed, cancelled or
         # closed by the server), not whenever the garbage collector gets to it.
-        async with aclosing(self._chunks(run)) as chunks:
+        async with aclosing(self._chunks(run)) as chunks, ending_in_error() as failed:
             async for choice, piece in chunks:
                 echo = req.echo and choice.index not in echoed  # with the first chunk
                 echoed.add(choice.index)
@@ -637,6 +638,9 @@ class Generator:
                         )
                     ]
                 )
+        if failed:
+            yield _sse(failed[0].model_dump_json())
+            return
         if req.stream_options and req.stream_options.include_usage:
             yield chunk([], run.usage)
         yield _sse("[DONE]")
@@ -686,12 +690,24 @@ def _logit_bias(
     return tuple((int(token), bias) for token, bias in (biases or {}).items())
 
 
+@asynccontextmanager
+async def ending_in_error() -> AsyncIterator[list[ErrorEnvelope]]:
+    """Catches what fails a stream midway (an engine that went away) into the list it yields,
+    as the error event that the stream then ends with (OpenAI's SDKs raise it as an
+    APIError) instead of a connection cut without a word."""
+    failed: list[ErrorEnvelope] = []
+    try:
+        yield failed
+    except Exception as err:
+        failed.append(stream_error(err))
+
+
 async def _event_stream(chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[bytes]:
     """Chunks as server-sent events, ended as OpenAI ends them."""
-    async with aclosing(chunks):
+    async with aclosing(chunks), ending_in_error() as failed:
         async for chunk in chunks:
             yield _sse(chunk.model_dump_json(exclude_none=True))
-    yield _sse("[DONE]")
+    yield _sse(failed[0].model_dump_json() if failed else "[DONE]")
 
 
 def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:

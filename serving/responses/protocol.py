@@ -174,6 +174,13 @@ class IncompleteDetails(BaseModel):
     reason: Literal["max_output_tokens"]
 
 
+class ResponseError(BaseModel):
+    """Why a response failed (OpenAI's `code` and `message`)."""
+
+    code: str
+    message: str
+
+
 class ResponseObject(OpenAIModel):
     id: str
     object: Literal["response"] = "response"
@@ -196,7 +203,7 @@ class ResponseObject(OpenAIModel):
     user: str | None = None
     usage: ResponseUsage | None = None
     incomplete_details: IncompleteDetails | None = None
-    error: None = None
+    error: ResponseError | None = None
 
 
 class DeletedResponse(BaseModel):

@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from serving.generation import Generator, RequestContext
+from serving.generation import Generator, RequestContext, ending_in_error
 from serving.protocol import ChatCompletionChunk, ChatCompletionResponse, ToolCall
 from serving.responses.protocol import (
     DeletedResponse,
     OutputItem,
     OutputMessage,
+    ResponseError,
     ResponseEvent,
     ResponseObject,
     ResponsesRequest,
@@ -105,7 +106,7 @@ class Responses:
 
         yield event("response.created", response=snapshot())
         yield event("response.in_progress", response=snapshot())
-        async with aclosing(chunks):  # type: ignore[type-var]
+        async with aclosing(chunks), ending_in_error() as failed:  # type: ignore[type-var]
             async for chunk in chunks:
                 usage = chunk.usage or usage
                 for choice in chunk.choices:
@@ -135,6 +136,16 @@ class Responses:
                         output.append(item)
                         for step in _call_events(event, item, len(output) - 1):
                             yield step
+        if failed:
+            error = failed[0].error
+            response = snapshot().model_copy(
+                update={
+                    "status": "failed",
+                    "error": ResponseError(code=error.code or error.type, message=error.message),
+                }
+            )
+            yield event("response.failed", response=response)
+            return
         status = "incomplete" if finish_reason == "length" else "completed"
         if message is not None:
             for ended in _text_ended(event, message, output, status):

@@ -1,11 +1,14 @@
 """The gateway driven by the official `openai` SDK on the local engine."""
 
 import asyncio
+import contextlib
+import json
 
 import httpx
 import openai
 import pytest
 
+from serving.errors import EngineError
 from tests.serving.conftest import RunningGateway
 
 CHAT = [{"role": "user", "content": "What is 2 + 3?"}]
@@ -173,3 +176,35 @@ def test_metrics(client: openai.OpenAI, gateway_server: RunningGateway) -> None:
         'llmops_queue_depth{backend="local"}',
     ):
         assert name in text, name
+
+
+def test_a_stream_that_fails_midway_ends_with_an_error_the_sdk_raises(
+    gateway_server: RunningGateway, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine answers one token, then goes away (as a vLLM server that dies mid-answer).
+    (local,) = [e for e in gateway_server.gateway.engines if e.name == "local"]
+    answer = local.generate
+
+    async def dies_after_one_token(*args, **kwargs):
+        async with contextlib.aclosing(answer(*args, **kwargs)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+                raise EngineError("the server died mid-answer")
+
+    monkeypatch.setattr(local, "generate", dies_after_one_token)
+    said = "the model backend is unavailable: the server died mid-answer"
+    chat = client.chat.completions.create(model="demo", messages=CHAT, max_tokens=8, stream=True)
+    with pytest.raises(openai.APIError, match=said):
+        list(chat)
+    text = client.completions.create(model="demo", prompt="Hi", max_tokens=8, stream=True)
+    with pytest.raises(openai.APIError, match=said):
+        list(text)
+    events = list(client.responses.create(model="demo", input="Hi", stream=True))
+    assert [e.type for e in events[:2]] == ["response.created", "response.in_progress"]
+    failed = events[-1]
+    assert failed.type == "response.failed" and failed.response.status == "failed"
+    assert failed.response.error.code == "backend_error" and failed.response.error.message == said
+    body = {"model": "demo", "messages": CHAT, "max_tokens": 8, "stream": True}
+    with httpx.stream("POST", f"{gateway_server.base_url}/v1/chat/completions", json=body) as r:
+        last = [line for line in r.iter_lines() if line][-1]
+    assert json.loads(last.removeprefix("data: "))["error"]["code"] == "backend_error"
