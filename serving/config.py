@@ -171,6 +171,16 @@ class VllmConfig(_Config):
     )
 
 
+class EdgeConfig(_Config):
+    manifest_ttl_s: int = Field(
+        86_400,
+        gt=0,
+        le=366 * 86_400,
+        description="How long a signed edge bundle manifest is valid; devices refuse an "
+        "expired one (sync at least this often).",
+    )
+
+
 class ServingConfig(_Config):
     host: str = Field(
         "127.0.0.1",
@@ -198,6 +208,7 @@ class ServingConfig(_Config):
     drift: DriftMonitorConfig = Field(default_factory=DriftMonitorConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     batches: BatchesConfig = Field(default_factory=BatchesConfig)
+    edge: EdgeConfig = Field(default_factory=EdgeConfig)
 
 
 def load_config(path: Path | None) -> ServingConfig:

@@ -231,6 +231,7 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
             keys,
             DeviceStore(database),
             BundleSigner(ServingSettings().signing_key_path(stack.resolved_home)),
+            config.edge.manifest_ttl_s,
         ),
         upload_limits={
             "/v1/files": jobs.settings.max_file_bytes,

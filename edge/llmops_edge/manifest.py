@@ -4,7 +4,8 @@
      "manifest": {"object": "edge.bundle_manifest", "model": "demo-onnx@edge",
                   "version": "demo-onnx:2", "artifact_digest": "sha256:...",
                   "files": [{"path": "model.onnx", "sha256": "<hex>", "size": 18244}, ...],
-                  "issued_at": <ms since the epoch>, "key_id": "sha256:<hex>"},
+                  "issued_at": <ms since the epoch>, "expires_at": <ms>,
+                  "key_id": "sha256:<hex>"},
      "signature": "<base64 Ed25519 signature of the manifest's canonical JSON>"}
 
 The canonical JSON is the manifest with sorted keys, no spaces and ASCII escapes; it holds
@@ -82,6 +83,7 @@ class Manifest:
     artifact_digest: str
     files: tuple[BundleFile, ...]
     issued_at: int
+    expires_at: int
     key_id: str
 
     @property
@@ -134,12 +136,16 @@ def _parse(data: dict[str, Any]) -> Manifest:
         raise EdgeError("the bundle manifest lists a file twice")
     if REQUIRED_FILE not in paths:
         raise EdgeError(f"the bundle has no {REQUIRED_FILE}; it is not an ONNX Runtime GenAI model")
+    issued_at, expires_at = _field(data, "issued_at", int), _field(data, "expires_at", int)
+    if expires_at <= issued_at:
+        raise EdgeError("the bundle manifest expires before it was issued")
     return Manifest(
         model=_field(data, "model", str),
         version=version,
         artifact_digest=digest,
         files=tuple(files),
-        issued_at=_field(data, "issued_at", int),
+        issued_at=issued_at,
+        expires_at=expires_at,
         key_id=_field(data, "key_id", str),
     )
 

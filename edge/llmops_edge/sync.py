@@ -1,8 +1,9 @@
 """`llm-edge sync` and `llm-edge rollback`.
 
 A sync asks the gateway for the signed manifest of the bundle an alias points at, refuses it
-unless its signature verifies against the enrolled key (and it is for that alias, and not
-older than one already seen), puts the new bundle together in a staging folder (files whose
+unless its signature verifies against the enrolled key (and it is for that alias, not older
+than one already seen, and not expired), re-hashes the running bundle when the manifest names
+it (a damaged file is fetched again), puts the new bundle together in a staging folder (files whose
 digests are already on the device are reused, the others downloaded and checked against the
 manifest), renames it into place and only then moves `current`, keeping the old one as
 `previous`. Whatever fails before that last rename, the running bundle stays as it was."""
@@ -11,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from llmops_edge.errors import EdgeError
 from llmops_edge.manifest import BundleFile, Manifest, verify_bundle
 
 _CHUNK = 1 << 20
+CLOCK_SKEW_MS = 5 * 60 * 1000  # how far the device's clock may lag the gateway's
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,17 @@ def sync(device: Device, client: GatewayClient, model: str) -> tuple[Device, Syn
                 f"the gateway sent a manifest of {manifest.version} issued before one this "
                 "device already accepted; refusing a replayed, older manifest"
             )
+        if manifest.expires_at < time.time_ns() // 1_000_000 - CLOCK_SKEW_MS:
+            raise EdgeError(
+                f"the gateway sent a manifest of {manifest.version} that has expired; refusing "
+                "it (a replayed manifest, or this device's clock is wrong)"
+            )
         current = device.bundle(CURRENT)
-        if current is not None and current.name == manifest.folder_name:
+        if (
+            current is not None
+            and current.name == manifest.folder_name
+            and _intact(current, manifest)
+        ):
             device = device.saw(manifest)
             device.save()
             return device, SyncResult("up-to-date", manifest, current)
@@ -139,7 +151,7 @@ def sync(device: Device, client: GatewayClient, model: str) -> tuple[Device, Syn
         else:
             result = _assemble(device, client, manifest)
         device.record(manifest, document)
-        if current is not None:
+        if current is not None and current.name != result.folder.name:  # not a repair
             device.point(PREVIOUS, current)
         device.point(CURRENT, result.folder)
         device = device.saw(manifest)

@@ -19,6 +19,7 @@ from core.listing import ListPage, page
 from core.refs import parse_ref
 from registry.entities import ModelVersion, VersionFormat
 from registry.service import Registry
+from serving.config import EdgeConfig
 from serving.edge.protocol import (
     BundleFileObject,
     BundleManifest,
@@ -66,6 +67,7 @@ class EdgeHandlers:
     keys: KeyStore
     devices: DeviceStore
     signer: BundleSigner
+    manifest_ttl_s: int = EdgeConfig().manifest_ttl_s
 
     def public_key(self) -> PublicKeyObject:
         return PublicKeyObject(key_id=self.signer.fingerprint, public_key=self.signer.public_pem)
@@ -113,12 +115,14 @@ class EdgeHandlers:
                 param="model",
                 api_code="not_an_edge_bundle",
             )
+        issued = time.time_ns() // 1_000_000
         manifest = BundleManifest(
             model=model,
             version=version.ref,
             artifact_digest=version.artifact_digest,
             files=[BundleFileObject(path=f.path, sha256=f.sha256, size=f.size) for f in files],
-            issued_at=time.time_ns() // 1_000_000,
+            issued_at=issued,
+            expires_at=issued + 1000 * self.manifest_ttl_s,
             key_id=self.signer.fingerprint,
         )
         return SignedBundle(

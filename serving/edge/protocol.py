@@ -39,6 +39,11 @@ class BundleManifest(BaseModel):
         description="When the gateway signed it, in milliseconds since the epoch; devices "
         "refuse a manifest older than one they accepted (a replay)."
     )
+    expires_at: int = Field(
+        description="When devices stop accepting it, in milliseconds since the epoch "
+        "(`edge.manifest_ttl_s` after issued_at): a device held on an old manifest by someone "
+        "replaying it notices once it expires."
+    )
     key_id: str = Field(description="The fingerprint of the key that signed it.")
 
 

@@ -20,6 +20,7 @@ def _document(signer: BundleSigner) -> dict:
         artifact_digest="sha256:" + "a" * 64,
         files=[BundleFileObject(path="genai_config.json", sha256="b" * 64, size=10)],
         issued_at=1,
+        expires_at=2,
         key_id=signer.fingerprint,
     ).model_dump(mode="json")
     return {"object": "edge.bundle", "manifest": manifest, "signature": signer.sign(manifest)}

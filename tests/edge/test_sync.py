@@ -74,6 +74,16 @@ def test_a_device_installs_its_alias_bundle_and_it_answers(
     assert seen["version"] == version.ref and seen["status"] == "up-to-date"
     assert seen["model"] == "answer-onnx@edge" and seen["last_seen_at"] is not None
 
+    # a file of the running bundle damaged on the device: the next sync finds it and repairs it
+    config = (device / "current").resolve() / "genai_config.json"
+    damaged = config.read_bytes().replace(b"}", b" }", 1)
+    config.unlink()
+    config.write_bytes(damaged)
+    repaired = sync(device, "answer-onnx@edge", capsys)
+    assert repaired["status"] == "installed" and repaired["downloaded"] == ["genai_config.json"]
+    assert running(device) == version.ref and Device.load(device).bundle("previous") is None
+    assert config.read_bytes() == (onnx_dir / "genai_config.json").read_bytes()
+
 
 def test_a_new_version_takes_only_the_changed_files_and_rolls_back(
     edge_gateway: EdgeGateway, onnx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
@@ -170,6 +180,18 @@ def test_a_tampered_replayed_or_foreign_manifest_is_refused(
     error = failed_sync(device, "signed-onnx@edge", capsys)
     assert "refusing a replayed, older manifest" in error
     assert running(device) == second.ref
+
+    # a manifest the gateway signed long ago, replayed to a device that never saw a newer one
+    expired = json.loads(edge_gateway.get("/v1/edge/bundles/signed-onnx@edge", key).content)
+    day = 86_400_000
+    expired["manifest"]["issued_at"] -= 2 * day
+    expired["manifest"]["expires_at"] -= 2 * day
+    expired["signature"] = edge_gateway.gateway.edge.signer.sign(expired["manifest"])
+    fresh, _ = edge_gateway.enroll("kiosk-5", "signed-onnx@edge", tmp_path / "fresh")
+    wire.tamper = ("/bundles/signed-onnx@edge", lambda _body: json.dumps(expired).encode())
+    error = failed_sync(fresh, "signed-onnx@edge", capsys)
+    assert "a manifest of signed-onnx:2 that has expired" in error
+    assert not (fresh / "current").exists()
 
     # a manifest for another alias, signed by the same key, is not this alias's
     edge_gateway.gateway.registry.set_alias("signed-onnx", "canary", first.version)
