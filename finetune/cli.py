@@ -25,7 +25,6 @@ import yaml
 from core.console import print_json, print_table, run
 from core.errors import ErrorCode
 from finetune.automl.cli import tune
-from finetune.data import read_rows
 from finetune.errors import FinetuneError
 from finetune.federated.cli import federated
 from finetune.federated.progress import round_lines
@@ -62,12 +61,18 @@ def _recipe(path: Path, extra: list[str], runner: JobRunner) -> tuple[str, Recip
     """The job kind and the recipe with flags applied, its data paths made absolute (a worker
     may run elsewhere) and its rows and models checked, so bad input stops here rather than in
     a job."""
+    from finetune.data import DataError, read_rows
+
     kind, recipe = load_job_recipe(path, parse_overrides(extra))
     check_job_recipe(recipe, open_registry(runner.stack))
     datasets = []
     for spec in recipe.datasets:
         data = Path(spec.path).expanduser().resolve()
-        read_rows(data, spec.type)
+        if recipe.clean and spec.split == "train":  # the job drops its bad rows
+            if not data.is_file():
+                raise DataError([f"{data}: no such file"])
+        else:
+            read_rows(data, spec.type)
         datasets.append(spec.model_copy(update={"path": str(data)}))
     return kind, recipe.model_copy(update={"datasets": datasets})
 
@@ -363,6 +368,7 @@ def export(
 ) -> None:
     """Export a version to ONNX or GGUF, check its greedy answers against eager PyTorch, and
     register it (format: onnx or gguf) with the source as its parent."""
+    from finetune.data import read_rows
     from finetune.export.gguf import export_gguf
     from finetune.export.onnx import export_onnx
 

@@ -19,8 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from core.errors import ErrorCode
 from core.settings import StackSettings
 from finetune.errors import FinetuneError, job_not_found
@@ -78,6 +76,8 @@ def worker_command(job: Job) -> list[str]:
     """`python -m finetune.worker JOB`; on several GPUs, under `accelerate launch` with the
     recipe's distributed config, one process per GPU (or `num_processes`); without GPUs and
     with `num_processes` above 1, that many CPU processes under torchrun (DDP over gloo)."""
+    import torch  # here: command lines that never start a worker answer without it
+
     worker = ["-m", "finetune.worker", job.id]
     devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     processes = job.recipe.get("num_processes") or max(devices, 1)

@@ -74,7 +74,7 @@ def test_core_and_registry_load_without_torch() -> None:
     assert not loaded & (TORCH | {"finetune", "evals", "serving"})
 
 
-@pytest.mark.parametrize("cli", ["evals.cli", "serving.cli"])
+@pytest.mark.parametrize("cli", ["evals.cli", "serving.cli", "finetune.cli"])
 def test_command_lines_load_torch_only_for_commands_that_need_it(cli: str) -> None:
     """So that help, `llm-serve keys` and bad input answer at once, not after torch loads."""
     code = f"import sys, {cli}; print(' '.join(m for m in {sorted(TORCH)!r} if m in sys.modules))"

@@ -101,6 +101,17 @@ def test_bad_data_is_refused_before_a_job_exists(in_process, tmp_path: Path, cap
     assert in_process(["--json", "list"]) == 0
     assert json.loads(capsys.readouterr().out) == []
 
+    # with clean: true the job drops the bad rows instead, so the file only has to exist
+    good = (
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+    )
+    data.write_text(data.read_text() + good + "\n")
+    assert in_process(["--json", "run", str(recipe), "--clean", "true"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "succeeded"
+    data.unlink()
+    assert in_process(["submit", str(recipe), "--clean", "true"]) == 2
+    assert capsys.readouterr().err.strip().endswith("train.jsonl: no such file")
+
 
 def test_unknown_jobs_and_missing_recipes(in_process, tmp_path: Path, capsys) -> None:
     assert in_process(["show", "ftjob-nope"]) == 2
