@@ -22,7 +22,7 @@ class LoadedVersion:
 def load_version(registry: Registry, ref: str) -> LoadedVersion:
     transformers_logging.disable_progress_bar()  # stderr is for the command's own messages
     version = registry.resolve(ref)
-    if version.format is not VersionFormat.HF_SAFETENSORS:
+    if version.format in (VersionFormat.ONNX, VersionFormat.GGUF):
         raise invalid(
             f"{version.ref} is {version.format.value}, which this process cannot load; score it "
             "through a gateway that serves it (--base-url http://GATEWAY/v1)",
