@@ -46,29 +46,29 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """The OpenAI error envelope with its HTTP status."""
-    detail = ErrorDetail(message=message, type=error_type(status), param=param, code=code)
+    detail = _detail(status, message, code=code, param=param)
     return JSONResponse(
         ErrorEnvelope(error=detail).model_dump(), status_code=status, headers=headers
     )
+
+
+def _detail(
+    status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> ErrorDetail:
+    return ErrorDetail(message=message, type=error_type(status), param=param, code=code)
+
+
+_INTERNAL = "internal error; the server log has the details"
 
 
 def stream_error(exc: Exception) -> ErrorEnvelope:
     """The envelope of an error that ends a stream whose status line has already gone out:
     sent as its last event, so the client learns why it ended."""
     if isinstance(exc, StackError):
-        detail = ErrorDetail(
-            message=exc.message,
-            type=error_type(exc.http_status),
-            param=exc.param,
-            code=exc.api_code,
-        )
+        detail = _detail(exc.http_status, exc.message, code=exc.api_code, param=exc.param)
     else:
         log.error("unhandled error in a stream", exc_info=exc)
-        detail = ErrorDetail(
-            message="internal error; the server log has the details",
-            type="server_error",
-            code="internal_error",
-        )
+        detail = _detail(500, _INTERNAL, code="internal_error")
     return ErrorEnvelope(error=detail)
 
 
@@ -139,9 +139,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(
-        500, "internal error; the server log has the details", code="internal_error"
-    )
+    return error_response(500, _INTERNAL, code="internal_error")
 
 
 def document_errors(app: FastAPI) -> None:

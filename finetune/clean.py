@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from core.redaction import Redactor, redact_pii
-from finetune.data import DataError, row_problem
+from finetune.data import require_file, row_problem
 
 _WORD = re.compile(r"\w+")
 SHINGLE = 5  # characters per shingle for near-duplicate detection
@@ -126,8 +126,7 @@ def clean_dataset(
 ) -> tuple[list[tuple[str, dict[str, Any]]], CleanReport]:
     """A recipe's training file cleaned with the default settings and the built-in PII
     redactor: its rows as `read_rows` returns them, and the report."""
-    if not path.is_file():
-        raise DataError([f"{path}: no such file"])
+    require_file(path)
     with path.open(encoding="utf-8", errors="replace") as lines:
         rows, report = clean_rows(lines, kind, CleanConfig(redactor=redact_pii), against)
     return [(f"{path.name}:{number}", row) for number, row in rows], report

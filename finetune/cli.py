@@ -61,7 +61,7 @@ def _recipe(path: Path, extra: list[str], runner: JobRunner) -> tuple[str, Recip
     """The job kind and the recipe with flags applied, its data paths made absolute (a worker
     may run elsewhere) and its rows and models checked, so bad input stops here rather than in
     a job."""
-    from finetune.data import DataError, read_rows
+    from finetune.data import read_rows, require_file
 
     kind, recipe = load_job_recipe(path, parse_overrides(extra))
     check_job_recipe(recipe, open_registry(runner.stack))
@@ -69,8 +69,7 @@ def _recipe(path: Path, extra: list[str], runner: JobRunner) -> tuple[str, Recip
     for spec in recipe.datasets:
         data = Path(spec.path).expanduser().resolve()
         if recipe.clean and spec.split == "train":  # the job drops its bad rows
-            if not data.is_file():
-                raise DataError([f"{data}: no such file"])
+            require_file(data)
         else:
             read_rows(data, spec.type)
         datasets.append(spec.model_copy(update={"path": str(data)}))

@@ -86,14 +86,19 @@ def row_problem(row: Any, kind: str) -> str | None:
     return None
 
 
+def require_file(path: Path) -> None:
+    """DataError unless `path` is a file."""
+    if not path.is_file():
+        raise DataError([f"{path}: no such file"])
+
+
 def read_rows(path: Path, kind: str = "chat") -> list[tuple[str, dict[str, Any]]]:
     """Parse and check every line of a JSONL file; returns ("file:line", row) pairs.
 
     Raises DataError listing the bad lines (up to MAX_COLLECTED, where checking stops), so a
     user can fix them in one pass."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError([f"{path}: no such file"])
+    require_file(path)
     rows, problems = [], []
     with path.open(encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, start=1):

@@ -305,9 +305,9 @@ class RecipeSearch(SearchBase):
                     raise ValueError(unknown_key(key, list(self.space), "in enqueue: "))
         return self
 
-    def trial_recipe(self, source: str = "") -> Any:
+    def trial_recipe(self) -> Any:
         """The (inline) base recipe, validated."""
-        return self.parse_recipe(self.recipe, source or f"study {self.study} recipe")
+        return self.parse_recipe(self.recipe, f"study {self.study} recipe")
 
     def model(self) -> str:
         """The model every trial starts from (a registry reference or a folder)."""
