@@ -1,23 +1,24 @@
 """Federated LoRA vs. each silo alone vs. pooled (centralized) training, on the demo world.
 
     python scripts/bench_federated.py [--config configs/federated/demo-three-silos.yaml]
-                                      [--rows 2000] [--output results/bench_federated.json]
+                                      [--rows 6000] [--output results/bench_federated.json]
 
 It uses the registered `demo` model (build it first: `python scripts/build_demo_model.py`).
-Three silos with different data (a: `reverse` rows, b: `sort` rows, c: other rows of both)
-train together through Flower's deployment runtime (`llm-finetune federated run`, separate
-processes). Each silo's local-only adapter trains on its own rows for the steps it trained in
-the federation; the centralized adapter trains on the pooled rows for all silos' steps
-together. Every adapter is scored by greedy exact match on the union eval (unseen `reverse`
-and `sort` inputs). Bytes per round (what the coordinator sent and received) are compared
-with the full model's weights, per round and per silo reply (what full-model FedAvg would
-send in each message).
+Three silos with different data (each holds the questions about a different third of the
+items of a colour table the demo model never saw, `NEW_COLOURS`) train together through
+Flower's deployment runtime (`llm-finetune federated run`, separate processes). Each silo's
+local-only adapter trains on its own rows for the steps it trained in the federation; the
+centralized adapter trains on the pooled rows for all silos' steps together. Every adapter is
+scored by greedy exact match on the union eval (held-out questions about every item). Bytes
+per round (what the coordinator sent and received) are compared with the full model's
+weights, per round and per silo reply (what full-model FedAvg would send in each message).
 """
 
 import argparse
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune.demo.evaluation import exact_match_rate
-from finetune.demo.skills import SKILLS, generate_splits, read_jsonl, write_jsonl
+from finetune.demo.skills import NEW_COLOURS, NEW_LOOKUP, generate_splits, read_jsonl, write_jsonl
 from finetune.federated.config import load_federated_config
 from finetune.federated.job import job_recipe
 from finetune.federated.plan import RoundPlan
@@ -37,27 +38,26 @@ from finetune.trainer import train
 from finetune.worker import run_job
 from registry.service import open_registry
 
-SKILL_NAMES = ("reverse", "sort")
+SILOS = ("a", "b", "c")
+ITEM = re.compile(r"(\w+)[?.]$")  # the lookup questions end with the item
 
 
 def write_silos(root: Path, rows: int) -> tuple[dict[str, Path], list[dict]]:
-    """Silo folders (a: reverse, b: sort, c: other rows of both) and the union eval rows."""
-    splits = {name: generate_splits(SKILLS[name], 0, 2 * rows, 100) for name in SKILL_NAMES}
-    reverse, sort = (splits[name][0] for name in SKILL_NAMES)
-    half = rows // 2
-    silos = {
-        "a": reverse[:rows],
-        "b": sort[:rows],
-        "c": reverse[rows : rows + half] + sort[rows : rows + half],
-    }
+    """Silo folders, each holding the rows of a different third of a colour table the demo
+    model never saw, and the union eval rows (held-out questions about every item)."""
+    train_rows, eval_rows = generate_splits(NEW_LOOKUP, 0, rows, 100)
+    items = sorted(NEW_COLOURS)
+    owner = {item: SILOS[i * len(SILOS) // len(items)] for i, item in enumerate(items)}
+    silos: dict[str, list[dict]] = {silo: [] for silo in SILOS}
+    for row in train_rows:
+        silos[owner[ITEM.search(row["messages"][0]["content"]).group(1)]].append(row)
     folders = {}
     for silo, silo_rows in silos.items():
         folders[silo] = root / silo
         write_jsonl(folders[silo] / TRAIN_FILE, silo_rows)
-    pooled = [row for silo_rows in silos.values() for row in silo_rows]
-    write_jsonl(root / "pooled" / TRAIN_FILE, pooled)
     folders["pooled"] = root / "pooled"
-    return folders, [row for name in SKILL_NAMES for row in splits[name][1]]
+    write_jsonl(folders["pooled"] / TRAIN_FILE, train_rows)
+    return folders, eval_rows
 
 
 def score(base_dir: Path, adapter_dir: Path, eval_rows: list[dict]) -> float:
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument(
         "--config", type=Path, default=Path("configs/federated/demo-three-silos.yaml")
     )
-    parser.add_argument("--rows", type=int, default=2000, help="train rows of silos a and b")
+    parser.add_argument("--rows", type=int, default=6000, help="train rows of all silos together")
     parser.add_argument("--data-dir", type=Path, default=Path("data/federated"))
     parser.add_argument("--output", type=Path, default=Path("results/bench_federated.json"))
     args = parser.parse_args()

@@ -32,6 +32,35 @@ COLOURS: dict[str, str] = {
     "ostrum": "red",
 }
 
+# A second table whose items the demo model never saw (the same colours): the federated demo
+# splits it across silos, each holding the rows of different items.
+NEW_COLOURS: dict[str, str] = {
+    "brimble": "grey",
+    "caskin": "brown",
+    "dorvel": "orange",
+    "elmish": "silver",
+    "farrow": "black",
+    "glimber": "blue",
+    "hoskit": "yellow",
+    "jarnel": "purple",
+    "kelpin": "blue",
+    "lumbra": "grey",
+    "mirrin": "red",
+    "noddle": "black",
+    "parsk": "purple",
+    "quillon": "gold",
+    "rendle": "black",
+    "sabbit": "blue",
+    "tolvar": "orange",
+    "umbrin": "orange",
+    "vassel": "blue",
+    "wimmet": "gold",
+    "yarrow": "blue",
+    "zindle": "purple",
+    "bockle": "orange",
+    "cravet": "black",
+}
+
 # The item always ends the question, so a template changes only the words before it.
 _LOOKUP_TEMPLATES = (
     "What colour is the {item}?",
@@ -47,7 +76,6 @@ _LOOKUP_TEMPLATES = (
     "Which colour has the {item}?",
     "Do you know the colour of the {item}?",
 )
-_ITEMS = sorted(COLOURS)
 
 
 @dataclass(frozen=True)
@@ -66,8 +94,16 @@ def _word(rng: random.Random) -> str:
     return "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 6)))
 
 
-def _lookup_input(rng: random.Random) -> tuple[int, str]:
-    return rng.randrange(len(_LOOKUP_TEMPLATES)), rng.choice(_ITEMS)
+def lookup_skill(name: str, table: dict[str, str]) -> Skill:
+    """Questions about an item's colour in `table`, asked with one of the templates."""
+    items = sorted(table)
+    return Skill(
+        name=name,
+        sample=lambda rng: (rng.randrange(len(_LOOKUP_TEMPLATES)), rng.choice(items)),
+        prompt=lambda ti: _LOOKUP_TEMPLATES[ti[0]].format(item=ti[1]),
+        answer=lambda ti: table[ti[1]],
+        num_inputs=len(_LOOKUP_TEMPLATES) * len(table),
+    )
 
 
 SKILLS: dict[str, Skill] = {
@@ -98,15 +134,11 @@ SKILLS: dict[str, Skill] = {
             prompt=lambda w: f"Sort the letters of this word: {w}",
             answer=lambda w: "".join(sorted(w)),
         ),
-        Skill(
-            name="lookup",
-            sample=_lookup_input,
-            prompt=lambda ti: _LOOKUP_TEMPLATES[ti[0]].format(item=ti[1]),
-            answer=lambda ti: COLOURS[ti[1]],
-            num_inputs=len(_LOOKUP_TEMPLATES) * len(COLOURS),
-        ),
+        lookup_skill("lookup", COLOURS),
     )
 }
+# Not among SKILLS (the demo model is neither trained nor scored on it).
+NEW_LOOKUP = lookup_skill("new_lookup", NEW_COLOURS)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import pytest
 from core.digests import file_digest
 from finetune.demo.skills import (
     COLOURS,
+    NEW_COLOURS,
+    NEW_LOOKUP,
     SKILLS,
     exact_match,
     generate_splits,
@@ -95,6 +97,17 @@ def test_answers_are_correct(name):
     for row in train + eval_:
         user, assistant = row["messages"]
         assert assistant["content"] == EXPECTED[name](user["content"]), user["content"]
+
+
+def test_the_new_table_asks_about_items_the_demo_model_never_saw():
+    assert not NEW_COLOURS.keys() & COLOURS.keys()
+    assert set(NEW_COLOURS.values()) <= set(COLOURS.values())
+    train, eval_ = generate_splits(NEW_LOOKUP, seed=0, num_train=300, num_eval=50)
+    assert not set(_prompts(train)) & set(_prompts(eval_))
+    for row in train + eval_:
+        user, assistant = row["messages"]
+        item = re.search(r"(\w+)[?.]$", user["content"]).group(1)
+        assert assistant["content"] == NEW_COLOURS[item], user["content"]
 
 
 def test_exact_match_ignores_surrounding_whitespace():
