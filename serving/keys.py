@@ -159,6 +159,14 @@ class KeyStore:
             self._cache = (now + self.ttl, now + _MIN_RELOAD_S, active)
             return active
 
+    def active(self, key_id: str) -> ApiKey | None:
+        """The key with `key_id` unless it is unknown or revoked (read from the database)."""
+        with reading(self.engine) as conn:
+            row = conn.execute(
+                select(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            ).first()
+        return None if row is None else _key(row)
+
     def auth_required(self) -> bool:
         """Keys are enforced once at least one active key exists."""
         return bool(self._active())

@@ -1,5 +1,6 @@
-"""The gateway's tables (API keys, the traffic log, stored responses, edge devices), prefixed
-`serving_`, in the stack's database, with their own migration chain in `serving/migrations`."""
+"""The gateway's tables (API keys, the traffic log, stored responses, edge devices, console
+sessions), prefixed `serving_`, in the stack's database, with their own migration chain in
+`serving/migrations`."""
 
 from pathlib import Path
 
@@ -131,4 +132,14 @@ edge_devices = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_seen_at", DateTime(timezone=True), nullable=True),
     Column("removed_at", DateTime(timezone=True), nullable=True),
+)
+
+console_sessions = Table(
+    "serving_console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),  # sha256 of the cookie's token
+    Column("key_id", String(32), nullable=False),  # the key that logged in
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_serving_console_sessions_expires", "expires_at"),
 )

@@ -132,7 +132,7 @@ def test_the_explicit_upgrade_reports_each_package(
         "evals": (None, "e0003"),
         "finetune": ("f0001", "f0002"),
         "registry": ("0001", "0003"),
-        "serving": ("s0001", "s0007"),
+        "serving": ("s0001", "s0008"),
     }
     assert run(registry_cli.cli, registry_cli.PROG, ["db", "upgrade"]) == 0
     assert capsys.readouterr().out.count("up to date") == 4

@@ -83,15 +83,15 @@ def login(
             401, "That API key is not valid (unknown or revoked).", title="Log in failed"
         )
     response = RedirectResponse("/ui/" if key.admin else "/ui/jobs", status_code=303)
-    start_session(response, api_key.strip(), _secure(request))
+    start_session(request, response, key, _secure(request))
     return response
 
 
 @router.post("/logout")
-def logout(session: SessionDep, csrf_token: Csrf = "") -> Response:
+def logout(request: Request, session: SessionDep, csrf_token: Csrf = "") -> Response:
     session.check_csrf(csrf_token)
     response = RedirectResponse("/ui/login", status_code=303)
-    end_session(response)
+    end_session(request, session, response)
     return response
 
 

@@ -1,23 +1,29 @@
-"""Who uses the console: the API key entered on the login page, kept in an HTTP-only,
-same-site cookie and checked against the key store on every request (so a revoked key ends
-the session at once), and the CSRF token every form carries.
+"""Who uses the console: logging in with an API key starts a session, a random token in an
+HTTP-only, same-site cookie whose hash the database keeps with the key and an expiry (the
+API key itself never goes into the cookie). Every request checks the session and its key
+(so logging out, the expiry or a revoked key ends it at once, on every gateway replica), and
+every form carries a CSRF token.
 
-The token is an HMAC of a fixed label under the key itself: a page of another site can
-neither read the cookie nor compute the token, and every gateway replica derives the same
-one. The login form, made before any key is known, uses a random double-submit cookie."""
+The CSRF token is an HMAC of a fixed label under the session's token: a page of another site
+can neither read the cookie nor compute it. The login form, made before any session exists,
+uses a random double-submit cookie."""
 
 import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from fastapi import Request
 from fastapi.responses import Response
+from sqlalchemy import Engine, delete, select
 
 from core.callers import Caller
+from core.database import as_utc, reading, utc_now
 from serving.auth import Authenticator
 from serving.console.errors import ConsoleError
 from serving.keys import ApiKey
+from serving.tables import console_sessions
 
 SESSION_COOKIE = "llmops_console"
 LOGIN_CSRF_COOKIE = "llmops_console_login"
@@ -25,12 +31,72 @@ CSRF_HEADER = "x-csrf-token"
 COOKIE_PATH = "/ui"
 _CSRF_LABEL = b"llmops console csrf v1"
 MAX_SECRET = 200  # longer than any key the key store makes
+SESSION_TTL = timedelta(hours=12)
+MAX_SESSIONS_PER_KEY = 16  # a new login ends the key's oldest session beyond these
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ConsoleSessions:
+    """Sessions in the stack's database, by the sha256 of their token."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def start(self, key: ApiKey) -> str:
+        """A new session of `key`; returns its token. Expired sessions, and the key's oldest
+        beyond MAX_SESSIONS_PER_KEY, are removed."""
+        token = secrets.token_urlsafe(32)
+        now = utc_now()
+        oldest = (
+            select(console_sessions.c.token_hash)
+            .where(console_sessions.c.key_id == key.id)
+            .order_by(console_sessions.c.created_at.desc())
+            .offset(MAX_SESSIONS_PER_KEY - 1)
+        )
+        with self.engine.begin() as conn:
+            conn.execute(delete(console_sessions).where(console_sessions.c.expires_at <= now))
+            conn.execute(delete(console_sessions).where(console_sessions.c.token_hash.in_(oldest)))
+            conn.execute(
+                console_sessions.insert().values(
+                    token_hash=_hash(token),
+                    key_id=key.id,
+                    created_at=now,
+                    expires_at=now + SESSION_TTL,
+                )
+            )
+        return token
+
+    def key_id(self, token: str) -> str | None:
+        """The key of the unexpired session with `token`, if there is one."""
+        stmt = select(console_sessions).where(console_sessions.c.token_hash == _hash(token))
+        with reading(self.engine) as conn:
+            row = conn.execute(stmt).first()
+        if row is None or as_utc(row.expires_at) <= utc_now():
+            return None
+        return row.key_id
+
+    def end(self, token: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(console_sessions).where(console_sessions.c.token_hash == _hash(token))
+            )
+
+
+def sessions_of(request: Request) -> ConsoleSessions:
+    return ConsoleSessions(request.app.state.gateway.keys.engine)
 
 
 @dataclass(frozen=True)
 class Session:
     key: ApiKey
-    csrf_token: str
+    token: str
+
+    @property
+    def csrf_token(self) -> str:
+        return hmac.new(self.token.encode(), _CSRF_LABEL, hashlib.sha256).hexdigest()
 
     @property
     def caller(self) -> Caller:
@@ -56,25 +122,23 @@ class Session:
             )
 
 
-def csrf_token(secret: str) -> str:
-    return hmac.new(secret.encode(), _CSRF_LABEL, hashlib.sha256).hexdigest()
-
-
 def current_session(request: Request) -> Session:
     """The session of the request's cookie; 401 (a page that links to the login) without a
-    cookie or with a key that is unknown or revoked."""
-    secret = request.cookies.get(SESSION_COOKIE, "")
-    if not secret:
+    cookie, or for a session that ended or expired or whose key was revoked."""
+    token = request.cookies.get(SESSION_COOKIE, "")
+    if not token:
         raise ConsoleError(401, "Log in with an API key to use the console.", title="Log in")
-    key = request.app.state.gateway.keys.authenticate(secret[:MAX_SECRET])
+    key_id = sessions_of(request).key_id(token[:MAX_SECRET])
+    key = request.app.state.gateway.keys.active(key_id) if key_id else None
     if key is None:
         raise ConsoleError(
             401,
-            "The API key of this session is not valid (unknown or revoked); log in again with "
-            "a valid key.",
+            "This session is not valid (logged out, expired after "
+            f"{SESSION_TTL.total_seconds() / 3600:g} hours, or its API key was revoked); log "
+            "in again with a valid key.",
             title="Session refused",
         )
-    return Session(key, csrf_token(secret))
+    return Session(key, token)
 
 
 def new_login_token() -> str:
@@ -97,12 +161,19 @@ def check_login_token(request: Request, given: str) -> None:
         )
 
 
-def start_session(response: Response, secret: str, secure: bool) -> None:
+def start_session(request: Request, response: Response, key: ApiKey, secure: bool) -> None:
     response.set_cookie(
-        SESSION_COOKIE, secret, httponly=True, samesite="strict", path=COOKIE_PATH, secure=secure
+        SESSION_COOKIE,
+        sessions_of(request).start(key),
+        max_age=int(SESSION_TTL.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        path=COOKIE_PATH,
+        secure=secure,
     )
     response.delete_cookie(LOGIN_CSRF_COOKIE, path=COOKIE_PATH)
 
 
-def end_session(response: Response) -> None:
+def end_session(request: Request, session: Session, response: Response) -> None:
+    sessions_of(request).end(session.token)
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)

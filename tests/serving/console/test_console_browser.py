@@ -146,5 +146,5 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: P
     alice.get_by_role("button", name="Revoke key temp-admin").click()
     expect(alice.locator("tr", has_text="temp-admin")).to_contain_text("revoked")
     temp.reload()
-    expect(temp.get_by_role("alert")).to_contain_text("not valid (unknown or revoked)")
+    expect(temp.get_by_role("alert")).to_contain_text("its API key was revoked")
     bob_context.close()

@@ -1,11 +1,13 @@
 """The console over plain HTTP: logging in, CSRF, admin scope, the Host allow-list and bad
 input, each answered by a page that says what was wrong, with nothing changed."""
 
+import hashlib
 import re
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from core.database import utc_now
@@ -13,6 +15,7 @@ from evals.continuous.events import LoopEvents, Step, new_cycle_id
 from evals.drift.checks import DriftCheck, DriftStore, new_check_id
 from registry.entities import PromotionStatus
 from serving.console.session import SESSION_COOKIE
+from serving.tables import console_sessions
 from tests.serving.console.conftest import ConsoleWorld, openai_client, submit_job
 
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -31,6 +34,10 @@ def login(world: ConsoleWorld, secret: str) -> tuple[httpx.Client, str]:
     assert done.status_code == 303, done.text
     page = client.get("/jobs")
     return client, TOKEN.search(page.text).group(1)
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _state(world: ConsoleWorld) -> tuple:
@@ -243,8 +250,40 @@ def test_drift_checks_and_the_loop_timeline_link_each_step(console_world: Consol
 
 def test_logging_out_needs_the_token_and_ends_the_session(console_world: ConsoleWorld) -> None:
     client, token = login(console_world, console_world.bob)
+    copied = _client(console_world)  # the same cookie, kept by someone who copied it
+    copied.cookies.set(SESSION_COOKIE, client.cookies[SESSION_COOKIE], path="/ui")
     assert client.post("/logout").status_code == 403
     assert client.get("/").status_code == 200
     out = client.post("/logout", data={"csrf_token": token})
     assert out.status_code == 303 and out.headers["location"] == "/ui/login"
+    assert client.get("/").status_code == 401
+    assert copied.get("/").status_code == 401  # ended on the server, not only in the browser
+
+
+def test_the_cookie_holds_a_session_not_the_key(console_world: ConsoleWorld) -> None:
+    client, _ = login(console_world, console_world.alice)
+    cookie = client.cookies[SESSION_COOKIE]
+    assert console_world.alice not in cookie and not cookie.startswith("llmops-")
+    api = openai_client(console_world, cookie)
+    with pytest.raises(openai.AuthenticationError):
+        api.models.list()  # a stolen console cookie is no API key
+    second, _ = login(console_world, console_world.alice)
+    assert second.cookies[SESSION_COOKIE] != cookie  # every login, a session of its own
+
+
+def test_expired_sessions_and_revoked_keys_are_refused(console_world: ConsoleWorld) -> None:
+    keys = console_world.gateway.gateway.keys
+    temp, secret = keys.create("console-temp", admin=True)
+    client, _ = login(console_world, secret)
+    expired, _ = login(console_world, secret)
+    with keys.engine.begin() as conn:
+        conn.execute(
+            console_sessions.update()
+            .where(console_sessions.c.token_hash == _sha256(expired.cookies[SESSION_COOKIE]))
+            .values(expires_at=utc_now() - timedelta(seconds=1))
+        )
+    page = expired.get("/")
+    assert page.status_code == 401 and "expired after 12 hours" in page.text
+    assert client.get("/").status_code == 200
+    keys.revoke(temp.id)
     assert client.get("/").status_code == 401
