@@ -47,7 +47,8 @@ class ApiKey:
             return False
 
 
-def _hash(secret: str) -> str:
+def secret_hash(secret: str) -> str:
+    """How a secret (an API key, a console session's token) is stored: its sha256."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -92,7 +93,7 @@ class KeyStore:
         row = {
             "id": "key_" + secrets.token_hex(8),
             "name": name,
-            "key_hash": _hash(secret),
+            "key_hash": secret_hash(secret),
             "prefix": secret[: len(KEY_PREFIX) + 4],
             "models": list(models),
             "admin": admin,
@@ -143,7 +144,7 @@ class KeyStore:
         cached = self._cache
         if cached is None or cached[0] <= now:
             return True
-        return bool(secret) and _hash(secret) not in cached[2] and cached[1] <= now
+        return bool(secret) and secret_hash(secret) not in cached[2] and cached[1] <= now
 
     def _active(self, refresh: bool = False) -> dict[str, ApiKey]:
         """Active keys by hash, from the cache while it is fresh (or `refresh` is refused
@@ -160,12 +161,8 @@ class KeyStore:
             return active
 
     def active(self, key_id: str) -> ApiKey | None:
-        """The key with `key_id` unless it is unknown or revoked (read from the database)."""
-        with reading(self.engine) as conn:
-            row = conn.execute(
-                select(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-            ).first()
-        return None if row is None else _key(row)
+        """The key with `key_id` unless it is unknown or revoked (cached as `authenticate` is)."""
+        return next((key for key in self._active().values() if key.id == key_id), None)
 
     def auth_required(self) -> bool:
         """Keys are enforced once at least one active key exists."""
@@ -174,7 +171,7 @@ class KeyStore:
     def authenticate(self, secret: str) -> ApiKey | None:
         """The active key whose hash matches; an unknown secret reloads the keys once, so a
         key works as soon as it is created."""
-        digest = _hash(secret)
+        digest = secret_hash(secret)
         key = self._find(digest, self._active())
         return key or self._find(digest, self._active(refresh=True))
 

@@ -22,7 +22,7 @@ from core.callers import Caller
 from core.database import as_utc, reading, utc_now
 from serving.auth import Authenticator
 from serving.console.errors import ConsoleError
-from serving.keys import ApiKey
+from serving.keys import ApiKey, secret_hash
 from serving.tables import console_sessions
 
 SESSION_COOKIE = "llmops_console"
@@ -33,10 +33,6 @@ _CSRF_LABEL = b"llmops console csrf v1"
 MAX_SECRET = 200  # longer than any key the key store makes
 SESSION_TTL = timedelta(hours=12)
 MAX_SESSIONS_PER_KEY = 16  # a new login ends the key's oldest session beyond these
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class ConsoleSessions:
@@ -61,7 +57,7 @@ class ConsoleSessions:
             conn.execute(delete(console_sessions).where(console_sessions.c.token_hash.in_(oldest)))
             conn.execute(
                 console_sessions.insert().values(
-                    token_hash=_hash(token),
+                    token_hash=secret_hash(token),
                     key_id=key.id,
                     created_at=now,
                     expires_at=now + SESSION_TTL,
@@ -71,7 +67,7 @@ class ConsoleSessions:
 
     def key_id(self, token: str) -> str | None:
         """The key of the unexpired session with `token`, if there is one."""
-        stmt = select(console_sessions).where(console_sessions.c.token_hash == _hash(token))
+        stmt = select(console_sessions).where(console_sessions.c.token_hash == secret_hash(token))
         with reading(self.engine) as conn:
             row = conn.execute(stmt).first()
         if row is None or as_utc(row.expires_at) <= utc_now():
@@ -81,7 +77,7 @@ class ConsoleSessions:
     def end(self, token: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                delete(console_sessions).where(console_sessions.c.token_hash == _hash(token))
+                delete(console_sessions).where(console_sessions.c.token_hash == secret_hash(token))
             )
 
 
