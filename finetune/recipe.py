@@ -3,6 +3,7 @@
 Keys follow axolotl / LLaMA-Factory names. An unknown key is an error that suggests the
 nearest valid name."""
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -123,6 +124,18 @@ class Recipe(TrainingKeys):
             self.load_in_4bit = True
         elif self.load_in_4bit:
             raise ValueError("load_in_4bit needs adapter: qlora")
+        return self
+
+    @model_validator(mode="after")
+    def _deepspeed_installed(self) -> "Recipe":
+        if (
+            self.distributed.startswith("deepspeed")
+            and importlib.util.find_spec("deepspeed") is None
+        ):
+            raise ValueError(
+                f"distributed: {self.distributed} needs the deepspeed package; install it with "
+                "pip install 'llmops-stack[deepspeed]', or use ddp or fsdp"
+            )
         return self
 
 

@@ -1,3 +1,4 @@
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,17 @@ def test_overrides_replace_keys(tmp_path: Path) -> None:
     path = ROOT / "configs/finetune/demo-reverse-lora.yaml"
     recipe = load_recipe(path, {"learning_rate": 1e-4, "max_steps": 5})
     assert recipe.learning_rate == 1e-4 and recipe.max_steps == 5
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed here"
+)
+@pytest.mark.parametrize("strategy", ["deepspeed-zero2", "deepspeed-zero3"])
+def test_a_deepspeed_recipe_without_deepspeed_names_the_extra(strategy: str) -> None:
+    with pytest.raises(
+        RecipeError, match=r"needs the deepspeed package.*llmops-stack\[deepspeed\]"
+    ):
+        parse_recipe({**MINIMAL, "distributed": strategy})
 
 
 def test_qlora_loads_in_4bit() -> None:
