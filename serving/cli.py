@@ -1,7 +1,8 @@
 """`llm-serve`: run the OpenAI-compatible gateway, and manage its API keys.
 
-With no arguments it serves the demo model on the embedded engine, building the model first
-if the registry does not have it yet, and the demo embedding model `minilm`."""
+With no arguments it serves what the registry holds. With `--demo` (what `make run` does) it
+first builds and registers the demo model if the registry does not have it yet, and the demo
+embedding model `minilm`."""
 
 import logging
 import sys
@@ -75,6 +76,12 @@ def _embedding_model(registry: Registry, name: str) -> ModelVersion:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Serving YAML.")
 @click.option("--host", help="Address to listen on (overrides the config).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Build and register the demo model (LLMOPS_SERVING_DEMO_MODEL) and the demo "
+    "embedding model first, where the registry lacks them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
 def cli(
@@ -82,6 +89,7 @@ def cli(
     config_path: Path | None,
     host: str | None,
     port: int | None,
+    demo: bool,
     as_json: bool,
 ) -> None:
     ctx.obj = as_json
@@ -103,8 +111,9 @@ def cli(
         raise click.UsageError(str(err)) from None
     config = config.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
     gateway = build_gateway(config, StackSettings())
-    _ensure_model(gateway.registry, settings.demo_model, _build_demo_model, "the demo model")
-    if settings.embedding_model:
+    if demo and settings.demo_model:
+        _ensure_model(gateway.registry, settings.demo_model, _build_demo_model, "the demo model")
+    if demo and settings.embedding_model:
         _ensure_model(
             gateway.registry,
             settings.embedding_model,
@@ -120,12 +129,13 @@ def cli(
         config = config.model_copy(update={"host": LOOPBACK})
     base = f"http://{config.host}:{config.port}/v1"
     auth = "" if gateway.keys.auth_required() else " (no API key needed: none exist yet)"
-    click.echo(f"serving {settings.demo_model} at {base}{auth}")
-    click.echo(
-        f"try: curl {base}/chat/completions -H 'Content-Type: application/json' "
-        f'-d \'{{"model": "{settings.demo_model}", "messages": '
-        '[{"role": "user", "content": "What is 12 + 30?"}], "temperature": 0}\''
-    )
+    click.echo(f"serving at {base}{auth}")
+    if demo and settings.demo_model:
+        click.echo(
+            f"try: curl {base}/chat/completions -H 'Content-Type: application/json' "
+            f'-d \'{{"model": "{settings.demo_model}", "messages": '
+            '[{"role": "user", "content": "What is 12 + 30?"}], "temperature": 0}\''
+        )
     uvicorn.run(create_app(gateway), host=config.host, port=config.port, log_level="info")
 
 

@@ -13,11 +13,11 @@ class ServingSettings(BaseSettings):
         default=None, description="The serving YAML (see configs/serving.yaml); defaults apply."
     )
     demo_model: str = Field(
-        default="demo", description="Model `llm-serve` builds on first run if it is missing."
+        default="demo", description="Model `llm-serve --demo` builds if it is missing; empty: none."
     )
     embedding_model: str = Field(
         default="minilm",
-        description="Embedding model `llm-serve` registers on first run if it is missing "
+        description="Embedding model `llm-serve --demo` registers if it is missing "
         "(all-MiniLM-L6-v2, shipped offline); empty: none.",
     )
     edge_signing_key: Path | None = Field(

@@ -81,17 +81,12 @@ def test_bad_input_is_one_line_and_exit_2(
     assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: ") and message in lines[0]
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_the_gateway_cleanly_with_exit_0(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    registry = open_registry(StackSettings(home=home))
-    registry.register("tiny", build_random_model(tmp_path / "model"))
-    registry.set_alias("tiny", "production", 1)
+def _serve_then_ctrl_c(home: Path, *args: str, **env: str) -> tuple[int, str]:
+    """Start `llm-serve`, wait for /health, send SIGINT: its exit code and output."""
     port = free_port()
-    env = {**os.environ, "LLMOPS_HOME": str(home), "LLMOPS_SERVING_DEMO_MODEL": "tiny"}
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--port", str(port)],
-        env=env,
+        [sys.executable, "-m", "serving", "--port", str(port), *args],
+        env={**os.environ, "LLMOPS_HOME": str(home), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -109,8 +104,27 @@ def test_ctrl_c_stops_the_gateway_cleanly_with_exit_0(tmp_path: Path) -> None:
         output, _ = gateway.communicate(timeout=60)
     finally:
         gateway.kill()
-    assert gateway.returncode == 0, output
+    return gateway.returncode, output
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_gateway_cleanly_with_exit_0(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    registry = open_registry(StackSettings(home=home))
+    registry.register("tiny", build_random_model(tmp_path / "model"))
+    registry.set_alias("tiny", "production", 1)
+    code, output = _serve_then_ctrl_c(home, "--demo", LLMOPS_SERVING_DEMO_MODEL="tiny")
+    assert code == 0, output
     assert "Application shutdown complete" in output and "Traceback" not in output
-    # the first run registered the demo world's embedding model too
+    # --demo registered the demo world's embedding model too
     assert "registered minilm:1 (all-MiniLM-L6-v2 embeddings) as minilm@production" in output
     assert registry.resolve("minilm").kind is VersionKind.EMBEDDING
+
+
+@pytest.mark.slow
+def test_without_demo_the_gateway_builds_and_registers_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    code, output = _serve_then_ctrl_c(home, LLMOPS_SERVING_DEMO_MODEL="")
+    assert code == 0, output
+    assert "registered" not in output and "Traceback" not in output
+    assert open_registry(StackSettings(home=home)).list_models() == []
