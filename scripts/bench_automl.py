@@ -2,7 +2,7 @@
 
     python scripts/bench_automl.py [--trials 8] [--max-steps 40] [--every 10]
         [--objective eval_loss] [--threads 1]
-        [--home results/bench-automl] [--output results/bench_automl.json]
+        [--home results/bench-automl] [--output benchmarks/results/bench_automl.json]
 
 On the demo world (the demo model, built and registered in `--home` on first use, and the
 `reverse` skill it lacks), two studies run the same `--trials` LoRA configurations in the same
@@ -18,9 +18,7 @@ most 0.6x the steps of the full study.
 
 import argparse
 import dataclasses
-import json
 import logging
-import platform
 import random
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 
 import torch
 import yaml
+from bench_record import default_output, write_result
 
 from core.settings import StackSettings
 from finetune.automl.search import parse_search
@@ -121,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--objective", default="eval_loss", choices=["eval_loss", "exact_match"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--home", type=Path, default=Path("results/bench-automl"))
-    parser.add_argument("--output", type=Path, default=Path("results/bench_automl.json"))
+    parser.add_argument("--output", type=Path, default=default_output(__file__))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -157,8 +156,6 @@ def main(argv: list[str] | None = None) -> None:
     sign = 1 if args.objective == "eval_loss" else -1
     reached = steps_to_reach(pruned, full["best"], sign)
     result = {
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"{__import__('os').cpu_count()} cores",
         "trials": args.trials,
         "max_steps": args.max_steps,
         "objective": args.objective,
@@ -172,8 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     # Same trials in the same order: the pruned study reaches the full study's best value
     # only if the pruner kept the best trial; the target is on all the steps it spent.
     result["meets_target"] = bool(reached is not None and result["steps_ratio_total"] <= 0.6)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1))
+    write_result(args.output, result)
     print(
         f"best {args.objective}: full {full['best']:.4f} in {full['steps']} steps, pruned "
         f"{pruned['best']:.4f} in {pruned['steps']} steps (reached the full best after "

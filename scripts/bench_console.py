@@ -4,13 +4,11 @@ one alias moved `--moves` times, and a few API keys; each page is fetched `--rep
 over HTTP with a logged-in session after one warm-up fetch, and the median and worst are
 written with the 300 ms budget the console aims at.
 
-    python scripts/bench_console.py [--output results/bench_console.json] [--versions 50]
+    python scripts/bench_console.py [--output benchmarks/results/bench_console.json] [--versions 50]
 """
 
 import argparse
 import json
-import os
-import platform
 import re
 import shutil
 import statistics
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from bench_record import default_output, write_result
 
 from core.settings import StackSettings
 from finetune.demo.random_model import build_random_model
@@ -58,7 +57,7 @@ def _world(home: Path, versions: int, moves: int) -> tuple[ServingConfig, StackS
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path("results/bench_console.json"))
+    parser.add_argument("--output", type=Path, default=default_output(__file__))
     parser.add_argument("--versions", type=int, default=50)
     parser.add_argument("--moves", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=20)
@@ -105,7 +104,6 @@ def main() -> None:
         server.should_exit = True
 
     report = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "versions": args.versions,
         "alias_moves": args.moves,
         "repeat": args.repeat,
@@ -113,8 +111,7 @@ def main() -> None:
         "pages": results,
         "all_within_budget": all(r["median_ms"] < BUDGET_MS for r in results.values()),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.output, report)
     print(json.dumps(report, indent=2))
 
 

@@ -1,7 +1,7 @@
 """Drift monitor benchmarks on simulated traffic, written to a real traffic log (SQLite) and
 checked by the real monitor (all-MiniLM-L6-v2 embeddings, scipy tests).
 
-    python scripts/bench_drift.py [--output results/bench_drift.json] [--windows 300]
+    python scripts/bench_drift.py [--output benchmarks/results/bench_drift.json] [--windows 300]
 
 - False alarms: stationary traffic (the demo model's skills), windows of 200 requests checked
   against the first 500; the monitor's Bonferroni split of alpha across signals against the
@@ -14,14 +14,14 @@ checked by the real monitor (all-MiniLM-L6-v2 embeddings, scipy tests).
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+
+from bench_record import default_output, write_result
 
 from core.database import open_database, utc_now
 from evals.drift.config import DriftConfig
@@ -163,7 +163,7 @@ def scale(folder: Path, requests: int, embed) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path("results/bench_drift.json"))
+    parser.add_argument("--output", type=Path, default=default_output(__file__))
     parser.add_argument("--windows", type=int, default=300)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=100_000)
@@ -173,13 +173,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         report = {
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
             "false_alarms": false_alarms(folder, args.windows, config, embed),
             "detection": detection(folder, args.seeds, config, embed),
             "scale": scale(folder, args.requests, embed),
         }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.output, report)
     print(json.dumps(report, indent=2))
 
 

@@ -1,7 +1,7 @@
 """The edge benchmark: distil the demo model into a small student, export it to int8 ONNX, and
 measure quality, size and decode speed side by side in one run.
 
-    python scripts/bench_edge.py [--output results/bench_edge.json] [--max-steps 3000]
+    python scripts/bench_edge.py [--output benchmarks/results/bench_edge.json] [--max-steps 3000]
                                  [--demo-dir DIR --data-dir DIR]
 
 Builds the demo model (FULL spec, 2-4 minutes; or takes a built one with --demo-dir and its
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from bench_record import default_output, write_result
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.settings import StackSettings
@@ -118,7 +119,7 @@ def onnx_decode_seconds(onnx_dir: Path, prompts: list[list[int]], tokens: int) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path("results/bench_edge.json"))
+    parser.add_argument("--output", type=Path, default=default_output(__file__))
     parser.add_argument("--max-steps", type=int, help="distillation steps (default: the recipe's)")
     parser.add_argument("--demo-dir", type=Path, help="a built demo model (with --data-dir)")
     parser.add_argument("--data-dir", type=Path, help="its skills data")
@@ -170,7 +171,6 @@ def main(argv: list[str] | None = None) -> None:
 
     ratio = student.metrics["parameter_ratio"]
     report = {
-        "machine": f"{torch.get_num_threads()} torch threads, CPU",
         "teacher_parameters": int(student.metrics["teacher_num_parameters"]),
         "student_parameters": int(student.metrics["num_parameters"]),
         "parameter_ratio": ratio,
@@ -204,8 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             "total": time.monotonic() - started,
         },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_result(args.output, report)
     print(json.dumps(report, indent=2))
 
 

@@ -1,7 +1,7 @@
 """Evaluation benchmarks: a suite scored in process (batched) against scoring the same
 examples one by one with Hugging Face `generate`.
 
-    python scripts/bench_evals.py [--output results/bench_evals.json]
+    python scripts/bench_evals.py [--output benchmarks/results/bench_evals.json]
 
 On the demo world's `demo-skills` suite (140 examples) and the demo model (`--model-dir`, or
 built here first, about 2 minutes): an untrained model would not stop at its answers, and
@@ -13,14 +13,13 @@ best of 3 timed rounds after a warm-up.
 import argparse
 import asyncio
 import json
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_record import default_output, write_result
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evals.runner import score_suite
@@ -43,7 +42,7 @@ def best_of(run: Callable[[], None], rounds: int = 3) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path("results/bench_evals.json"))
+    parser.add_argument("--output", type=Path, default=default_output(__file__))
     parser.add_argument("--suite", default="configs/evals/demo-skills.yaml")
     parser.add_argument("--model-dir", type=Path, help="A built demo model (default: build one)")
     args = parser.parse_args()
@@ -73,7 +72,6 @@ def main() -> None:
     batched, single = best_of(in_process), best_of(one_by_one)
     count = sum(len(t.examples) for t in suite.tasks)
     report = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "suite": suite.name,
         "examples": count,
         "in_process_s": batched,
@@ -82,8 +80,7 @@ def main() -> None:
         "one_by_one_examples_per_s": count / single,
         "speedup": single / batched,  # target >= 8
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.output, report)
     print(json.dumps(report, indent=2))
 
 

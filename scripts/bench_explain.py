@@ -1,7 +1,7 @@
 """Explanation benchmarks: feature ablation against generating the answer once and against
 Captum's default settings, and Shapley value sampling against Captum's defaults.
 
-    python scripts/bench_explain.py [--output results/bench_explain.json]
+    python scripts/bench_explain.py [--output benchmarks/results/bench_explain.json]
 
 A 32-token prompt (32 token features) and a 16-token answer, on an untrained model of the demo
 model's shape (speed does not depend on what a model learned). Every comparison runs its
@@ -13,7 +13,6 @@ forward pass, the answer decoded token by token with the key/value cache.
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_record import default_output, write_result
 from captum.attr import FeatureAblation, LLMAttribution, ShapleyValueSampling
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -43,7 +43,7 @@ def best_of(rounds: int, run: Callable[[], Any]) -> tuple[float, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path("results/bench_explain.json"))
+    parser.add_argument("--output", type=Path, default=default_output(__file__))
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -110,7 +110,6 @@ def main() -> None:
         return float((a - b).abs().max())
 
     report = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "prompt_tokens": PROMPT_TOKENS,
         "features": features.n_itp_features,  # the prompt's tokens that are not whitespace
         "answer_tokens": ANSWER_TOKENS,
@@ -131,8 +130,7 @@ def main() -> None:
             "max_abs_diff_vs_captum_default": gap(shapley, captum_shapley),
         },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.output, report)
     print(json.dumps(report, indent=2))
 
 

@@ -1,7 +1,8 @@
 """Federated LoRA vs. each silo alone vs. pooled (centralized) training, on the demo world.
 
     python scripts/bench_federated.py [--config configs/federated/demo-three-silos.yaml]
-                                      [--rows 6000] [--output results/bench_federated.json]
+                                      [--rows 6000]
+                                      [--output benchmarks/results/bench_federated.json]
 
 It uses the registered `demo` model (build it first: `python scripts/build_demo_model.py`).
 Three silos with different data (each holds the questions about a different third of the
@@ -16,13 +17,12 @@ weights, per round and per silo reply (what full-model FedAvg would send in each
 
 import argparse
 import json
-import os
-import platform
 import re
 import time
 from pathlib import Path
 
 import torch
+from bench_record import default_output, write_result
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -74,7 +74,7 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=6000, help="train rows of all silos together")
     parser.add_argument("--data-dir", type=Path, default=Path("data/federated"))
-    parser.add_argument("--output", type=Path, default=Path("results/bench_federated.json"))
+    parser.add_argument("--output", type=Path, default=default_output(__file__))
     args = parser.parse_args()
 
     folders, eval_rows = write_silos(args.data_dir, args.rows)
@@ -117,7 +117,7 @@ def main() -> None:
             training=config.training.model_copy(update={"local_steps": budget}),
         )
         recipe = silo_recipe(plan, base.ref, folders[name] / TRAIN_FILE)
-        work = args.output.parent / "bench_federated" / name
+        work = args.data_dir / "adapters" / name
         adapters[name] = train(recipe, work, registry=registry, progress=False).adapter_dir
 
     exact = {"federated": score(base_dir, registry.local_copy(federated), eval_rows)}
@@ -130,12 +130,6 @@ def main() -> None:
     # Full-model FedAvg would send the whole model in each of these messages.
     reply_bytes = max(r["bytes_received"] / len(r["silos"]) for r in per_round)
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
         "config": str(args.config),
         "rows": {name: len(read_jsonl(folder / TRAIN_FILE)) for name, folder in folders.items()},
         "eval_rows": len(eval_rows),
@@ -151,8 +145,7 @@ def main() -> None:
         "federated_seconds": federated_s,
         "per_round": per_round,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1))
+    write_result(args.output, result)
     print(json.dumps({k: v for k, v in result.items() if k != "per_round"}, indent=1))
 
 

@@ -1,7 +1,7 @@
 """Fine-tuning benchmarks: the job's training loop against a hand-written one, packing on vs
 off, and QLoRA's peak memory against LoRA in float32.
 
-    python scripts/bench_finetune.py [--output results/bench_finetune.json] [--quick]
+    python scripts/bench_finetune.py [--output benchmarks/results/bench_finetune.json] [--quick]
 
 Each comparison runs its baseline in the same run, on the same model, data and settings, and
 is reported as a ratio. Tokens are real (unpadded) tokens; each memory figure comes from a
@@ -10,8 +10,6 @@ fresh process.
 
 import argparse
 import json
-import os
-import platform
 import random
 import subprocess
 import sys
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_record import default_output, write_result
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, get_scheduler
 
 from finetune.data import Collator, pack
@@ -191,7 +190,7 @@ def peak_memory(model_dir: Path, adapter: str, data: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path("results/bench_finetune.json"))
+    parser.add_argument("--output", type=Path, default=default_output(__file__))
     parser.add_argument("--quick", action="store_true", help="fewer steps")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -199,9 +198,7 @@ def main() -> None:
         peak_memory_child(*args.memory_child)
         return
     steps = 10 if args.quick else 40
-    results: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    }
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         small = build_random_model(
@@ -268,8 +265,7 @@ def main() -> None:
             "target": 0.5,
         }
         print(json.dumps(results["qlora_memory"]), flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
+    write_result(args.output, results)
     print(f"wrote {args.output}")
 
 

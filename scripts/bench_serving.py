@@ -1,6 +1,6 @@
 """Serving benchmarks: local-engine batching, gateway overhead over vLLM, local vs vLLM.
 
-    python scripts/bench_serving.py [--output results/bench_serving.json] [--quick]
+    python scripts/bench_serving.py [--output benchmarks/results/bench_serving.json] [--quick]
 
 Every comparison runs its baseline in the same process on the same model, and is reported
 as a ratio. The model is a randomly initialised Llama of the demo model's shape (hidden 128,
@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import httpx
 import torch
 import yaml
+from bench_record import default_output, write_result
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.settings import StackSettings
@@ -319,13 +319,12 @@ async def _mixed_load(url: str, measured: list[dict], others: list[dict]) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path("results/bench_serving.json"))
+    parser.add_argument("--output", type=Path, default=default_output(__file__))
     parser.add_argument("--quick", action="store_true", help="fewer baseline requests")
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM comparisons")
     args = parser.parse_args()
 
     results = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "model": "Llama, hidden 128, 4 layers, 2 heads of 64, float32, untrained",
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -376,8 +375,7 @@ def main() -> None:
             comparison["ratio_local_over_vllm"] = (
                 comparison["local_tokens_per_s"] / comparison["vllm_tokens_per_s"]
             )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
+    write_result(args.output, results)
     print(json.dumps(results, indent=2))
 
 
