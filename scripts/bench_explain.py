@@ -103,7 +103,7 @@ def main() -> None:
     captum_ablation_s, captum_ablation = best_of(rounds, captum(FeatureAblation))
     _, exact_ablation = best_of(1, captum(FeatureAblation, use_cached_outputs=False))
     shapley_s, shapley = best_of(rounds, ours("shapley"))
-    captum_shapley_s, captum_shapley = best_of(1, captum(ShapleyValueSampling))
+    captum_shapley_s, captum_shapley = best_of(rounds, captum(ShapleyValueSampling))
     _, exact_shapley = best_of(1, captum(ShapleyValueSampling, use_cached_outputs=False))
 
     def gap(a: torch.Tensor, b: torch.Tensor) -> float:
