@@ -1,5 +1,5 @@
 """`llm-registry`: register, inspect, fetch, verify, alias, promote (also on a second
-person's approval) and roll back versions, and upgrade the stack's database.
+person's approval) and roll back versions.
 
 References are `name` (its production alias), `name:version`, `name@alias` and the
 `ft:<base>:<suffix>:<job>` names of fine-tuned adapters.
@@ -14,9 +14,6 @@ import click
 from pydantic import BaseModel
 
 from core.console import parse_pairs, print_json, print_table, run
-from core.database import engine_for
-from core.migrations import status, upgrade_all
-from core.settings import StackSettings
 from registry.entities import (
     AliasEvent,
     ModelVersion,
@@ -442,44 +439,6 @@ def request_reject(ctx: _Context, name: str, request_id: int, reason: str) -> No
     """Reject another person's request; nothing moves."""
     ctx.registry.promotion_request(name, request_id)
     _print_request(ctx, ctx.registry.reject(request_id, reason=reason))
-
-
-@cli.group()
-def db() -> None:
-    """The stack's database: where each package's schema stands, and upgrading it."""
-
-
-@db.command(name="status")
-@pass_ctx
-def db_status(ctx: _Context) -> None:
-    """Each package's schema revision in the database, and the newest this release has."""
-    found = status(engine_for(StackSettings().resolved_database_url))
-    if ctx.as_json:
-        print_json([{"chain": s.name, "current": s.current, "head": s.head} for s in found])
-        return
-    print_table(
-        ("package", "current", "newest", "state"),
-        [
-            (s.name, s.current or "-", s.head, "up to date" if s.current == s.head else "behind")
-            for s in found
-        ],
-    )
-
-
-@db.command(name="upgrade")
-@pass_ctx
-def db_upgrade(ctx: _Context) -> None:
-    """Migrate every package's tables to the newest schema (existing data is kept)."""
-    engine = engine_for(StackSettings().resolved_database_url)
-    before = upgrade_all(engine)
-    after = {s.name: s.current for s in status(engine)}
-    if ctx.as_json:
-        print_json([{"chain": s.name, "from": s.current, "to": after[s.name]} for s in before])
-        return
-    for s in before:
-        now = after[s.name]
-        moved = f"up to date at {now}" if s.current == now else f"{s.current or 'new'} -> {now}"
-        click.echo(f"{s.name}: {moved}")
 
 
 def _print_event(ctx: _Context, event: AliasEvent) -> None:

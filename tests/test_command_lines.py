@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core import cli as stack_cli
 from core.console import run
 from core.settings import StackSettings
 from finetune import cli as finetune_cli
@@ -23,6 +24,7 @@ from serving import cli as serving_cli
 from serving.vllm.engine import free_port
 
 COMMANDS = {
+    "llmops": stack_cli.cli,
     "llm-registry": registry_cli.cli,
     "llm-finetune": finetune_cli.cli,
     "llm-serve": serving_cli.cli,
@@ -44,7 +46,7 @@ def _json(capsys: pytest.CaptureFixture, prog: str, *args: str) -> object:
     ("prog", "args"),
     [
         ("llm-registry", ("list",)),
-        ("llm-registry", ("db", "status")),
+        ("llmops", ("db", "status")),
         ("llm-finetune", ("list",)),
         ("llm-serve", ("keys", "list")),
     ],

@@ -14,13 +14,13 @@ import psycopg
 import pytest
 from sqlalchemy import inspect
 
+from core import cli as stack_cli
 from core.console import run
 from core.database import dispose_engines, engine_for, open_database
 from core.errors import ErrorCode, StackError
 from core.settings import StackSettings
 from finetune.jobs import JobStatus
 from finetune.runner import JobRunner
-from registry import cli as registry_cli
 from registry.entities import FINE_TUNED_TAG, VersionFormat, VersionKind
 from registry.service import open_registry
 from registry.tables import CHAIN as REGISTRY_CHAIN
@@ -121,12 +121,12 @@ def test_the_explicit_upgrade_reports_each_package(
     stack, _ = old_release
     for key, value in stack.environment().items():
         monkeypatch.setenv(key, value)
-    assert run(registry_cli.cli, registry_cli.PROG, ["--json", "db", "status"]) == 0
+    assert run(stack_cli.cli, stack_cli.PROG, ["--json", "db", "status"]) == 0
     before = {s["chain"]: s["current"] for s in json.loads(capsys.readouterr().out)}
     # Release 0.1.0 kept the registry's revision in alembic's default table, and had no
     # evaluation tables.
     assert before == {"evals": None, "finetune": "f0001", "registry": "0001", "serving": "s0001"}
-    assert run(registry_cli.cli, registry_cli.PROG, ["--json", "db", "upgrade"]) == 0
+    assert run(stack_cli.cli, stack_cli.PROG, ["--json", "db", "upgrade"]) == 0
     moved = {s["chain"]: (s["from"], s["to"]) for s in json.loads(capsys.readouterr().out)}
     assert moved == {
         "evals": (None, "e0003"),
@@ -134,7 +134,7 @@ def test_the_explicit_upgrade_reports_each_package(
         "registry": ("0001", "0003"),
         "serving": ("s0001", "s0008"),
     }
-    assert run(registry_cli.cli, registry_cli.PROG, ["db", "upgrade"]) == 0
+    assert run(stack_cli.cli, stack_cli.PROG, ["db", "upgrade"]) == 0
     assert capsys.readouterr().out.count("up to date") == 4
 
 
