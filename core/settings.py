@@ -7,6 +7,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The configs that come with the stack (suites, gates, accelerate configs), wherever the
+# process was started from.
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMOPS_")

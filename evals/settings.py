@@ -5,16 +5,18 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.settings import SHIPPED_CONFIGS
+
 
 class EvalsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMOPS_EVALS_")
 
     suites_dir: Path = Field(
-        default=Path("configs/evals"),
+        default=SHIPPED_CONFIGS / "evals",
         description="Where suites are found by name (`demo-skills` is demo-skills.yaml).",
     )
     gates_file: Path = Field(
-        default=Path("configs/evals/gates.yaml"),
+        default=SHIPPED_CONFIGS / "evals" / "gates.yaml",
         description="Which suites guard which aliases of which models (the eval gate).",
     )
     batch_size: int = Field(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ErrorCode
-from core.settings import StackSettings
+from core.settings import SHIPPED_CONFIGS, StackSettings
 from finetune.errors import FinetuneError, job_not_found
 from finetune.jobs import Job, JobStatus, JobStore
 from finetune.kinds import FINE_TUNE
@@ -29,7 +29,7 @@ from finetune.settings import FinetuneSettings
 
 log = logging.getLogger(__name__)
 
-ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+ACCELERATE_CONFIGS = SHIPPED_CONFIGS / "accelerate"
 
 
 def _proc_stat(pid: int) -> list[str] | None:

@@ -15,6 +15,7 @@ from core.settings import StackSettings
 from evals.cli import main
 from evals.metrics import resolve_metric
 from evals.service import Evaluations, HttpOptions
+from evals.settings import EvalsSettings
 from evals.suites import load_suite
 from registry.service import open_registry
 from tests.serving.conftest import running_gateway
@@ -224,3 +225,12 @@ def test_bleu_loads_from_the_package_offline(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1.0]"
     assert list((tmp_path / "modules").rglob("nmt_bleu.py"))
+
+
+def test_shipped_suites_and_gates_are_found_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = EvalsSettings()
+    assert load_suite("demo-skills", settings.suites_dir).name == "demo-skills"
+    assert settings.gates_file.is_file()
