@@ -30,7 +30,11 @@ def load_version(registry: Registry, ref: str) -> LoadedVersion:
         )
     base = registry.base_of(version)
     path = registry.local_copy(base)
-    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+    trust = registry.trusts_remote_code(base.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, use_safetensors=True, trust_remote_code=trust
+    ).eval()
     if version.kind is VersionKind.ADAPTER:
         model = PeftModel.from_pretrained(model, registry.local_copy(version)).eval()
-    return LoadedVersion(version, model, AutoTokenizer.from_pretrained(path))
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    return LoadedVersion(version, model, tokenizer)

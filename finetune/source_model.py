@@ -24,24 +24,30 @@ class SourceModel:
     version: ModelVersion | None
     path: Path
     adapter: Path | None = None
+    trust_remote_code: bool = False  # the registry allows the model code (auto_map) to run
 
     @property
     def name(self) -> str:
         return self.version.name if self.version else self.path.name
 
     def config(self) -> Any:
-        return AutoConfig.from_pretrained(self.path)
+        return AutoConfig.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
 
     def load(self) -> tuple[PreTrainedModel, Any]:
         """The model in float32, eval mode, and its tokenizer (with a pad token)."""
         model = AutoModelForCausalLM.from_pretrained(
-            self.path, dtype=torch.float32, use_safetensors=True
+            self.path,
+            dtype=torch.float32,
+            use_safetensors=True,
+            trust_remote_code=self.trust_remote_code,
         )
         if self.adapter is not None:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, self.adapter).merge_and_unload()
-        tokenizer = AutoTokenizer.from_pretrained(self.path)
+        tokenizer = AutoTokenizer.from_pretrained(
+            self.path, trust_remote_code=self.trust_remote_code
+        )
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model.eval(), tokenizer
@@ -69,7 +75,11 @@ def resolve_source(reference: str, registry: Registry, param: str) -> SourceMode
             raise RecipeError(f"{param} {version.ref} is an adapter without a base", param=param)
         base = registry.resolve(version.parent)
         return SourceModel(
-            version.ref, version, registry.local_copy(base), registry.local_copy(version)
+            version.ref,
+            version,
+            registry.local_copy(base),
+            registry.local_copy(version),
+            trust_remote_code=registry.trusts_remote_code(base.name),
         )
     if version.format is not VersionFormat.HF_SAFETENSORS:
         raise RecipeError(
@@ -77,4 +87,9 @@ def resolve_source(reference: str, registry: Registry, param: str) -> SourceMode
             "weights (the export's parent)",
             param=param,
         )
-    return SourceModel(version.ref, version, registry.local_copy(version))
+    return SourceModel(
+        version.ref,
+        version,
+        registry.local_copy(version),
+        trust_remote_code=registry.trusts_remote_code(version.name),
+    )

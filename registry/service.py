@@ -29,7 +29,12 @@ from registry.entities import (
 )
 from registry.errors import AliasMovedError, RegistryError
 from registry.gates import Gate, GateResult, load_gate
-from registry.settings import RegistrySettings
+from registry.model_files import check_version_files
+from registry.settings import (
+    DEFAULT_MAX_UPLOAD_BYTES,
+    UNPACKED_PER_UPLOAD,
+    RegistrySettings,
+)
 from registry.sql_store import SqlStore
 from registry.store import RegistryStore
 from registry.tables import CHAIN
@@ -58,6 +63,9 @@ class Registry:
         actor: str,
         models_cache: Path,
         import_root: Path | None = None,
+        *,
+        remote_code_models: frozenset[str] = frozenset(),
+        max_unpacked_bytes: int = UNPACKED_PER_UPLOAD * DEFAULT_MAX_UPLOAD_BYTES,
     ):
         self.store = store
         self.artifacts = artifacts
@@ -65,6 +73,8 @@ class Registry:
         self.actor = actor
         self.models_cache = models_cache
         self.import_root = import_root
+        self.remote_code_models = remote_code_models
+        self.max_unpacked_bytes = max_unpacked_bytes
 
     def acting_as(self, actor: str) -> "Registry":
         """This registry, recording `actor` in the audit log (a caller over HTTP)."""
@@ -100,7 +110,8 @@ class Registry:
     ) -> ModelVersion:
         """Copy `source_dir` into the artifact store and record it as the next version; an
         `owner` (API key id) may add versions only to models it owns or creates. With
-        `expected_digest`, files that hash to another artifact digest are refused."""
+        `expected_digest`, files that hash to another artifact digest are refused. Files that
+        would run code when the version is loaded are refused (`registry.model_files`)."""
         validate_name(name)
         kind = _choice(VersionKind, kind, "kind")
         format = _choice(VersionFormat, format, "format")
@@ -114,6 +125,7 @@ class Registry:
                     param="tags",
                 )
         parent_version = self.resolve(parent) if parent else None
+        check_version_files(Path(source_dir), name, trust_remote_code=self.trusts_remote_code(name))
         manifest, manifest_path = self.artifacts.put(Path(source_dir), allow_pickle=allow_pickle)
         if expected_digest is not None and manifest.digest != expected_digest:
             raise RegistryError(
@@ -145,10 +157,15 @@ class Registry:
         staging.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(dir=staging))
         try:
-            unpack_archive(archive, folder)
+            unpack_archive(archive, folder, self.max_unpacked_bytes)
             return self.register(name, folder, **fields)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def trusts_remote_code(self, name: str) -> bool:
+        """Whether versions of `name` may carry code that transformers runs when it loads
+        them: loaders pass this as `trust_remote_code`."""
+        return name in self.remote_code_models
 
     def importable(self, source_dir: str) -> Path:
         """`source_dir` if it lies in the import root, the one server folder HTTP clients may
@@ -535,4 +552,6 @@ def open_registry(
         stack.actor,
         stack.models_cache,
         Path(settings.import_root).expanduser() if settings.import_root else None,
+        remote_code_models=frozenset(settings.trust_remote_code),
+        max_unpacked_bytes=settings.unpacked_limit,
     )

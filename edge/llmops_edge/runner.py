@@ -5,6 +5,7 @@ with the model the bundle was exported from."""
 
 import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,14 @@ from llmops_edge.errors import EdgeError
 from llmops_edge.manifest import REQUIRED_FILE
 
 CHAT_TEMPLATE = "chat_template.jinja"
+# Settings with which ONNX Runtime (GenAI) loads a native library (custom operators, provider
+# back-ends and plugins), as the registry refuses them (registry.model_files; the edge
+# package imports nothing from the stack). A value naming a library file is refused too.
+_CODE_KEYS = frozenset(
+    {"custom_ops_library", "backend_path", "trt_extra_plugin_lib_paths", "external_ep_libray"}
+)
+_CODE_KEY_WORDS = re.compile(r"librar|libray|lib_path|plugin", re.IGNORECASE)
+_NATIVE_NAME = re.compile(r".*\.(so(\.\d+)*|dylib|dll)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,37 @@ class Sampling:
             )
 
 
+def _code_settings(value: object, where: str = "") -> list[str]:
+    """The dotted paths of the settings under `value` that load native code."""
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _code_settings(item, f"{where}[{i}]")]
+    if not isinstance(value, dict):
+        return []
+    found = []
+    for key, item in value.items():
+        path = f"{where}.{key}" if where else key
+        names_library = isinstance(item, str) and _NATIVE_NAME.fullmatch(item.strip())
+        if key in _CODE_KEYS or _CODE_KEY_WORDS.search(key) or names_library:
+            found.append(path)
+        found += _code_settings(item, path)
+    return found
+
+
+def check_config(folder: Path) -> None:
+    """Refuse a bundle whose genai_config.json would make the runtime load a native library
+    (the runtime loads it as it opens the model, before any answer)."""
+    try:
+        found = _code_settings(json.loads((folder / REQUIRED_FILE).read_text()))
+    except (ValueError, UnicodeDecodeError):
+        raise EdgeError(f"the bundle's {REQUIRED_FILE} is not valid JSON; sync it again") from None
+    if found:
+        raise EdgeError(
+            f"the bundle's {REQUIRED_FILE} sets {', '.join(found[:5])}, which loads a native "
+            "library; this runner does not load it. Sync a bundle exported by the stack "
+            "(`llm-edge sync`) or remove the setting"
+        )
+
+
 def bundle_folder(path: Path) -> Path:
     """The bundle at `path`: a bundle folder itself, or a device folder's current bundle."""
     if (path / CURRENT).is_symlink():
@@ -52,6 +92,7 @@ class EdgeModel:
 
         self.og = og
         self.folder = bundle_folder(path)
+        check_config(self.folder)
         try:
             self.model = og.Model(str(self.folder))
             self.tokenizer = og.Tokenizer(self.model)

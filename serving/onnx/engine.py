@@ -8,12 +8,13 @@ import asyncio
 import random
 import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from core.errors import ErrorCode
+from registry.model_files import GENAI_CONFIG, genai_config_problem
 from serving.engine import EngineClient, GenerationChunk, SamplingParams, ServedModel
-from serving.errors import bad_request
+from serving.errors import ServingError, bad_request
 from serving.local.sequence import Sequence
 
 UNSUPPORTED = {
@@ -28,12 +29,21 @@ UNSUPPORTED = {
 
 
 class _Loaded:
-    def __init__(self, path: Path):
+    def __init__(self, model: ServedModel):
         import onnxruntime_genai as og
 
+        # The registry refuses such a version; a folder that got here some other way must
+        # not reach the runtime, which loads the library as it opens the model.
+        config = model.path / GENAI_CONFIG
+        if config.is_file() and (problem := genai_config_problem(config)):
+            raise ServingError(
+                ErrorCode.INTEGRITY,
+                f"{model.key} cannot be served: its {GENAI_CONFIG} {problem}",
+                api_code="unsafe_model",
+            )
         self.og = og
-        self.model = og.Model(str(path))
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = og.Model(str(model.path))
+        self.tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=False)
         eos = self.tokenizer.eos_token_id
         self.eos_ids = {eos} if eos is not None else set()
 
@@ -62,7 +72,7 @@ class OnnxEngine(EngineClient):
     def _load(self, model: ServedModel) -> _Loaded:
         with self._lock:
             if model.key not in self._models:
-                self._models[model.key] = _Loaded(model.path)
+                self._models[model.key] = _Loaded(model)
             return self._models[model.key]
 
     async def generate(
