@@ -1,7 +1,7 @@
 """OpenAI's files and fine-tuning jobs API, which the gateway mounts:
 
     POST /v1/files                       multipart `file` + `purpose=fine-tune`, validated
-    GET|DELETE /v1/files/{id}            GET /v1/files
+    GET|DELETE /v1/files/{id}            GET /v1/files (after, limit, order, purpose)
     GET /v1/files/{id}/content           the file's bytes (uploads, batch outputs)
     POST /v1/fine_tuning/jobs            GET /v1/fine_tuning/jobs (cursor pagination)
     GET /v1/fine_tuning/jobs/{id}        POST /v1/fine_tuning/jobs/{id}/cancel
@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse
 from core.callers import Caller, current_caller
 from core.http import error_responses
 from core.listing import MAX_PAGE, ListPage
+from finetune.files import Order
 from finetune.protocol import (
     CheckpointObject,
     FileDeleted,
@@ -40,6 +41,8 @@ def get_service(request: Request) -> FineTuningService:
 Service = Annotated[FineTuningService, Depends(get_service)]
 Who = Annotated[Caller, Depends(current_caller)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+After = Annotated[str | None, Query(max_length=64, description="The `last_id` of the page before.")]
+MAX_FILES_PAGE = 10_000  # as OpenAI's
 
 
 @router.post("/files")
@@ -56,8 +59,17 @@ async def upload_file(
 
 
 @router.get("/files")
-def list_files(service: Service, who: Who) -> ListPage[FileObject]:
-    return service.list_files(who)
+def list_files(
+    service: Service,
+    who: Who,
+    after: After = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_FILES_PAGE)] = MAX_FILES_PAGE,
+    order: Annotated[Order, Query(description="By creation time: newest first (desc).")] = "desc",
+    purpose: Annotated[
+        str | None, Query(max_length=32, description="Only files of this purpose.")
+    ] = None,
+) -> ListPage[FileObject]:
+    return service.list_files(who, after=after, limit=limit, order=order, purpose=purpose)
 
 
 @router.get("/files/{file_id}")
@@ -86,7 +98,7 @@ def create_job(service: Service, who: Who, body: JobRequest) -> FineTuningJob:
 
 @router.get("/fine_tuning/jobs")
 def list_jobs(
-    service: Service, who: Who, after: str | None = None, limit: Limit = 20
+    service: Service, who: Who, after: After = None, limit: Limit = 20
 ) -> ListPage[FineTuningJob]:
     return service.list_jobs(who, after, limit)
 
@@ -103,13 +115,13 @@ def cancel_job(service: Service, who: Who, job_id: str) -> FineTuningJob:
 
 @router.get("/fine_tuning/jobs/{job_id}/events")
 def list_events(
-    service: Service, who: Who, job_id: str, after: str | None = None, limit: Limit = 20
+    service: Service, who: Who, job_id: str, after: After = None, limit: Limit = 20
 ) -> ListPage[JobEventObject]:
     return service.list_events(who, job_id, after, limit)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")
 def list_checkpoints(
-    service: Service, who: Who, job_id: str, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 10
+    service: Service, who: Who, job_id: str, after: After = None, limit: Limit = 10
 ) -> ListPage[CheckpointObject]:
-    return service.list_checkpoints(who, job_id, limit)
+    return service.list_checkpoints(who, job_id, after, limit)

@@ -6,7 +6,7 @@ Three row types, as in axolotl: `chat` (OpenAI fine-tuning `messages`), `alpaca`
 Every problem is reported with its file and line number."""
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,14 +92,15 @@ def require_file(path: Path) -> None:
         raise DataError([f"{path}: no such file"])
 
 
-def read_rows(path: Path, kind: str = "chat") -> list[tuple[str, dict[str, Any]]]:
-    """Parse and check every line of a JSONL file; returns ("file:line", row) pairs.
+def iter_rows(path: Path, kind: str = "chat") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Parse and check each line of a JSONL file, yielding ("file:line", row) for the good
+    ones, one at a time, so that nothing is kept that the caller does not keep.
 
-    Raises DataError listing the bad lines (up to MAX_COLLECTED, where checking stops), so a
-    user can fix them in one pass."""
+    Raises DataError listing the bad lines once the file is read (or at MAX_COLLECTED of them,
+    where checking stops), so a user can fix them in one pass; also for a file with no rows."""
     path = Path(path)
     require_file(path)
-    rows, problems = [], []
+    good, problems = 0, []
     with path.open(encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, start=1):
             if len(problems) >= MAX_COLLECTED:
@@ -116,12 +117,23 @@ def read_rows(path: Path, kind: str = "chat") -> list[tuple[str, dict[str, Any]]
             if problem := row_problem(row, kind):
                 problems.append(f"{where}: {problem}")
             else:
-                rows.append((where, row))
+                good += 1
+                yield where, row
     if problems:
         raise DataError(problems)
-    if not rows:
+    if not good:
         raise DataError([f"{path.name}: no rows"])
-    return rows
+
+
+def read_rows(path: Path, kind: str = "chat") -> list[tuple[str, dict[str, Any]]]:
+    """Every row of a JSONL file, checked as `iter_rows` checks them."""
+    return list(iter_rows(path, kind))
+
+
+def count_rows(path: Path, kind: str = "chat") -> int:
+    """The rows of a JSONL file, checked as `iter_rows` checks them, keeping none: memory
+    stays near one line's, whatever the file's size."""
+    return sum(1 for _ in iter_rows(path, kind))
 
 
 def as_messages(row: dict[str, Any], kind: str) -> list[dict[str, str]]:

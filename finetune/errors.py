@@ -19,6 +19,27 @@ def quota_exceeded(message: str) -> FinetuneError:
     return FinetuneError(ErrorCode.RATE_LIMITED, message, api_code="quota_exceeded")
 
 
+def file_too_large(max_bytes: int) -> FinetuneError:
+    return FinetuneError(
+        ErrorCode.TOO_LARGE,
+        f"the file is over {max_bytes} bytes, the most this key may upload now "
+        "(LLMOPS_FINETUNE_MAX_FILE_BYTES per file, LLMOPS_FINETUNE_MAX_FILE_BYTES_PER_KEY in "
+        "all); split it or delete older files",
+        param="file",
+        api_code="file_too_large",
+    )
+
+
+def invalid_cursor(after: str, what: str) -> FinetuneError:
+    return FinetuneError(
+        ErrorCode.INVALID,
+        f"no {what} {after!r} to list after; `after` takes the `last_id` of an earlier page "
+        "of this list (leave it out to start at the first)",
+        param="after",
+        api_code="invalid_cursor",
+    )
+
+
 def job_not_found(job_id: str) -> FinetuneError:
     return FinetuneError(
         ErrorCode.NOT_FOUND,

@@ -1,5 +1,5 @@
-"""Job state in the stack's database: jobs of every kind, their events, checkpoints and the
-files uploaded for them.
+"""Job state in the stack's database: jobs of every kind, their events and checkpoints (the
+files uploaded for them are in `finetune.files`).
 
 Every status change is a conditional update (`... WHERE status = expected`), so a worker, a
 canceller and a recovering restart never overwrite each other's decision."""
@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import Engine, Row, func, insert, select, update
 
 from core.database import as_utc, open_database, reading, utc_now
-from finetune.tables import CHAIN, checkpoints, events, files, jobs
+from finetune.files import FileStore, StoredFile
+from finetune.tables import CHAIN, checkpoints, events, jobs
 
 
 class JobStatus(StrEnum):
@@ -56,6 +57,7 @@ class Job:
     trained_tokens: int | None = None
     metrics: dict[str, float] | None = None
     owner: str | None = None  # the API key that created it
+    metadata: dict[str, str] | None = None  # the client's key-value labels
 
 
 @dataclass(frozen=True)
@@ -78,19 +80,6 @@ class Checkpoint:
     metrics: dict[str, float]
 
 
-@dataclass(frozen=True)
-class StoredFile:
-    id: str
-    created_at: datetime
-    filename: str
-    purpose: str
-    bytes: int
-    rows: int
-    path: str
-    sha256: str
-    owner: str | None = None  # the API key that uploaded it
-
-
 _DATES = ("created_at", "started_at", "finished_at", "heartbeat_at")
 
 
@@ -102,18 +91,12 @@ def _job(row: Row) -> Job:
     return Job(**values)
 
 
-def _file(row: Row) -> StoredFile:
-    values = dict(row._mapping)
-    values["created_at"] = as_utc(values["created_at"])
-    return StoredFile(**values)
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
 class JobStore:
-    """Jobs, events, checkpoints and files on SQLAlchemy (SQLite or PostgreSQL)."""
+    """Jobs, events and checkpoints on SQLAlchemy (SQLite or PostgreSQL)."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -136,6 +119,7 @@ class JobStore:
         training_file: str | None = None,
         validation_file: str | None = None,
         owner: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> Job:
         job_id = new_id("ftjob")
         with self.engine.begin() as conn:
@@ -154,6 +138,7 @@ class JobStore:
                     validation_file=validation_file,
                     attempts=0,
                     owner=owner,
+                    metadata=metadata,
                 )
             )
         self.add_event(job_id, f"Created fine-tuning job: {job_id}")
@@ -311,27 +296,10 @@ class JobStore:
                 for r in conn.execute(query)
             ]
 
-    # -- files ----------------------------------------------------------------------------
-
-    def add_file(self, file: StoredFile) -> StoredFile:
-        with self.engine.begin() as conn:
-            conn.execute(insert(files).values(**file.__dict__))
-        return file
+    # -- files, until serving/batches and tests/test_upgrade.py read them from FileStore ---
 
     def get_file(self, file_id: str) -> StoredFile | None:
-        with reading(self.engine) as conn:
-            row = conn.execute(select(files).where(files.c.id == file_id)).first()
-        return _file(row) if row else None
+        return FileStore(self.engine).get(file_id)
 
-    def list_files(self, owner: str | None = None) -> list[StoredFile]:
-        """Newest first, of one owner if given."""
-        query = select(files).order_by(files.c.created_at.desc())
-        if owner is not None:
-            query = query.where(files.c.owner == owner)
-        with reading(self.engine) as conn:
-            rows = conn.execute(query)
-            return [_file(row) for row in rows]
-
-    def delete_file(self, file_id: str) -> bool:
-        with self.engine.begin() as conn:
-            return conn.execute(files.delete().where(files.c.id == file_id)).rowcount == 1
+    def list_files(self) -> list[StoredFile]:
+        return FileStore(self.engine).list()

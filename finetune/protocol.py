@@ -3,9 +3,18 @@ https://platform.openai.com/docs/api-reference/fine-tuning). Extras are marked a
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 PURPOSE = "fine-tune"
+
+Metadata = Annotated[
+    dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, Field(max_length=512)]],
+    Field(
+        max_length=16,
+        description="Up to 16 key-value pairs kept with the object: keys up to 64 characters, "
+        "values up to 512.",
+    ),
+]
 
 
 class FileObject(BaseModel):
@@ -40,10 +49,14 @@ class Hyperparameters(BaseModel):
 
 
 class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     hyperparameters: Hyperparameters | None = None
 
 
 class Method(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     type: Literal["supervised"] = Field(
         "supervised", description="Only supervised fine-tuning is supported."
     )
@@ -53,6 +66,8 @@ class Method(BaseModel):
 class JobRequest(BaseModel):
     """`POST /v1/fine_tuning/jobs`; hyperparameters directly or under `method.supervised`."""
 
+    model_config = ConfigDict(extra="forbid")
+
     model: str = Field(min_length=1, max_length=256)
     training_file: str = Field(min_length=1, max_length=64)
     validation_file: str | None = Field(None, max_length=64)
@@ -60,8 +75,10 @@ class JobRequest(BaseModel):
     suffix: str | None = Field(None, max_length=40, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     method: Method | None = None
-    metadata: dict[str, str] | None = None
-    integrations: list[dict[str, Any]] | None = None
+    metadata: Metadata | None = None
+    integrations: list[dict[str, Any]] | None = Field(
+        None, description="Not supported: send none (an empty list or no field)."
+    )
 
     def given_hyperparameters(self) -> Hyperparameters:
         if self.hyperparameters is not None:
@@ -71,11 +88,13 @@ class JobRequest(BaseModel):
 
 
 class JobHyperparameters(BaseModel):
-    """The hyperparameters a job runs with, `auto` resolved."""
+    """The hyperparameters a job runs with, `auto` resolved; null where the job's kind has no
+    such setting (a recipe sets a learning rate, not a multiplier; a search trial takes its
+    settings from its study)."""
 
-    n_epochs: int
-    batch_size: int
-    learning_rate_multiplier: float
+    n_epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate_multiplier: float | None = None
 
 
 class JobError(BaseModel):

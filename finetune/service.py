@@ -8,6 +8,7 @@ import os
 import secrets
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from fastapi import UploadFile
 
@@ -16,10 +17,18 @@ from core.database import utc_now
 from core.errors import ErrorCode, StackError
 from core.listing import ListPage, page
 from core.refs import fine_tuned_name, parse_ref
-from finetune.data import DataError, read_rows
-from finetune.errors import FinetuneError, file_not_found, job_not_found, quota_exceeded
+from finetune.data import DataError, count_rows
+from finetune.errors import (
+    FinetuneError,
+    file_not_found,
+    file_too_large,
+    invalid_cursor,
+    job_not_found,
+    quota_exceeded,
+)
+from finetune.files import FileStore, Order, StoredFile
 from finetune.hyperparameters import api_recipe, resolve_hyperparameters
-from finetune.jobs import Job, JobStore, StoredFile
+from finetune.jobs import Job, JobStore
 from finetune.protocol import (
     CheckpointObject,
     FileDeleted,
@@ -53,8 +62,35 @@ def file_object(file: StoredFile) -> FileObject:
     )
 
 
+def _whole(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def _number(value: Any) -> float | None:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if is_number else None
+
+
+def job_hyperparameters(job: Job) -> JobHyperparameters:
+    """A job's hyperparameters in the API's terms: an API job's resolved values; for a job
+    from a recipe (the CLI's, the continuous-training loop's, distillation, pruning), its
+    epochs and rows per optimizer step on one device; null for what a job's kind does not
+    store (a search trial, a federated run) or stores as something else."""
+    stored, recipe = job.hyperparameters or {}, job.recipe or {}
+    batch_size = stored.get("batch_size")
+    if batch_size is None and _number(recipe.get("micro_batch_size")) is not None:
+        accumulation = _number(recipe.get("gradient_accumulation_steps")) or 1
+        batch_size = recipe["micro_batch_size"] * accumulation
+    return JobHyperparameters(
+        n_epochs=_whole(stored.get("n_epochs", recipe.get("num_epochs"))),
+        batch_size=_whole(batch_size),
+        learning_rate_multiplier=_number(stored.get("learning_rate_multiplier")),
+    )
+
+
 def job_object(job: Job) -> FineTuningJob:
-    hyper = JobHyperparameters(**job.hyperparameters)
+    hyper = job_hyperparameters(job)
     return FineTuningJob(
         id=job.id,
         created_at=_timestamp(job.created_at),
@@ -69,6 +105,7 @@ def job_object(job: Job) -> FineTuningJob:
         error=JobError(**job.error) if job.error else None,
         seed=job.recipe.get("seed"),
         suffix=job.suffix,
+        metadata=job.metadata,
         method=JobMethod(supervised=SupervisedSettings(hyperparameters=hyper)),
     )
 
@@ -77,13 +114,16 @@ class FineTuningService:
     def __init__(self, runner: JobRunner, registry: Registry):
         self.runner = runner
         self.registry = registry
+        self.files = FileStore(runner.store.engine)
 
     @property
     def store(self) -> JobStore:
         return self.runner.store
 
-    def _file(self, caller: Caller, file_id: str, param: str) -> StoredFile:
-        file = self.store.get_file(file_id)
+    def stored_file(self, caller: Caller, file_id: str, param: str) -> StoredFile:
+        """The caller's file `file_id`; 404 (naming `param`) for another key's or an unknown
+        one."""
+        file = self.files.get(file_id)
         if file is None or not caller.sees(file.owner):
             raise file_not_found(file_id, param)
         return file
@@ -96,19 +136,24 @@ class FineTuningService:
 
     # -- files ----------------------------------------------------------------------------
 
-    async def upload(self, caller: Caller, upload: UploadFile, purpose: str) -> FileObject:
-        settings = self.runner.settings
-        stored = self.store.list_files(caller.key_id)  # made without keys: owner None
-        if len(stored) >= settings.max_files_per_key:
+    def _room(self, owner: str | None) -> int:
+        """The bytes `owner` (None: no key) may still upload; 429 where it may upload nothing."""
+        settings, usage = self.runner.settings, self.files.usage(owner)
+        if usage.files >= settings.max_files_per_key:
             raise quota_exceeded(
-                f"this key stores {len(stored)} files, its limit; delete some "
+                f"this key stores {usage.files} files, its limit; delete some "
                 "(DELETE /v1/files/{id}) before uploading more"
             )
-        room = settings.max_file_bytes_per_key - sum(f.bytes for f in stored)
+        room = settings.max_file_bytes_per_key - usage.bytes
         if room <= 0:
             raise quota_exceeded(
                 "this key's files fill its storage quota; delete some before uploading more"
             )
+        return room
+
+    async def upload(self, caller: Caller, upload: UploadFile, purpose: str) -> FileObject:
+        settings = self.runner.settings
+        room = self._room(caller.key_id)  # to stop reading early; the insert checks again
         files_dir = self.runner.stack.files_dir
         staged = await stage_upload(upload, files_dir, min(settings.max_file_bytes, room))
         name = Path(upload.filename or "upload.jsonl").name[:255]
@@ -116,7 +161,7 @@ class FineTuningService:
             if purpose == "batch":  # its lines are checked when a batch is made of it
                 rows = await asyncio.to_thread(_count_lines, staged.path)
             else:
-                rows = len(await asyncio.to_thread(read_rows, staged.path, "chat"))
+                rows = await asyncio.to_thread(count_rows, staged.path, "chat")
         except DataError as err:
             staged.path.unlink(missing_ok=True)
             message = err.message.replace(staged.path.name, name)
@@ -126,20 +171,37 @@ class FineTuningService:
         file_id = f"file-{secrets.token_hex(12)}"
         path = files_dir / f"{file_id}.jsonl"
         os.replace(staged.path, path)
-        stored = self.store.add_file(
-            StoredFile(
-                id=file_id,
-                created_at=utc_now(),
-                filename=name,
-                purpose=purpose,
-                bytes=staged.size,
-                rows=rows,
-                path=str(path.relative_to(self.runner.stack.resolved_home)),
-                sha256=staged.sha256,
-                owner=caller.key_id,
-            )
+        stored = StoredFile(
+            id=file_id,
+            created_at=utc_now(),
+            filename=name,
+            purpose=purpose,
+            bytes=staged.size,
+            rows=rows,
+            path=str(path.relative_to(self.runner.stack.resolved_home)),
+            sha256=staged.sha256,
+            owner=caller.key_id,
         )
+        await asyncio.to_thread(self._keep_within_quota, stored)
         return file_object(stored)
+
+    def _keep_within_quota(self, file: StoredFile) -> None:
+        """Keep `file` if its owner's quota takes it now, counting uploads that finished while
+        this one was read; otherwise remove its bytes and raise the quota's error."""
+        settings = self.runner.settings
+        try:
+            while not self.files.add(
+                file,
+                max_files=settings.max_files_per_key,
+                max_bytes=settings.max_file_bytes_per_key,
+            ):
+                room = self._room(file.owner)
+                if room < file.bytes:
+                    raise file_too_large(room)
+                # Files were deleted since the insert found no room: try again.
+        except Exception:
+            (self.runner.stack.resolved_home / file.path).unlink(missing_ok=True)
+            raise
 
     def store_file(self, owner: str | None, filename: str, purpose: str, content: bytes) -> str:
         """Keep `content` as a file of `owner` (such as a batch's output); its id. Outside
@@ -148,7 +210,7 @@ class FineTuningService:
         path = self.runner.stack.files_dir / f"{file_id}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
-        self.store.add_file(
+        self.files.add(
             StoredFile(
                 id=file_id,
                 created_at=utc_now(),
@@ -165,24 +227,47 @@ class FineTuningService:
 
     def file_path(self, caller: Caller, file_id: str, param: str = "file_id") -> Path:
         """Where the caller's file `file_id` lies; 404 for another key's or an unknown one."""
-        return self.runner.stack.resolved_home / self._file(caller, file_id, param).path
+        return self.runner.stack.resolved_home / self.stored_file(caller, file_id, param).path
 
-    def list_files(self, caller: Caller) -> ListPage[FileObject]:
-        files = self.store.list_files(caller.owner_filter)
-        return page([file_object(f) for f in files], None, lambda f: f.id)
+    def list_files(
+        self,
+        caller: Caller,
+        *,
+        after: str | None = None,
+        limit: int,
+        order: Order = "desc",
+        purpose: str | None = None,
+    ) -> ListPage[FileObject]:
+        anchor = None
+        if after is not None:
+            anchor = self.files.get(after)
+            if anchor is None or not caller.sees(anchor.owner):
+                raise invalid_cursor(after, "file")
+        files = self.files.list(
+            caller.owner_filter, purpose=purpose, after=anchor, limit=limit + 1, order=order
+        )
+        return page([file_object(f) for f in files], limit, lambda f: f.id)
 
     def get_file(self, caller: Caller, file_id: str) -> FileObject:
-        return file_object(self._file(caller, file_id, "file_id"))
+        return file_object(self.stored_file(caller, file_id, "file_id"))
 
     def delete_file(self, caller: Caller, file_id: str) -> FileDeleted:
-        file = self._file(caller, file_id, "file_id")
-        self.store.delete_file(file.id)
+        file = self.stored_file(caller, file_id, "file_id")
+        self.files.delete(file.id)
         (self.runner.stack.resolved_home / file.path).unlink(missing_ok=True)
         return FileDeleted(id=file.id, deleted=True)
 
     # -- jobs -----------------------------------------------------------------------------
 
     def create_job(self, caller: Caller, request: JobRequest) -> FineTuningJob:
+        if request.integrations:
+            raise FinetuneError(
+                ErrorCode.INVALID,
+                "integrations are not supported: leave `integrations` out; a job reports its "
+                "metrics in its events (GET /v1/fine_tuning/jobs/{id}/events)",
+                param="integrations",
+                api_code="unsupported_integration",
+            )
         if not caller.may_use(request.model):
             raise FinetuneError(
                 ErrorCode.PERMISSION_DENIED,
@@ -216,9 +301,9 @@ class FineTuningService:
                 param="model",
                 api_code="invalid_model",
             )
-        training = self._file(caller, request.training_file, "training_file")
+        training = self.stored_file(caller, request.training_file, "training_file")
         validation = (
-            self._file(caller, request.validation_file, "validation_file")
+            self.stored_file(caller, request.validation_file, "validation_file")
             if request.validation_file
             else None
         )
@@ -250,6 +335,7 @@ class FineTuningService:
             training_file=training.id,
             validation_file=validation.id if validation else None,
             owner=caller.key_id,
+            metadata=request.metadata,
         )
         return job_object(job)
 
@@ -286,10 +372,16 @@ class FineTuningService:
         return page(data, limit, lambda e: e.id)
 
     def list_checkpoints(
-        self, caller: Caller, job_id: str, limit: int
+        self, caller: Caller, job_id: str, after: str | None, limit: int
     ) -> ListPage[CheckpointObject]:
         job = self._job(caller, job_id)
-        name = fine_tuned_name(parse_ref(job.recipe["base_model"]).name, job.suffix, job.id)
+        checkpoints = self.store.list_checkpoints(job.id)
+        if after is not None:
+            ids = [c.id for c in checkpoints]
+            if after not in ids:
+                raise invalid_cursor(after, f"checkpoint of job {job.id}")
+            checkpoints = checkpoints[ids.index(after) + 1 :]
+        name = job.fine_tuned_model or fine_tuned_name(_base_name(job), job.suffix, job.id)
         data = [
             CheckpointObject(
                 id=c.id,
@@ -299,9 +391,19 @@ class FineTuningService:
                 step_number=c.step,
                 metrics={"step": c.step, **c.metrics},
             )
-            for c in self.store.list_checkpoints(job.id)
+            for c in checkpoints[: limit + 1]
         ]
         return page(data, limit, lambda c: c.id)
+
+
+def _base_name(job: Job) -> str:
+    """The name of the model a job trains on: a registry model's, or a model folder's. Jobs
+    without a LoRA recipe (a search trial, a federated run) name it only as their model."""
+    base = job.recipe.get("base_model", job.model)
+    try:
+        return parse_ref(base).name
+    except StackError:
+        return Path(base).name
 
 
 def _count_lines(path: Path) -> int:

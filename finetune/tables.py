@@ -1,5 +1,6 @@
-"""The fine-tuning tables (uploaded files, jobs, their events and checkpoints), prefixed
-`finetune_`, in the stack's database, with their own migration chain in `finetune/migrations`."""
+"""The fine-tuning tables (files and each key's usage of them, jobs, their events and
+checkpoints), prefixed `finetune_`, in the stack's database, with their own migration chain in
+`finetune/migrations`."""
 
 from pathlib import Path
 
@@ -37,6 +38,15 @@ files = Table(
     Column("path", String(512), nullable=False),  # relative to LLMOPS_HOME
     Column("sha256", String(71), nullable=False),
     Column("owner", String(32), nullable=True),  # API key id; None: made without keys
+    Index("ix_finetune_files_owner", "owner", "created_at"),
+)
+
+file_usage = Table(
+    "finetune_file_usage",
+    metadata,
+    Column("owner", String(32), primary_key=True),  # API key id; "": made without keys
+    Column("files", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
 )
 
 jobs = Table(
@@ -66,6 +76,7 @@ jobs = Table(
     Column("trained_tokens", Integer, nullable=True),
     Column("metrics", JSON, nullable=True),
     Column("owner", String(32), nullable=True),  # API key id; None: made without keys
+    Column("metadata", JSON, nullable=True),  # the client's key-value labels
     Index("ix_finetune_jobs_status", "status"),
 )
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from fastapi import UploadFile
 
-from core.errors import ErrorCode
-from finetune.errors import FinetuneError
+from finetune.errors import file_too_large
 
 _CHUNK = 1 << 20
 
@@ -32,15 +31,7 @@ async def stage_upload(upload: UploadFile, folder: Path, max_bytes: int) -> Stag
             while chunk := await upload.read(_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise FinetuneError(
-                        ErrorCode.TOO_LARGE,
-                        f"the file is over {max_bytes} bytes, the most this key may upload "
-                        "now (LLMOPS_FINETUNE_MAX_FILE_BYTES per file, "
-                        "LLMOPS_FINETUNE_MAX_FILE_BYTES_PER_KEY in all); split it or delete "
-                        "older files",
-                        param="file",
-                        api_code="file_too_large",
-                    )
+                    raise file_too_large(max_bytes)
                 digest.update(chunk)
                 out.write(chunk)
     except BaseException:

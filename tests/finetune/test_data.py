@@ -1,4 +1,5 @@
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from finetune.data import (
     IGNORE_INDEX,
     Collator,
     DataError,
+    count_rows,
     encode_rows,
     pack,
     read_rows,
@@ -31,6 +33,28 @@ CHAT = json.dumps(
 @pytest.fixture(scope="module")
 def tokenizer(base_model_dir: Path):
     return AutoTokenizer.from_pretrained(base_model_dir)
+
+
+def test_counting_rows_keeps_memory_bounded_whatever_the_file_size(tmp_path: Path) -> None:
+    """An upload is checked by streaming: the peak stays a small fraction of the file (keeping
+    the rows took about 10 times the file), and bad rows are still found at the end."""
+    path = tmp_path / "train.jsonl"
+    with path.open("w") as out:
+        for _ in range(20_000):
+            out.write(CHAT + "\n")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        rows = count_rows(path, "chat")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rows == 20_000
+    assert size > 4 * 2**20 and peak < size // 50, (size, peak)
+    with path.open("a") as out:
+        out.write("{oops\n")
+    with pytest.raises(DataError, match=r"train\.jsonl:20001: not JSON"):
+        count_rows(path, "chat")
 
 
 def test_bad_rows_are_reported_by_line(tmp_path: Path) -> None:

@@ -4,11 +4,22 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
+from finetune.federated.config import load_federated_config
+from finetune.federated.job import LOCAL, job_recipe
+from finetune.hyperparameters import api_recipe, resolve_hyperparameters
+from finetune.jobs import JobStatus
+from finetune.kinds import DISTILL, FEDERATED, TUNE_TRIAL
+from finetune.methods import load_job_recipe
+from finetune.protocol import JobRequest
 from tests.finetune.conftest import wait_for_job
 from tests.serving.conftest import RunningGateway, running_gateway
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+ROW = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +198,109 @@ def test_each_key_has_quotas_on_files_and_jobs(
         client.fine_tuning.jobs.cancel(job.id)
         again = client.fine_tuning.jobs.create(model="demo", training_file=second.id)
         client.fine_tuning.jobs.cancel(again.id)
+
+
+def test_jobs_of_every_kind_list_and_read(
+    gateway: RunningGateway, client: openai.OpenAI, base_model_dir: Path
+) -> None:
+    """Jobs made without the API (a recipe from the CLI, distillation, pruning, the
+    continuous-training loop, a search trial, a federated run, and any hyperparameters a kind
+    may store) list and read like the API's, with what their recipes say."""
+    runner = gateway.gateway.fine_tuning.runner
+    made = {}
+    for name in ("demo-reverse-lora", "demo-distill", "demo-prune"):
+        kind, recipe = load_job_recipe(CONFIGS / "finetune" / f"{name}.yaml")
+        made[name] = runner.create(recipe, kind=kind)
+    # The loop's job: the API's `auto` rule in a recipe, no hyperparameters stored.
+    request = JobRequest(model="demo", training_file="train.jsonl")
+    hyper = resolve_hyperparameters(request, 300)
+    data = [(Path("train.jsonl"), "train")]
+    loop_recipe = api_recipe(request, "demo:1", base_model_dir, data, hyper)
+    made["loop"] = runner.create(loop_recipe, "demo")
+    made["trial"] = runner.store.create(
+        kind=TUNE_TRIAL, model="demo", recipe={"study": "s"}, created_by="tests"
+    )
+    config = load_federated_config(CONFIGS / "federated" / "demo-three-silos.yaml")
+    made["federated"] = runner.store.create(
+        kind=FEDERATED,
+        model=config.base_model,
+        recipe=job_recipe(config, LOCAL),
+        created_by="tests",
+        suffix="federated",
+    )
+    made["odd"] = runner.store.create(
+        kind=DISTILL,
+        model="demo",
+        recipe={},
+        created_by="tests",
+        hyperparameters={"n_epochs": "auto", "batch_size": 2.5, "temperature": 2.0},
+    )
+    for job in made.values():
+        runner.store.transition(job.id, (JobStatus.QUEUED,), JobStatus.CANCELLED)
+    runner.store.add_checkpoint(made["trial"].id, 5, "jobs/trial/checkpoint-5", {"loss": 1.5})
+
+    listed = {j.id: j for j in client.fine_tuning.jobs.list(limit=100).data}
+    assert set(listed) >= {j.id for j in made.values()}
+    expected = {  # (n_epochs, batch_size, learning_rate_multiplier)
+        "demo-reverse-lora": (1, 32, None),
+        "demo-distill": (None, 64, None),  # max_steps, not epochs
+        "demo-prune": (None, 64, None),
+        "loop": (hyper.n_epochs, hyper.batch_size, None),
+        "trial": (None, None, None),
+        "federated": (None, None, None),
+        "odd": (None, None, None),
+    }
+    for name, job in made.items():
+        for shown in (listed[job.id], client.fine_tuning.jobs.retrieve(job.id)):
+            h = shown.hyperparameters
+            assert (h.n_epochs, h.batch_size, h.learning_rate_multiplier) == expected[name], name
+            assert shown.method.supervised.hyperparameters.model_dump() == h.model_dump()
+            assert shown.status == "cancelled"
+    [checkpoint] = client.fine_tuning.jobs.checkpoints.list(made["trial"].id).data
+    assert checkpoint.fine_tuned_model_checkpoint == f"ft:demo::{made['trial'].id}:ckpt-step-5"
+    assert client.fine_tuning.jobs.checkpoints.list(made["federated"].id).data == []
+
+
+def test_unknown_and_unsupported_job_fields_are_refused(
+    gateway: RunningGateway, client: openai.OpenAI
+) -> None:
+    training = client.files.create(file=("t.jsonl", io.BytesIO(ROW)), purpose="fine-tune")
+
+    def refused(**fields) -> dict:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.fine_tuning.jobs.create(model="demo", training_file=training.id, **fields)
+        return caught.value.body
+
+    error = refused(extra_body={"n_epoch": 3})
+    assert error["param"] == "n_epoch" and "Extra inputs are not permitted" in error["message"]
+    method = {"type": "supervised", "supervised": {"hyperparameters": {}, "beta": 1}}
+    assert refused(method=method)["param"] == "method.supervised.beta"
+    error = refused(integrations=[{"type": "wandb", "wandb": {"project": "p"}}])
+    assert error["param"] == "integrations" and "not supported" in error["message"]
+    assert error["code"] == "unsupported_integration"
+    error = refused(metadata={f"k{i}": "v" for i in range(17)})
+    assert error["param"] == "metadata" and "at most 16" in error["message"]
+    assert refused(metadata={"k" * 65: "v"})["param"].startswith("metadata")
+    assert refused(metadata={"k": "v" * 513})["param"] == "metadata.k"
+
+    schema = httpx.get(f"{gateway.base_url}/openapi.json").json()["components"]["schemas"]
+    assert schema["JobRequest"]["additionalProperties"] is False
+    metadata = schema["JobRequest"]["properties"]["metadata"]["anyOf"][0]
+    assert metadata["maxProperties"] == 16 and metadata["propertyNames"]["maxLength"] == 64
+    assert metadata["additionalProperties"]["maxLength"] == 512
+
+
+def test_a_jobs_metadata_is_kept_and_returned(client: openai.OpenAI) -> None:
+    training = client.files.create(file=("t.jsonl", io.BytesIO(ROW)), purpose="fine-tune")
+    labels = {"team": "search", "k" * 64: "v" * 512}
+    job = client.fine_tuning.jobs.create(
+        model="demo", training_file=training.id, metadata=labels, integrations=[]
+    )
+    client.fine_tuning.jobs.cancel(job.id)
+    assert job.metadata == labels
+    assert client.fine_tuning.jobs.retrieve(job.id).metadata == labels
+    listed = {j.id: j for j in client.fine_tuning.jobs.list(limit=100).data}
+    assert listed[job.id].metadata == labels
+    plain = client.fine_tuning.jobs.create(model="demo", training_file=training.id)
+    client.fine_tuning.jobs.cancel(plain.id)
+    assert client.fine_tuning.jobs.retrieve(plain.id).metadata is None
