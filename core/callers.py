@@ -23,6 +23,7 @@ class Caller:
     admin: bool
     name: str = "anonymous"
     may_use: Callable[[str], bool] = _any_model
+    teach: bool = False  # whether its corrections (`/v1/feedback`) may train models
 
     @property
     def actor(self) -> str:

@@ -1,6 +1,6 @@
 """`llm-evals`: run evaluation suites on versions or servers, show and compare runs, watch
-traffic for drift and retrain on it (the continuous loop), and explain why a version
-answered as it did (attribution heat maps)."""
+traffic for drift and retrain on it (the continuous loop), review the corrections it trains
+on, and explain why a version answered as it did (attribution heat maps)."""
 
 import sys
 from pathlib import Path
@@ -13,6 +13,7 @@ from core.console import print_json, print_table, run
 from evals.continuous import cli as loop_cli
 from evals.drift import cli as drift_cli
 from evals.explain.protocol import GRANULARITIES, METHODS, ExplanationRequest
+from evals.feedback import cli as feedback_cli
 
 if TYPE_CHECKING:
     from evals.compare import Comparison
@@ -226,6 +227,7 @@ def explain(as_json: bool, model, prompt, messages, raw_prompt, target, method,
 cli.add_command(drift_cli.monitor)
 cli.add_command(drift_cli.drift)
 cli.add_command(loop_cli.loop)
+cli.add_command(feedback_cli.feedback)
 
 
 def main(argv: list[str] | None = None) -> None:

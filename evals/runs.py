@@ -2,16 +2,22 @@
 
 A run is `queued` (started over HTTP, waiting for a worker thread), `running`, then
 `succeeded`, `failed` or `canceled`. Every change of status is a conditional update from an
-active status, so a run that was cancelled (or failed by a gateway that stopped) stays so
-whatever its worker does next. Each run records the process that runs it (`worker`: host,
-pid and the pid's start time), so that a later process can tell a run whose process died."""
+active status, so a run that was cancelled stays so whatever its worker does next.
+
+A run started over HTTP is leased (`core.leases`) by the worker that runs it, and every
+change its worker makes (starting it, what it scored so far, its outcome) is fenced by the
+lease's epoch: a worker whose lease another one took over writes nothing more. A run whose
+worker stopped is taken over when its lease runs out (at once after a clean stop) and goes
+on after the examples already scored (`record`, `progress`). A run of the command line
+records its process (`worker`: host, pid and the pid's start time) instead, so that a later
+process can fail a run whose process died."""
 
 import json
 import os
 import secrets
 import socket
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -21,8 +27,9 @@ from sqlalchemy import Engine, Row, and_, or_, select
 from core.database import as_utc, open_database, reading, utc_now
 from core.digests import file_digest
 from core.errors import ErrorCode
+from core.leases import Lease, LeaseLost, Leases
 from evals.errors import EvalsError
-from evals.tables import CHAIN, runs
+from evals.tables import CHAIN, run_progress, runs
 from finetune.runner import process_alive, process_start
 
 
@@ -91,6 +98,15 @@ class EvalRun:
     name: str | None = None
     metadata: dict[str, str] | None = None
     summary: dict[str, Any] | None = None  # see `evals.grading.summarize`
+    lease_owner: str | None = None  # the worker holding it, for a run started over HTTP
+    lease_until: datetime | None = None
+    lease_epoch: int = 0  # 0: never leased (a run of the command line)
+
+    @property
+    def lease(self) -> Lease:
+        """The lease this record was read under: its writes are fenced by its epoch."""
+        assert self.lease_owner is not None and self.lease_until is not None
+        return Lease(self.id, self.lease_owner, self.lease_epoch, self.lease_until)
 
 
 def _run(row: Row) -> EvalRun:
@@ -98,6 +114,7 @@ def _run(row: Row) -> EvalRun:
     values["status"] = RunStatus(values["status"])
     values["created_at"] = as_utc(values["created_at"])
     values["finished_at"] = as_utc(values["finished_at"])
+    values["lease_until"] = as_utc(values["lease_until"])
     return EvalRun(**values)
 
 
@@ -114,6 +131,7 @@ class RunStore:
     def __init__(self, engine: Engine, home: Path):
         self.engine = engine
         self.home = home
+        self.leases = Leases(engine, runs)
 
     @classmethod
     def open(cls, url: str, home: Path) -> "RunStore":
@@ -144,15 +162,66 @@ class RunStore:
             conn.execute(runs.insert().values(**{**run.__dict__, "status": run.status.value}))
         return run
 
+    def acquire(self, run_id: str, worker: str, ttl: timedelta) -> EvalRun | None:
+        """Lease the active run `run_id` to `worker` for `ttl`; None if another worker holds it
+        or it finished."""
+        lease = self.leases.acquire(run_id, worker, ttl, runs.c.status.in_(_ACTIVE_VALUES))
+        return None if lease is None else self.get(run_id)
+
+    def take_over(self, worker: str, ttl: timedelta, limit: int) -> list[EvalRun]:
+        """Lease to `worker` up to `limit` active runs whose worker stopped (their lease ran
+        out or was released), oldest first: runs of the command line are not leased."""
+        leases = self.leases.acquire_free(
+            worker,
+            ttl,
+            runs.c.status.in_(_ACTIVE_VALUES),
+            runs.c.lease_epoch > 0,
+            limit=limit,
+        )
+        return [self.get(lease.item_id) for lease in leases]
+
+    def renew(self, run: EvalRun, ttl: timedelta) -> EvalRun:
+        """`LeaseLost` when another worker took the run over: stop scoring it."""
+        lease = self.leases.renew(run.lease, ttl)
+        return replace(run, lease_until=lease.until)
+
+    def release(self, run: EvalRun) -> bool:
+        """Give the run up, for another worker to go on with at once."""
+        return self.leases.release(run.lease)
+
     def start(self, run: EvalRun) -> EvalRun | None:
-        """queued -> running; None when the run is no longer queued (cancelled)."""
+        """queued -> running, under the lease `run` was read with; None when the run is no
+        longer queued (cancelled) or was taken over meanwhile."""
         with self.engine.begin() as conn:
             changed = conn.execute(
                 runs.update()
                 .where(runs.c.id == run.id, runs.c.status == RunStatus.QUEUED.value)
+                .where(runs.c.lease_epoch == run.lease_epoch)
                 .values(status=RunStatus.RUNNING.value)
             ).rowcount
         return self.get(run.id) if changed else None
+
+    def record(self, run: EvalRun, outputs: dict[str, Any]) -> None:
+        """Keep what the run's worker scored (slot -> output), under its lease; `LeaseLost`
+        (nothing kept) when another worker took the run over or it stopped."""
+        with self.engine.begin() as conn:
+            if not self.leases.transition(
+                run.lease, runs.c.status == RunStatus.RUNNING.value, conn=conn,
+                lease_owner=run.lease_owner,
+            ):  # fmt: skip
+                raise LeaseLost(run.id)
+            conn.execute(
+                run_progress.insert(),
+                [{"run_id": run.id, "slot": k, "output": v} for k, v in outputs.items()],
+            )
+
+    def progress(self, run: EvalRun) -> dict[str, Any]:
+        """What the run's workers scored so far (slot -> output)."""
+        query = select(run_progress.c.slot, run_progress.c.output).where(
+            run_progress.c.run_id == run.id
+        )
+        with reading(self.engine) as conn:
+            return {row.slot: row.output for row in conn.execute(query)}
 
     def succeed(
         self,
@@ -162,8 +231,10 @@ class RunStore:
         summary: dict[str, Any] | None = None,
     ) -> EvalRun:
         """Store the per-example outputs (written in full before the record points at them),
-        then the metrics. A run cancelled meanwhile stays cancelled, without outputs."""
-        relative = Path("evals") / "runs" / f"{run.id}.jsonl"
+        then the metrics. A run cancelled or taken over meanwhile is left as it is, and these
+        outputs are not kept (each lease writes its own file)."""
+        name = f"{run.id}-{run.lease_epoch}" if run.lease_epoch else run.id
+        relative = Path("evals") / "runs" / f"{name}.jsonl"
         path = self.home / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
@@ -174,7 +245,7 @@ class RunStore:
             os.fsync(f.fileno())
         partial.replace(path)
         finished = utc_now()
-        done = self._finish(
+        if not self._finish(
             run,
             status=RunStatus.SUCCEEDED.value,
             metrics=metrics,
@@ -183,46 +254,51 @@ class RunStore:
             examples_digest=file_digest(path),
             finished_at=finished,
             seconds=(finished - run.created_at).total_seconds(),
-        )
-        if done.status is not RunStatus.SUCCEEDED:
+        ):
             path.unlink(missing_ok=True)
-        return done
+        return self.get(run.id)
 
     def fail(self, run: EvalRun, error: str) -> EvalRun:
         finished = utc_now()
-        return self._finish(
+        self._finish(
             run,
             status=RunStatus.FAILED.value,
             error=error,
             finished_at=finished,
             seconds=(finished - run.created_at).total_seconds(),
         )
+        return self.get(run.id)
 
     def cancel(self, run: EvalRun) -> bool:
-        """queued or running -> canceled; False when the run had finished already."""
+        """queued or running -> canceled, whoever runs it; False when it had finished."""
         finished = utc_now()
         with self.engine.begin() as conn:
-            return bool(
-                conn.execute(
-                    runs.update()
-                    .where(runs.c.id == run.id, runs.c.status.in_(_ACTIVE_VALUES))
-                    .values(
-                        status=RunStatus.CANCELED.value,
-                        finished_at=finished,
-                        seconds=(finished - run.created_at).total_seconds(),
-                    )
-                ).rowcount
-            )
-
-    def _finish(self, run: EvalRun, **values: Any) -> EvalRun:
-        """Only an active run finishes: a cancelled or failed one keeps its status."""
-        with self.engine.begin() as conn:
-            conn.execute(
+            canceled = conn.execute(
                 runs.update()
                 .where(runs.c.id == run.id, runs.c.status.in_(_ACTIVE_VALUES))
+                .values(
+                    status=RunStatus.CANCELED.value,
+                    finished_at=finished,
+                    seconds=(finished - run.created_at).total_seconds(),
+                )
+            ).rowcount
+            conn.execute(run_progress.delete().where(run_progress.c.run_id == run.id))
+        return bool(canceled)
+
+    def _finish(self, run: EvalRun, **values: Any) -> bool:
+        """Only an active run finishes, under the lease `run` was read with: a cancelled or
+        failed one keeps its status, and a worker whose run was taken over changes nothing.
+        Whether it finished."""
+        with self.engine.begin() as conn:
+            finished = conn.execute(
+                runs.update()
+                .where(runs.c.id == run.id, runs.c.status.in_(_ACTIVE_VALUES))
+                .where(runs.c.lease_epoch == run.lease_epoch)
                 .values(**values)
-            )
-        return self.get(run.id)
+            ).rowcount
+            if finished:
+                conn.execute(run_progress.delete().where(run_progress.c.run_id == run.id))
+        return bool(finished)
 
     def status(self, run_id: str) -> RunStatus:
         with reading(self.engine) as conn:
@@ -232,8 +308,9 @@ class RunStore:
         return RunStatus(found)
 
     def recover(self) -> list[EvalRun]:
-        """Fail every queued or running run whose process stopped (see `worker_gone`)."""
-        query = select(runs).where(runs.c.status.in_(_ACTIVE_VALUES))
+        """Fail every queued or running run of the command line whose process stopped (see
+        `worker_gone`); leased runs are taken over instead (`take_over`)."""
+        query = select(runs).where(runs.c.status.in_(_ACTIVE_VALUES), runs.c.lease_epoch == 0)
         with reading(self.engine) as conn:
             active = [_run(row) for row in conn.execute(query)]
         failed = []

@@ -205,26 +205,6 @@ class Evaluations:
             metadata=metadata,
         )
 
-    def execute(self, run: EvalRun, suite: Suite, watch: Watch) -> EvalRun:
-        """Run a queued run here: load its version (a copy of its own), score it, record the
-        outcome. A run cancelled while it waited is left as it is."""
-        started = self.runs.start(run)
-        if started is None:
-            return self.runs.get(run.id)
-        assert started.version is not None
-        try:
-            watch.check()
-            target = self._target(started.version, None)
-        except RunStopped:
-            raise
-        except BaseException as err:
-            message = err.message if isinstance(err, StackError) else type(err).__name__
-            if not isinstance(err, StackError):
-                log.error("loading %s for run %s failed", started.version, run.id, exc_info=err)
-            self.runs.fail(started, f"the model could not be loaded: {message}")
-            raise
-        return self.score(started, suite, target, progress=False, watch=watch, expose_errors=False)
-
     def recover(self) -> list[EvalRun]:
         """Fail the runs whose process stopped before they finished (at a gateway's start)."""
         return self.runs.recover()

@@ -1,7 +1,7 @@
 """The evaluation tables (runs, feedback, drift checks and their embeddings, the loop's
 events), prefixed `evals_`, in the stack's database, with their own migration chain in
 `evals/migrations`. A run's per-example outputs are an artifact file, named by path and
-digest."""
+digest; while it runs, what it scored so far is in `evals_run_progress`."""
 
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
 )
 
+from core.leases import lease_columns
 from core.migrations import MigrationChain
 
 CHAIN = MigrationChain(
@@ -51,8 +52,20 @@ runs = Table(
     Column("name", String(256), nullable=True),  # a name given over HTTP
     Column("metadata", JSON, nullable=True),  # key-value labels given over HTTP
     Column("summary", JSON, nullable=True),  # pass/fail counts and usage, when it finished
+    *lease_columns(),  # the worker running a run started over HTTP (core.leases)
     Index("evals_runs_by_version", "suite_digest", "version", "status"),
     Index("evals_runs_by_suite", "suite", "created_at"),
+)
+
+# What a run's worker has scored so far, each example's answer or log-likelihood (by its
+# place: the target's call number and the example's index in it), so that the next worker
+# of an interrupted run goes on from there. Deleted when the run finishes.
+run_progress = Table(
+    "evals_run_progress",
+    metadata,
+    Column("run_id", String(40), primary_key=True),
+    Column("slot", String(32), primary_key=True),  # "<call>:<index>"
+    Column("output", JSON, nullable=False),
 )
 
 feedback = Table(
@@ -65,8 +78,14 @@ feedback = Table(
     Column("version", String(160), nullable=False),  # the version that answered
     Column("rating", Integer, nullable=True),  # 1 (bad) to 5 (good)
     Column("correction", Text, nullable=True),  # the answer it should have given
+    Column("given_by", String(32), nullable=True),  # the API key that gave it
+    Column("teach", Boolean, nullable=False),  # whether that key may teach: train models
+    Column("review", String(16), nullable=False),  # pending, approved or rejected
+    Column("reviewed_by", String(128), nullable=True),
+    Column("reviewed_at", DateTime(timezone=True), nullable=True),
     Index("evals_feedback_by_request", "request_id"),
     Index("evals_feedback_by_owner", "owner", "created_at"),
+    Index("evals_feedback_by_giver", "given_by", "created_at"),
 )
 
 embeddings = Table(

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import Engine, Row, func, insert, select, update
 
 from core.database import as_utc, open_database, reading, utc_now
-from finetune.files import FileStore, StoredFile
 from finetune.tables import CHAIN, checkpoints, events, jobs
 
 
@@ -295,11 +294,3 @@ class JobStore:
                 Checkpoint(r.id, r.job_id, as_utc(r.created_at), r.step, r.path, r.metrics)
                 for r in conn.execute(query)
             ]
-
-    # -- files, until serving/batches and tests/test_upgrade.py read them from FileStore ---
-
-    def get_file(self, file_id: str) -> StoredFile | None:
-        return FileStore(self.engine).get(file_id)
-
-    def list_files(self) -> list[StoredFile]:
-        return FileStore(self.engine).list()

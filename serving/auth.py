@@ -74,7 +74,9 @@ class Authenticator:
     def caller_of(key: ApiKey | None) -> Caller:
         if key is None:
             return Caller(None, admin=False, name="anonymous (no API keys exist)")
-        return Caller(key.id, admin=key.admin, name=key.name, may_use=key.allows)
+        return Caller(
+            key.id, admin=key.admin, name=key.name, may_use=key.allows, teach=key.may_teach
+        )
 
     def _open(self) -> bool:
         return self.open_without_keys and not self.keys.auth_required()

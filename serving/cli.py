@@ -155,8 +155,9 @@ def keys() -> None:
 @click.option("--rpm", type=click.IntRange(1, MAX_RATE), help="Requests per minute.")
 @click.option("--tpm", type=click.IntRange(1, MAX_RATE), help="Tokens per minute.")
 @click.option("--no-traffic-log", is_flag=True, help="Do not log this key's traffic.")
+@click.option("--teach", is_flag=True, help="Its corrections (/v1/feedback) may train models.")
 @click.pass_obj
-def keys_create(as_json, name, models, admin, rpm, tpm, no_traffic_log) -> None:
+def keys_create(as_json, name, models, admin, rpm, tpm, no_traffic_log, teach) -> None:
     """Create a key; its secret is printed once."""
     key, secret = _keys().create(
         name,
@@ -165,6 +166,7 @@ def keys_create(as_json, name, models, admin, rpm, tpm, no_traffic_log) -> None:
         rpm=rpm,
         tpm=tpm,
         log_traffic=not no_traffic_log,
+        teach=teach,
     )
     if as_json:
         created = CreatedKey(**KeyObject.model_validate(key).model_dump(), key=secret)
@@ -182,7 +184,7 @@ def keys_list(as_json: bool, include_revoked: bool) -> None:
         print_json([KeyObject.model_validate(k).model_dump(mode="json") for k in found])
         return
     print_table(
-        ("id", "name", "prefix", "models", "admin", "rpm", "tpm", "revoked"),
+        ("id", "name", "prefix", "models", "admin", "teach", "rpm", "tpm", "revoked"),
         [
             (
                 k.id,
@@ -190,6 +192,7 @@ def keys_list(as_json: bool, include_revoked: bool) -> None:
                 k.prefix + "...",
                 ",".join(k.models),
                 k.admin,
+                k.teach,
                 k.rpm or "-",
                 k.tpm or "-",
                 k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "-",

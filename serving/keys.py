@@ -1,5 +1,6 @@
 """API keys: stored as sha256 hashes, checked in constant time, each with its allowed models,
-rate limits, traffic-log opt-out and an optional admin scope."""
+rate limits, traffic-log opt-out and optional scopes: admin, and teach (its corrections
+through `/v1/feedback` may train models)."""
 
 import hashlib
 import hmac
@@ -35,6 +36,13 @@ class ApiKey:
     log_traffic: bool
     created_at: datetime
     revoked_at: datetime | None
+    teach: bool = False
+
+    @property
+    def may_teach(self) -> bool:
+        """Whether corrections this key gives may train models: the teach scope, or an admin
+        (who approves corrections anyway)."""
+        return self.teach or self.admin
 
     def allows(self, model: str) -> bool:
         """Whether this key may use `model` (`demo` also covers `demo@alias`, `demo:N` and
@@ -64,6 +72,7 @@ def _key(row: Row) -> ApiKey:
         log_traffic=row.log_traffic,
         created_at=as_utc(row.created_at),
         revoked_at=as_utc(row.revoked_at),
+        teach=row.teach,
     )
 
 
@@ -87,6 +96,7 @@ class KeyStore:
         rpm: int | None = None,
         tpm: int | None = None,
         log_traffic: bool = True,
+        teach: bool = False,
     ) -> tuple[ApiKey, str]:
         """A new key and its secret; the secret is shown once and only its hash is stored."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -100,6 +110,7 @@ class KeyStore:
             "rpm": rpm,
             "tpm": tpm,
             "log_traffic": log_traffic,
+            "teach": teach,
             "created_at": utc_now(),
             "revoked_at": None,
         }

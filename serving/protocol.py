@@ -460,6 +460,7 @@ class KeyObject(BaseModel):
     log_traffic: bool
     created_at: datetime
     revoked_at: datetime | None
+    teach: bool = Field(description="Whether its corrections (`/v1/feedback`) may train models.")
 
 
 class CreatedKey(KeyObject):

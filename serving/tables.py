@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
 )
 
+from core.leases import lease_columns
 from core.migrations import MigrationChain
 
 CHAIN = MigrationChain(
@@ -39,6 +40,7 @@ api_keys = Table(
     Column("log_traffic", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("teach", Boolean, nullable=False),  # its corrections may train models
 )
 
 traffic = Table(
@@ -83,8 +85,7 @@ batches = Table(
     Column("output_file_id", String(64), nullable=True),
     Column("error_file_id", String(64), nullable=True),
     Column("errors", JSON, nullable=True),  # why a batch failed as a whole
-    Column("lease_owner", String(64), nullable=True),  # the gateway process running it
-    Column("lease_until", DateTime(timezone=True), nullable=True),
+    *lease_columns(),  # the gateway process running it (core.leases)
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("in_progress_at", DateTime(timezone=True), nullable=True),

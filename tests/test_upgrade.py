@@ -19,6 +19,7 @@ from core.console import run
 from core.database import dispose_engines, engine_for, open_database
 from core.errors import ErrorCode, StackError
 from core.settings import StackSettings
+from finetune.files import FileStore
 from finetune.jobs import JobStatus
 from finetune.runner import JobRunner
 from registry.entities import FINE_TUNED_TAG, VersionFormat, VersionKind
@@ -94,7 +95,7 @@ def test_everything_survives_the_upgrade(old_release: tuple[StackSettings, str])
     assert {r.version for r in records} == {"demo:1"}
 
     runner = JobRunner.open(stack)
-    files = runner.store.list_files()
+    files = FileStore(runner.store.engine).list()
     assert [(f.id, f.rows) for f in files] == [("file-0123456789abcdef01234567", 1)]
     jobs = runner.store.list_jobs()
     assert sorted(j.status for j in jobs) == [JobStatus.QUEUED, JobStatus.SUCCEEDED]

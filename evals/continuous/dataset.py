@@ -39,11 +39,15 @@ def _held_out(request_id: str, share: float) -> bool:
 def labelled_rows(
     engine: Engine, traffic: TrafficSource, versions: list[str], config: LabelledConfig
 ) -> Labelled:
-    """Chat rows (the request's messages, then the corrected answer) for corrections given
-    on these versions' answers; requests without messages (completions) are left out."""
+    """Chat rows (the request's messages, then the corrected answer) for the corrections that
+    may train (see `corrections`) given on these versions' answers; requests without messages
+    (completions) are left out."""
     train, held_out = [], []
     since = utc_now() - timedelta(hours=config.since_hours)
-    for fixed in corrections(engine, versions, since):
+    found = corrections(
+        engine, versions, since, approved_only=config.review, max_per_key=config.max_per_key
+    )
+    for fixed in found:
         record = next(
             (r for r in traffic.find(fixed.request_id) if r.version == fixed.version), None
         )

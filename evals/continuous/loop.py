@@ -3,6 +3,7 @@ held-out suites and the recent corrections; on a drop, train a candidate on the 
 plus replayed data, put it through the policy's gate and promote it (or leave it on staging).
 Every step goes to the timeline, linked to what it made."""
 
+import fnmatch
 import logging
 import time
 from dataclasses import dataclass
@@ -19,12 +20,12 @@ from evals.continuous.dataset import (
     write_training_set,
 )
 from evals.continuous.events import LoopEvents, Step, new_cycle_id
-from evals.continuous.policy import Policy
+from evals.continuous.policy import LABELLED_TASK, Policy
 from evals.drift.checks import DriftCheck
 from evals.drift.monitor import DriftMonitor, TemplateRenderer
 from evals.drift.traffic import TrafficSource, open_traffic_source
 from evals.errors import invalid
-from evals.gates import gate_result
+from evals.gates import AliasGate, gate_result
 from evals.service import Evaluations
 from evals.suites import Suite
 from evals.tables import CHAIN
@@ -37,6 +38,29 @@ from registry.entities import ModelVersion
 from registry.gates import GateResult
 
 log = logging.getLogger(__name__)
+
+
+def independent_gate(policy: Policy, evaluations: Evaluations) -> AliasGate:
+    """The policy's gate on every suite no feedback key wrote: its own and the held-out suites
+    evaluated on drift (each cycle adds its recent corrections). A gate none of whose rules
+    judges a metric of those suites would rest on feedback alone, and is refused."""
+    suites = list(dict.fromkeys([*policy.gate.suites, *policy.evaluate.suites]))
+    metrics = sorted(
+        f"{task.name}/{metric.name}"
+        for suite in suites
+        for task in evaluations.suite(suite).tasks
+        if task.name != LABELLED_TASK
+        for metric in task.metrics
+    )
+    rules = [*policy.gate.guard, *policy.gate.improve]
+    if not any(fnmatch.fnmatchcase(m, rule) for m in metrics for rule in rules):
+        raise invalid(
+            f"loop policy {policy.name}: the gate would rest on feedback alone: no rule in "
+            f"gate.guard or gate.improve ({', '.join(rules) or 'none'}) judges a metric of a "
+            f"held-out suite that no feedback wrote ({', '.join(metrics) or 'none'}); guard "
+            'one, such as `guard: {"*/exact_match": 0.05}`'
+        )
+    return policy.gate.model_copy(update={"suites": suites})
 
 
 @dataclass(frozen=True)
@@ -57,6 +81,7 @@ class ContinuousLoop:
         poll_s: float = 2.0,
     ):
         self.policy = policy
+        self.gate = independent_gate(policy, evaluations)
         self.evaluations = evaluations
         self.registry = evaluations.registry
         self.monitor = monitor
@@ -155,7 +180,7 @@ class ContinuousLoop:
                 f"{candidate.ref} is on staging; promote it with "
                 f"`llm-registry promote {candidate.ref} {p.alias}`",
             )
-        return self._promote(cycle, candidate, labelled_suite)
+        return self.promote(cycle, candidate, labelled_suite)
 
     def _evaluate(self, cycle: str, version: ModelVersion, suites: list[Suite]) -> dict:
         scores = {}
@@ -211,9 +236,11 @@ class ContinuousLoop:
             job = self.runner.get(job.id)
         return job
 
-    def _promote(self, cycle: str, candidate: ModelVersion, labelled_suite: Path) -> Outcome:
+    def promote(self, cycle: str, candidate: ModelVersion, labelled_suite: Path) -> Outcome:
+        """Put the candidate through the gate, on the suites no feedback wrote and the
+        cycle's held-out corrections, and move the alias when it passes."""
         p = self.policy
-        config = p.gate.model_copy(update={"suites": [*p.gate.suites, str(labelled_suite)]})
+        config = self.gate.model_copy(update={"suites": [*self.gate.suites, str(labelled_suite)]})
 
         def gate(candidate: ModelVersion, champion: ModelVersion | None, alias: str) -> GateResult:
             return gate_result(self.evaluations, candidate, champion, config)

@@ -32,6 +32,19 @@ class LabelledConfig(_Strict):
         20, ge=2, description="Fewer corrections than this: the loop waits for more."
     )
     max_tokens: int = Field(32, ge=1, le=4096, description="Answer length cap when scoring.")
+    max_per_key: int = Field(
+        100,
+        ge=1,
+        le=1_000_000,
+        description="At most this many corrections from one API key count in the window "
+        "(`since_hours`): its first ones. Corrections come only from keys with the teach scope "
+        "(and, on a gateway without keys, from its operator, who is not capped).",
+    )
+    review: bool = Field(
+        False,
+        description="Count only corrections an admin approved (`llm-evals feedback approve`); "
+        "without review, every correction from a key allowed to teach counts unless rejected.",
+    )
 
 
 class EvaluateConfig(_Strict):
@@ -84,7 +97,8 @@ class Policy(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     gate: AliasGate = Field(
         description="Suites and rules the candidate must pass against the current version "
-        f"(the `{LABELLED_TASK}` task is added to them)."
+        f"(`evaluate.suites` and the `{LABELLED_TASK}` task are added to them); a rule must "
+        "judge a metric of a suite no feedback wrote, so the gate never rests on feedback alone."
     )
     promote: Literal["auto", "staging"] = Field(
         "staging",

@@ -40,3 +40,11 @@ class FeedbackObject(BaseModel):
     model: str = Field(description="The version that answered, e.g. `demo:3`.")
     rating: int | None
     correction: str | None
+    teach: bool = Field(
+        description="Extra: whether this feedback's correction may train models (the key that "
+        "gave it has the teach scope)."
+    )
+    review: Literal["pending", "approved", "rejected"] = Field(
+        description="Extra: an admin's review of the correction; loops that ask for review "
+        "train only on approved ones."
+    )

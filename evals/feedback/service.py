@@ -1,6 +1,7 @@
 """Feedback: stored in `evals_feedback`, about a request the traffic log recorded. Only the
 key that made the request (or an admin) may give or read feedback on it; to anyone else the
-request does not exist."""
+request does not exist. A correction records the key that gave it and whether that key may
+teach: only then may it train models (after an admin's review, where a loop asks for one)."""
 
 import secrets
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from core.errors import ErrorCode
 from core.listing import ListPage, page
 from evals.errors import EvalsError
 from evals.feedback.protocol import FeedbackObject, FeedbackRequest
+from evals.feedback.review import PENDING
 from evals.tables import feedback
 
 
@@ -49,6 +51,8 @@ def _object(row: Mapping[str, Any]) -> FeedbackObject:
         model=row["version"],
         rating=row["rating"],
         correction=row["correction"],
+        teach=row["teach"],
+        review=row["review"],
     )
 
 
@@ -72,6 +76,10 @@ class FeedbackService:
             "version": served.version,
             "rating": body.rating,
             "correction": body.correction,
+            "given_by": caller.key_id,
+            # without a key, the gateway serves only its own machine: the operator teaches
+            "teach": caller.key_id is None or caller.teach,
+            "review": PENDING,
         }
         with self.engine.begin() as conn:
             conn.execute(feedback.insert().values(**row))

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.callers import Caller
 from core.database import utc_now
-from core.errors import ErrorCode, StackError
+from core.errors import ErrorCode
 from core.listing import ListPage, page
 from finetune.service import FineTuningService
 from serving.batches.config import BatchesConfig
@@ -156,14 +156,7 @@ class BatchHandlers:
         return batch
 
     def create(self, caller: Caller, request: BatchRequest) -> BatchObject:
-        file = self.files.store.get_file(request.input_file_id)
-        if file is None or not caller.sees(file.owner):
-            raise StackError(
-                ErrorCode.NOT_FOUND,
-                f"no file {request.input_file_id!r}; GET /v1/files lists the files you uploaded",
-                param="input_file_id",
-                api_code="file_not_found",
-            )
+        file = self.files.stored_file(caller, request.input_file_id, "input_file_id")
         if file.purpose != "batch":
             raise bad_request(
                 f"file {file.id} was uploaded with purpose {file.purpose!r}; a batch reads a "

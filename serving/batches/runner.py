@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
 
 from pydantic import BaseModel
@@ -26,10 +27,11 @@ from pydantic import BaseModel
 from core.database import utc_now
 from core.errors import ErrorCode, StackError
 from core.http import ErrorDetail, ErrorEnvelope, error_type
+from core.leases import Lease, LeaseLost
 from finetune.service import FineTuningService
 from serving.auth import Authenticator, model_not_allowed
 from serving.batches.config import BatchesConfig
-from serving.batches.store import Batch, BatchStore, Line
+from serving.batches.store import ACTIVE, Batch, BatchStore, Line
 from serving.embeddings import Embedder
 from serving.engine import BATCH_PRIORITY
 from serving.errors import ServingError
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 _RETRIED = (ErrorCode.RATE_LIMITED, ErrorCode.UNAVAILABLE)  # wait and run the line again
 _ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 _STATUS_EVERY_S = 0.5  # how often a running batch looks for a cancel
+_OUTPUTS = (("completed", "output_file_id", "output"), ("failed", "error_file_id", "error"))
 
 
 class BatchRunner:
@@ -60,20 +63,35 @@ class BatchRunner:
         self.holder = f"gateway-{uuid.uuid4().hex}"
         self.lease = timedelta(seconds=config.lease_s)
         self._running: dict[str, asyncio.Task] = {}
+        self._leases: dict[str, Lease] = {}
 
     async def run_forever(self) -> None:
-        """Now and then: claim the batches no live process runs, and keep the leases."""
+        """Now and then: keep the leases (stopping a batch whose lease another process took
+        over), and claim the batches no live process runs."""
         while True:
             try:
-                await asyncio.to_thread(
-                    self.store.renew, list(self._running), self.holder, self.lease
-                )
-                for batch in await asyncio.to_thread(self.store.claim, self.holder, self.lease):
-                    if batch.id not in self._running:
-                        self._running[batch.id] = asyncio.create_task(self._run(batch))
+                await self._renew()
+                for batch, lease in await asyncio.to_thread(
+                    self.store.claim, self.holder, self.lease
+                ):
+                    self._leases[batch.id] = lease
+                    self._running[batch.id] = asyncio.create_task(self._run(batch, lease))
             except Exception:
                 log.exception("looking for batches to run failed; trying again later")
             await asyncio.sleep(self.config.poll_s)
+
+    async def _renew(self) -> None:
+        for batch_id, lease in list(self._leases.items()):
+            try:
+                self._leases[batch_id] = await asyncio.to_thread(
+                    self.store.renew, lease, self.lease
+                )
+            except LeaseLost:
+                log.warning("another process took batch %s over; this one stops it", batch_id)
+                self._leases.pop(batch_id, None)
+                task = self._running.pop(batch_id, None)
+                if task is not None:
+                    task.cancel()
 
     async def aclose(self) -> None:
         """Stop running batches; their leases go, so the next gateway resumes them at once."""
@@ -81,63 +99,120 @@ class BatchRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for batch_id in list(self._running):
-            await asyncio.to_thread(self.store.release, batch_id, self.holder)
+        for lease in list(self._leases.values()):
+            await asyncio.to_thread(self.store.release, lease)
         self._running.clear()
+        self._leases.clear()
 
-    async def _run(self, batch: Batch) -> None:
+    async def _run(self, batch: Batch, lease: Lease) -> None:
         try:
             if batch.status == "validating":
                 await asyncio.to_thread(
-                    self.store.move, batch.id, "in_progress", only_from=("validating",)
+                    self.store.move,
+                    batch.id,
+                    "in_progress",
+                    only_from=("validating",),
+                    lease=lease,
                 )
-            await self._lines(batch)
-            await self._finalize(batch.id)
+            await self._lines(batch, lease)
+            await self._finalize(batch.id, lease)
         except asyncio.CancelledError:
             raise
+        except LeaseLost:
+            log.warning("another process took batch %s over; this one stops it", batch.id)
+            self._forget(batch.id)
+            return
         except Exception:
             log.exception("batch %s failed", batch.id)
             await asyncio.to_thread(
                 self.store.move,
                 batch.id,
                 "failed",
-                only_from=("validating", "in_progress", "finalizing", "cancelling"),
+                only_from=ACTIVE,
+                lease=lease,
                 errors=[{"code": "internal_error", "message": "the gateway failed the batch"}],
             )
-        self._running.pop(batch.id, None)
-        await asyncio.to_thread(self.store.release, batch.id, self.holder)
+        self._forget(batch.id)
+        await asyncio.to_thread(self.store.release, lease)
 
-    async def _stopping(self, batch_id: str) -> bool:
-        """Whether the batch was cancelled or ran out of its window."""
-        current = await asyncio.to_thread(self.store.get, batch_id)
+    def _forget(self, batch_id: str) -> None:
+        self._running.pop(batch_id, None)
+        self._leases.pop(batch_id, None)
+
+    async def _stopping(self, lease: Lease) -> bool:
+        """Whether the batch was cancelled or ran out of its window; `LeaseLost` when another
+        process took it over."""
+        current = await asyncio.to_thread(self.store.get, lease.item_id)
+        if current is not None and current.lease_epoch != lease.epoch:
+            raise LeaseLost(lease.item_id)
         return current is None or current.status != "in_progress" or current.expires_at < utc_now()
 
-    async def _lines(self, batch: Batch) -> None:
-        """Run the pending lines, `max_in_flight` at once, until done, cancelled or expired;
-        lines running when it stops are abandoned (and stay pending)."""
-        if await self._stopping(batch.id):
+    def _key_lost(self, batch: Batch, lease: Lease, models: set[str]) -> bool:
+        """Whether the key that made the batch was revoked (or deleted), or no longer allows
+        a model of its lines that it allowed when they started; if so the batch is now
+        cancelling, with the reason in its errors."""
+        if batch.owner is None:
+            return False
+        key = self.keys.active(batch.owner)
+        if key is None:
+            code = "invalid_api_key"
+            message = "the API key that made this batch was revoked; the batch was cancelled"
+        elif lost := sorted(m for m in models if not key.allows(m)):
+            code = "model_not_allowed"
+            message = (
+                f"the API key that made this batch may no longer use the model `{lost[0]}`; "
+                "the batch was cancelled"
+            )
+        else:
+            return False
+        self.store.move(
+            batch.id,
+            "cancelling",
+            only_from=("in_progress",),
+            lease=lease,
+            errors=[{"code": code, "message": message}],
+        )
+        return True
+
+    async def _lines(self, batch: Batch, lease: Lease) -> None:
+        """Run the pending lines, `max_in_flight` at once, until done, cancelled, expired or
+        the key is revoked (checked before every group of `max_in_flight` lines); lines
+        running when it stops are abandoned (and stay pending)."""
+        if await self._stopping(lease):
             return
         key = await asyncio.to_thread(self._key, batch.owner)
         pending = await asyncio.to_thread(self.store.lines, batch.id, "pending")
-        room = asyncio.Semaphore(self.config.max_in_flight)
+        models = {str(line.body.get("model")) for line in pending}
+        if key is not None:
+            models = {m for m in models if key.allows(m)}  # lines of others fail one by one
+        group = self.config.max_in_flight
+        room = asyncio.Semaphore(group)
         tasks: set[asyncio.Task] = set()
         checked = asyncio.get_running_loop().time()
         stopped = False
         try:
-            for line in pending:
+            for number, line in enumerate(pending):
                 await room.acquire()
                 now = asyncio.get_running_loop().time()
+                if number % group == 0 and await asyncio.to_thread(
+                    self._key_lost, batch, lease, models
+                ):
+                    stopped = True
+                    break
                 if now - checked >= _STATUS_EVERY_S:
                     checked = now
-                    if stopped := await self._stopping(batch.id):
+                    if stopped := await self._stopping(lease):
                         break
-                task = asyncio.create_task(self._line(batch, key, line))
+                task = asyncio.create_task(self._line(batch, lease, key, line))
                 task.add_done_callback(lambda _t: room.release())
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             while tasks and not stopped:
                 await asyncio.wait(tasks, timeout=_STATUS_EVERY_S)
-                stopped = bool(tasks) and await self._stopping(batch.id)
+                stopped = bool(tasks) and (
+                    await asyncio.to_thread(self._key_lost, batch, lease, models)
+                    or await self._stopping(lease)
+                )
         finally:
             for task in tasks:
                 task.cancel()
@@ -151,7 +226,7 @@ class BatchRunner:
         except StackError:
             return None  # deleted: each line fails as for a revoked key
 
-    async def _line(self, batch: Batch, key: ApiKey | None, line: Line) -> None:
+    async def _line(self, batch: Batch, lease: Lease, key: ApiKey | None, line: Line) -> None:
         request_id = f"{batch.id}-{line.line}"
         give_up = time.monotonic() + self.config.retry_for_s
         while True:
@@ -162,7 +237,7 @@ class BatchRunner:
                 if err.code in _RETRIED and time.monotonic() + wait < give_up:
                     await asyncio.sleep(wait)
                     continue
-                await self._finish(batch, line, request_id, error=err)
+                await self._finish(lease, line, request_id, error=err)
                 return
             except asyncio.CancelledError:
                 raise
@@ -171,9 +246,9 @@ class BatchRunner:
                 error = StackError(
                     ErrorCode.INTERNAL, "the request failed; the server log has details"
                 )
-                await self._finish(batch, line, request_id, error=error)
+                await self._finish(lease, line, request_id, error=error)
                 return
-            await self._finish(batch, line, request_id, response=body)
+            await self._finish(lease, line, request_id, response=body)
             return
 
     async def _call(
@@ -205,7 +280,7 @@ class BatchRunner:
 
     async def _finish(
         self,
-        batch: Batch,
+        lease: Lease,
         line: Line,
         request_id: str,
         *,
@@ -234,7 +309,7 @@ class BatchRunner:
         write = asyncio.ensure_future(
             asyncio.to_thread(
                 self.store.finish_line,
-                batch.id,
+                lease,
                 line.line,
                 ok=status == 200,
                 result=result,
@@ -250,9 +325,14 @@ class BatchRunner:
             await write
             raise
 
-    async def _finalize(self, batch_id: str) -> None:
+    async def _finalize(self, batch_id: str, lease: Lease) -> None:
         """Write the output and error files of the finished lines, and end the batch:
-        completed, cancelled (asked to stop) or expired (out of its window)."""
+        completed, cancelled (asked to stop) or expired (out of its window).
+
+        The files are stored first, then one fenced update ends the batch and points at them.
+        A process that lost the lease meanwhile discards its files; the one that ends the
+        batch discards the files of an earlier try that stopped before it ended it (a crash),
+        so a batch ends once, with one output and one error file at most."""
         batch = await asyncio.to_thread(self.store.get, batch_id)
         assert batch is not None
         if batch.status == "in_progress":
@@ -260,34 +340,67 @@ class BatchRunner:
                 end = "expired"
             else:
                 end = "completed"
-                await asyncio.to_thread(
-                    self.store.move, batch.id, "finalizing", only_from=("in_progress",)
-                )
+                if not await asyncio.to_thread(
+                    self.store.move,
+                    batch.id,
+                    "finalizing",
+                    only_from=("in_progress",),
+                    lease=lease,
+                ):  # cancelled meanwhile, or taken over
+                    await self._stopping(lease)
+                    return await self._finalize(batch_id, lease)
         elif batch.status == "cancelling":
             end = "cancelled"
         elif batch.status == "finalizing":
             end = "completed"
         else:
             return
-        lines = await asyncio.to_thread(self.store.lines, batch.id)
-        files = {}
-        for status, purpose, name in (
-            ("completed", "output_file_id", "output"),
-            ("failed", "error_file_id", "error"),
-        ):
-            results = [json.dumps(line.result) + "\n" for line in lines if line.status == status]
-            if results:
-                files[purpose] = await asyncio.to_thread(
-                    self.files.store_file,
-                    batch.owner,
-                    f"{batch.id}_{name}.jsonl",
-                    "batch_output",
-                    "".join(results).encode(),
-                )
-        await asyncio.to_thread(
-            self.store.move,
-            batch.id,
-            end,
-            only_from=("in_progress", "finalizing", "cancelling"),
-            **files,
+        ending = asyncio.ensure_future(asyncio.to_thread(self._end, batch, lease, end))
+        try:
+            ended = await asyncio.shield(ending)
+        except asyncio.CancelledError:
+            await ending  # the files and the batch's end agree before the task stops
+            raise
+        if not ended:
+            raise LeaseLost(batch.id)
+
+    def _end(self, batch: Batch, lease: Lease, end: str) -> bool:
+        """Store the files, end the batch with them under `lease`; whether it did."""
+        lines = self.store.lines(batch.id)
+        files: dict[str, str] = {}
+        try:
+            for status, purpose, name in _OUTPUTS:
+                results = [json.dumps(x.result) + "\n" for x in lines if x.status == status]
+                if results:
+                    files[purpose] = self.files.store_file(
+                        batch.owner,
+                        f"{batch.id}_{name}.jsonl",
+                        "batch_output",
+                        "".join(results).encode(),
+                    )
+            ended = self.store.move(
+                batch.id,
+                end,
+                only_from=("in_progress", "finalizing", "cancelling"),
+                lease=lease,
+                **files,
+            )
+        except BaseException:
+            self._discard(files.values())
+            raise
+        if not ended:
+            self._discard(files.values())
+            return False
+        names = {f"{batch.id}_{name}.jsonl" for _, _, name in _OUTPUTS}
+        self._discard(
+            f.id
+            for f in self.files.files.list(batch.owner, purpose="batch_output")
+            if f.owner == batch.owner and f.filename in names and f.id not in files.values()
         )
+        return True
+
+    def _discard(self, file_ids: Iterable[str]) -> None:
+        for file_id in list(file_ids):
+            stored = self.files.files.get(file_id)
+            if stored is not None and self.files.files.delete(file_id):
+                (self.files.runner.stack.resolved_home / stored.path).unlink(missing_ok=True)

@@ -1,6 +1,8 @@
 """Batches and their lines on SQLAlchemy (SQLite or PostgreSQL). Each line's result is stored
 as it finishes, so a batch resumes after a restart where it stopped. A gateway process holds
-a lease on each batch it runs, so two processes on one database never run the same batch."""
+a lease (`core.leases`) on each batch it runs: two processes on one database never run the
+same batch, and every write of a runner (a line's result, a change of status) is fenced by
+its lease's epoch, so a process that lost the lease cannot write over its successor's."""
 
 import secrets
 from dataclasses import dataclass, field
@@ -10,6 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, insert, or_, select, update
 
 from core.database import as_utc, reading, utc_now
+from core.leases import Lease, LeaseLost, Leases
 from serving.tables import batch_lines, batches
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")  # a runner's work
@@ -53,6 +56,7 @@ class Batch:
     errors: list[dict[str, Any]] | None = None
     lease_owner: str | None = None
     lease_until: datetime | None = None
+    lease_epoch: int = 0
     in_progress_at: datetime | None = None
     finalizing_at: datetime | None = None
     completed_at: datetime | None = None
@@ -81,6 +85,7 @@ def _batch(row: Any) -> Batch:
 class BatchStore:
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.leases = Leases(engine, batches)
 
     def create(self, batch: Batch, lines: list[Line]) -> Batch:
         with self.engine.begin() as conn:
@@ -122,63 +127,37 @@ class BatchStore:
             return [_batch(r) for r in conn.execute(query.limit(limit + 1))]
 
     def move(
-        self, batch_id: str, status: str, *, only_from: tuple[str, ...], **values: Any
+        self,
+        batch_id: str,
+        status: str,
+        *,
+        only_from: tuple[str, ...],
+        lease: Lease | None = None,
+        **values: Any,
     ) -> bool:
         """Set the status (and its timestamp, `<status>_at`, now) if the batch is in one of
-        `only_from`; whether it was."""
+        `only_from`, and with `lease`, still held by it; whether it was."""
         stamp = f"{status}_at"
         if stamp in batches.c:
             values.setdefault(stamp, utc_now())
+        where = [batches.c.id == batch_id, batches.c.status.in_(only_from)]
+        if lease is not None:
+            where.append(self.leases.fence(lease))
         with self.engine.begin() as conn:
-            moved = conn.execute(
-                update(batches)
-                .where(batches.c.id == batch_id, batches.c.status.in_(only_from))
-                .values(status=status, **values)
-            )
+            moved = conn.execute(update(batches).where(*where).values(status=status, **values))
             return moved.rowcount == 1
 
-    def claim(self, holder: str, lease: timedelta) -> list[Batch]:
-        """Take the lease of every active batch that no live process holds; the claimed."""
-        now = utc_now()
-        free = or_(
-            batches.c.lease_owner == holder,
-            batches.c.lease_until.is_(None),
-            batches.c.lease_until < now,
-        )
-        with self.engine.begin() as conn:
-            ids = list(
-                conn.execute(
-                    select(batches.c.id).where(batches.c.status.in_(ACTIVE), free)
-                ).scalars()
-            )
-            claimed = []
-            for batch_id in ids:
-                taken = conn.execute(
-                    update(batches)
-                    .where(batches.c.id == batch_id, free)
-                    .values(lease_owner=holder, lease_until=now + lease)
-                )
-                if taken.rowcount == 1:
-                    claimed.append(batch_id)
-        return [b for b in (self.get(i) for i in claimed) if b is not None]
+    def claim(self, holder: str, ttl: timedelta) -> list[tuple[Batch, Lease]]:
+        """Take the lease of every active batch that no live process holds."""
+        leases = self.leases.acquire_free(holder, ttl, batches.c.status.in_(ACTIVE))
+        return [(batch, lease) for lease in leases if (batch := self.get(lease.item_id))]
 
-    def renew(self, batch_ids: list[str], holder: str, lease: timedelta) -> None:
-        if not batch_ids:
-            return
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(batches)
-                .where(batches.c.id.in_(batch_ids), batches.c.lease_owner == holder)
-                .values(lease_until=utc_now() + lease)
-            )
+    def renew(self, lease: Lease, ttl: timedelta) -> Lease:
+        """`LeaseLost` when another process took the batch over: stop running it."""
+        return self.leases.renew(lease, ttl)
 
-    def release(self, batch_id: str, holder: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(batches)
-                .where(batches.c.id == batch_id, batches.c.lease_owner == holder)
-                .values(lease_owner=None, lease_until=None)
-            )
+    def release(self, lease: Lease) -> None:
+        self.leases.release(lease)
 
     def lines(self, batch_id: str, status: str | None = None) -> list[Line]:
         query = select(batch_lines).where(batch_lines.c.batch_id == batch_id)
@@ -190,7 +169,7 @@ class BatchStore:
 
     def finish_line(
         self,
-        batch_id: str,
+        lease: Lease,
         line: int,
         *,
         ok: bool,
@@ -198,7 +177,9 @@ class BatchStore:
         input_tokens: int = 0,
         output_tokens: int = 0,
     ) -> None:
-        """Store a line's result and count it, in one transaction."""
+        """Store a line's result and count it, in one transaction, under `lease`;
+        `LeaseLost` (nothing stored) when another process took the batch over."""
+        batch_id = lease.item_id
         counter = batches.c.completed if ok else batches.c.failed
         with self.engine.begin() as conn:
             done = conn.execute(
@@ -210,15 +191,13 @@ class BatchStore:
                 )
                 .values(status="completed" if ok else "failed", result=result)
             )
-            if done.rowcount == 1:
-                conn.execute(
-                    update(batches)
-                    .where(batches.c.id == batch_id)
-                    .values(
-                        {
-                            counter: counter + 1,
-                            batches.c.input_tokens: batches.c.input_tokens + input_tokens,
-                            batches.c.output_tokens: batches.c.output_tokens + output_tokens,
-                        }
-                    )
-                )
+            if done.rowcount == 1 and not self.leases.transition(
+                lease,
+                conn=conn,
+                **{
+                    counter.name: counter + 1,
+                    "input_tokens": batches.c.input_tokens + input_tokens,
+                    "output_tokens": batches.c.output_tokens + output_tokens,
+                },
+            ):
+                raise LeaseLost(batch_id)  # and the line's update rolls back

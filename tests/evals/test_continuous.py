@@ -1,7 +1,8 @@
 """The continuous-training loop in a shortened form, on the demo model behind a real gateway:
 traffic moves to a phrasing the model does not know, users correct its answers through
 `/v1/feedback`, and one step of the loop goes from drift through evaluation, a fine-tuning
-job and the gate to `production`, after which the gateway answers the new phrasing."""
+job and the gate to `production`, after which the gateway answers the new phrasing. The gate
+always judges held-out data no feedback wrote, and a policy whose gate would not is refused."""
 
 import json
 import os
@@ -19,11 +20,12 @@ import yaml
 
 from core.errors import StackError
 from core.settings import StackSettings
+from evals.continuous.dataset import write_labelled_suite
 from evals.continuous.events import Step
 from evals.continuous.loop import ContinuousLoop
 from evals.continuous.policy import load_policy
 from finetune.demo.skills import SKILLS
-from tests.serving.conftest import running_gateway
+from tests.serving.conftest import make_adapter, running_gateway
 
 KNOWN = ["add", "upper", "lookup"]
 
@@ -77,6 +79,57 @@ def test_a_bad_policy_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     )  # fmt: skip
     assert refused.returncode == 2 and "no such file" in refused.stderr
     assert not (tmp_path / "home" / "evals" / "loop").exists()
+
+
+def _suite(folder: Path, name: str, skill: str) -> str:
+    path = folder / f"{name}.yaml"
+    task = {"name": skill, "data": {"demo": skill, "count": 4},
+            "generation": {"max_tokens": 4}, "metrics": ["exact_match"]}  # fmt: skip
+    path.write_text(yaml.safe_dump({"name": name, "tasks": [task]}))
+    return str(path)
+
+
+def test_the_gate_always_includes_non_feedback_held_out_data(
+    tmp_path: Path, random_model_dir: Path
+) -> None:
+    stack = StackSettings(home=tmp_path / "home", actor="tests")
+    corrected = [{"messages": [{"role": "user", "content": "What is 2 + 2?"},
+                               {"role": "assistant", "content": "4"}]}] * 3  # fmt: skip
+    (tmp_path / "cycle").mkdir()
+    labelled = write_labelled_suite(tmp_path / "cycle", corrected, max_tokens=4)
+    policy = {
+        **POLICY,
+        "evaluate": {"suites": [_suite(tmp_path, "watched", "upper")]},
+        "gate": {"suites": [_suite(tmp_path, "guard", "add")], "guard": {"*/exact_match": 1.0}},
+    }
+    loop = ContinuousLoop.open(load_policy(_write(tmp_path, policy)), stack)
+    base = loop.registry.register("demo", random_model_dir)
+    loop.registry.set_alias("demo", "production", base.version)
+    adapter = make_adapter(random_model_dir, tmp_path / "adapter", seed=1)
+    candidate = loop.registry.register("demo", adapter, kind="adapter", parent=base.ref)
+
+    outcome = loop.promote("cycle-test", candidate, labelled)
+    assert outcome.summary == "demo@production moved to demo:2", outcome
+    [gate] = [e for e in loop.events.history("demo") if e.step is Step.GATE]
+    # the policy's gate suite and its held-out suite, besides the corrections
+    assert set(gate.detail["gate"]["details"]["runs"]) == {"guard", "watched", "labelled"}
+
+    # a gate that would judge only what feedback wrote is refused before any cycle
+    for gate_config in (
+        {"suites": [str(labelled)], "guard": {"*/exact_match": 0.1}},
+        {"suites": [_suite(tmp_path, "guard", "add")], "improve": ["labelled/exact_match"]},
+    ):
+        refused = _write(tmp_path, {**POLICY, "gate": gate_config})
+        with pytest.raises(StackError, match="the gate would rest on feedback alone"):
+            ContinuousLoop.open(load_policy(refused), stack)
+    cli = subprocess.run(
+        [sys.executable, "-m", "evals", "loop", "run", str(refused)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "LLMOPS_HOME": str(stack.home)},
+    )  # fmt: skip
+    assert cli.returncode == 2, cli.stderr
+    assert "gate would rest on feedback alone" in cli.stderr
+    assert "add/exact_match" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
