@@ -130,10 +130,10 @@ def test_the_explicit_upgrade_reports_each_package(
     assert run(stack_cli.cli, stack_cli.PROG, ["--json", "db", "upgrade"]) == 0
     moved = {s["chain"]: (s["from"], s["to"]) for s in json.loads(capsys.readouterr().out)}
     assert moved == {
-        "evals": (None, "e0003"),
-        "finetune": ("f0001", "f0002"),
+        "evals": (None, "e0005"),
+        "finetune": ("f0001", "f0003"),
         "registry": ("0001", "0003"),
-        "serving": ("s0001", "s0008"),
+        "serving": ("s0001", "s0010"),
     }
     assert run(stack_cli.cli, stack_cli.PROG, ["db", "upgrade"]) == 0
     assert capsys.readouterr().out.count("up to date") == 4
