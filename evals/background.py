@@ -1,6 +1,7 @@
 """Runs started over HTTP, scored in the gateway's process on worker threads: never tied to
 the request that started them (a client may disconnect; the run goes on), at most
-`max_running` at once, and at most `max_queued` more waiting their turn; beyond that,
+`max_running` at once, and at most `max_queued` more waiting their turn, of which one API key
+may have at most `max_queued_per_key` (so that one key cannot hold the queue); beyond that,
 starting a run is refused (429) until one finishes.
 
 Each run is leased to this process (`core.leases`) and its lease renewed every `poll_s`;
@@ -100,12 +101,14 @@ class BackgroundRuns:
         max_running: int,
         max_queued: int,
         *,
+        max_queued_per_key: int | None = None,
         lease_s: float = 60.0,
         poll_s: float = 5.0,
     ):
         self.evaluations = evaluations
         self.runs = evaluations.runs
         self.capacity = max_running + max_queued
+        self.max_queued_per_key = max_queued_per_key or max(1, max_queued // 2)
         self.lease = timedelta(seconds=lease_s)
         self.poll_s = poll_s
         self.worker = f"{this_worker()}:{uuid.uuid4().hex[:12]}"
@@ -116,9 +119,16 @@ class BackgroundRuns:
         self._tending = threading.Thread(target=self._tend, name="eval-leases", daemon=True)
         self._tending.start()
 
-    def start(self, record: Callable[[], EvalRun], suite: Suite) -> EvalRun:
-        """Record a queued run (`record`), lease it and hand it to a worker; 429 when this
-        process has as many runs as it takes running or waiting, 503 once it is stopping."""
+    def start(
+        self,
+        record: Callable[[], EvalRun],
+        suite: Suite,
+        owner: str | None = None,
+        owner_name: str = "anonymous",
+    ) -> EvalRun:
+        """Record a queued run (`record`) of the key `owner`, lease it and hand it to a
+        worker; 429 when this process has as many runs as it takes running or waiting, or
+        the key as many waiting as one key may; 503 once it is stopping."""
         with self._lock:
             if self._closed.is_set():
                 raise EvalsError(
@@ -133,6 +143,21 @@ class BackgroundRuns:
                     "queued, as many as it takes; start this one when one of them finishes "
                     "(or cancel one)",
                     api_code="too_many_eval_runs",
+                    headers={"Retry-After": "10"},
+                )
+            waiting = sum(
+                1
+                for held in self._runs.values()
+                if held.run.owner == owner and not (held.future and held.future.running())
+            )
+            if waiting >= self.max_queued_per_key:
+                raise EvalsError(
+                    ErrorCode.RATE_LIMITED,
+                    f"key {owner_name!r} already has {waiting} evaluation runs waiting for a "
+                    f"worker, as many as one key may (max_queued_runs_per_key: "
+                    f"{self.max_queued_per_key}); start this one when one of them starts or "
+                    "finishes (or cancel one)",
+                    api_code="too_many_eval_runs_for_key",
                     headers={"Retry-After": "10"},
                 )
             run = self.runs.acquire(record().id, self.worker, self.lease)

@@ -152,7 +152,12 @@ class EvalHandlers:
         return cls(
             evaluations,
             SuiteCatalog(settings.suites_dir),
-            BackgroundRuns(evaluations, settings.max_running_runs, settings.max_queued_runs),
+            BackgroundRuns(
+                evaluations,
+                settings.max_running_runs,
+                settings.max_queued_runs,
+                max_queued_per_key=settings.queued_runs_per_key,
+            ),
         )
 
     @property
@@ -238,7 +243,8 @@ class EvalHandlers:
                 metadata=body.metadata,
             )
 
-        return self._run_object(self.background.start(record, entry.suite), entry.id)
+        started = self.background.start(record, entry.suite, caller.key_id, caller.name)
+        return self._run_object(started, entry.id)
 
     def list_runs(
         self,

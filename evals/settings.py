@@ -42,3 +42,14 @@ class EvalsSettings(BaseSettings):
         description="Runs started over HTTP that wait for a worker; beyond them, starting a run "
         "is refused with 429 until one finishes.",
     )
+    max_queued_runs_per_key: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Of those, how many one API key may have waiting (429 beyond), so that one "
+        "key cannot hold the queue; unset: half the queue, at least 1.",
+    )
+
+    @property
+    def queued_runs_per_key(self) -> int:
+        return self.max_queued_runs_per_key or max(1, self.max_queued_runs // 2)

@@ -62,6 +62,8 @@ class Authenticator:
                 "(`llm-serve keys create`)",
                 api_code="invalid_api_key",
             )
+        if not key.admits(request.url.path):
+            raise key.refusal(request.url.path)
         if model is not None and not key.allows(model):
             raise model_not_allowed(key, model)
         return key

@@ -1,6 +1,7 @@
 """API keys: stored as sha256 hashes, checked in constant time, each with its allowed models,
-rate limits, traffic-log opt-out and optional scopes: admin, and teach (its corrections
-through `/v1/feedback` may train models)."""
+rate limits, traffic-log opt-out and optional scopes: admin, teach (its corrections through
+`/v1/feedback` may train models) and device (an edge device's key, made by `llm-serve edge
+add`: only the edge routes admit it, and it uses no model through the API)."""
 
 import hashlib
 import hmac
@@ -21,6 +22,7 @@ from serving.tables import api_keys
 KEY_PREFIX = "llmops-"
 MAX_RATE = 10**12  # the largest rpm or tpm a key may have (the columns hold 64-bit integers)
 ALL_MODELS = "*"
+DEVICE_ROUTES = "/v1/edge/"  # the only routes a device key may call
 _MIN_RELOAD_S = 0.25  # unknown secrets reload the keys at most this often
 
 
@@ -37,6 +39,7 @@ class ApiKey:
     created_at: datetime
     revoked_at: datetime | None
     teach: bool = False
+    device: bool = False
 
     @property
     def may_teach(self) -> bool:
@@ -46,13 +49,29 @@ class ApiKey:
 
     def allows(self, model: str) -> bool:
         """Whether this key may use `model` (`demo` also covers `demo@alias`, `demo:N` and
-        the fine-tuned `ft:demo:...`)."""
+        the fine-tuned `ft:demo:...`). A device key uses none: it fetches its device's bundles,
+        which the edge routes check against the device."""
+        if self.device:
+            return False
         if ALL_MODELS in self.models or model in self.models:
             return True
         try:
             return parse_ref(model).name in self.models
         except StackError:
             return False
+
+    def admits(self, path: str) -> bool:
+        """Whether this key may call the route at `path`: a device key only the edge routes."""
+        return not self.device or path.startswith(DEVICE_ROUTES)
+
+    def refusal(self, path: str) -> ServingError:
+        """The 403 for a route this key may not call (see `admits`)."""
+        return ServingError(
+            ErrorCode.PERMISSION_DENIED,
+            f"key {self.name!r} is an edge device's key: it may call only the edge routes "
+            f"({DEVICE_ROUTES}...), not {path[:200]}",
+            api_code="device_key_not_allowed",
+        )
 
 
 def secret_hash(secret: str) -> str:
@@ -73,6 +92,7 @@ def _key(row: Row) -> ApiKey:
         created_at=as_utc(row.created_at),
         revoked_at=as_utc(row.revoked_at),
         teach=row.teach,
+        device=row.device,
     )
 
 
@@ -97,6 +117,7 @@ class KeyStore:
         tpm: int | None = None,
         log_traffic: bool = True,
         teach: bool = False,
+        device: bool = False,
     ) -> tuple[ApiKey, str]:
         """A new key and its secret; the secret is shown once and only its hash is stored."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -111,6 +132,7 @@ class KeyStore:
             "tpm": tpm,
             "log_traffic": log_traffic,
             "teach": teach,
+            "device": device,
             "created_at": utc_now(),
             "revoked_at": None,
         }

@@ -41,6 +41,7 @@ api_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Column("teach", Boolean, nullable=False),  # its corrections may train models
+    Column("device", Boolean, nullable=False),  # an edge device's: only the edge routes
 )
 
 traffic = Table(

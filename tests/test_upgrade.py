@@ -131,9 +131,9 @@ def test_the_explicit_upgrade_reports_each_package(
     moved = {s["chain"]: (s["from"], s["to"]) for s in json.loads(capsys.readouterr().out)}
     assert moved == {
         "evals": (None, "e0005"),
-        "finetune": ("f0001", "f0003"),
+        "finetune": ("f0001", "f0004"),
         "registry": ("0001", "0003"),
-        "serving": ("s0001", "s0010"),
+        "serving": ("s0001", "s0011"),
     }
     assert run(stack_cli.cli, stack_cli.PROG, ["db", "upgrade"]) == 0
     assert capsys.readouterr().out.count("up to date") == 4

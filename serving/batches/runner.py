@@ -11,7 +11,9 @@ within `retry_for_s`.
 
 Each finished line is stored at once; a restarted gateway claims the batch again (after the
 lease of the process that ran it ends, at once after a clean shutdown) and runs only the
-lines still pending."""
+lines still pending. The update that ends a batch empties its lines (see `BatchStore`), and
+every `Retention.every_s` the runner deletes the lines past the traffic log's retention or
+whose files were deleted."""
 
 import asyncio
 import json
@@ -38,6 +40,7 @@ from serving.errors import ServingError
 from serving.generation import Generator, RequestContext
 from serving.keys import ApiKey, KeyStore
 from serving.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from serving.traffic import Retention
 
 log = logging.getLogger(__name__)
 _RETRIED = (ErrorCode.RATE_LIMITED, ErrorCode.UNAVAILABLE)  # wait and run the line again
@@ -64,12 +67,18 @@ class BatchRunner:
         self.lease = timedelta(seconds=config.lease_s)
         self._running: dict[str, asyncio.Task] = {}
         self._leases: dict[str, Lease] = {}
+        traffic = generator.traffic
+        self.retention = traffic.retention if traffic is not None else Retention()
 
     async def run_forever(self) -> None:
         """Now and then: keep the leases (stopping a batch whose lease another process took
-        over), and claim the batches no live process runs."""
+        over), claim the batches no live process runs, and sweep old lines."""
+        next_sweep = 0.0
         while True:
             try:
+                if time.monotonic() >= next_sweep:
+                    await asyncio.to_thread(self.sweep)
+                    next_sweep = time.monotonic() + self.retention.every_s
                 await self._renew()
                 for batch, lease in await asyncio.to_thread(
                     self.store.claim, self.holder, self.lease
@@ -79,6 +88,10 @@ class BatchRunner:
             except Exception:
                 log.exception("looking for batches to run failed; trying again later")
             await asyncio.sleep(self.config.poll_s)
+
+    def sweep(self) -> int:
+        """Delete the lines past the retention, or whose output or error file is gone."""
+        return self.store.sweep(utc_now() - self.retention.max_age)
 
     async def _renew(self) -> None:
         for batch_id, lease in list(self._leases.items()):
@@ -130,6 +143,7 @@ class BatchRunner:
                 "failed",
                 only_from=ACTIVE,
                 lease=lease,
+                empty_lines=True,
                 errors=[{"code": "internal_error", "message": "the gateway failed the batch"}],
             )
         self._forget(batch.id)
@@ -383,6 +397,7 @@ class BatchRunner:
                 end,
                 only_from=("in_progress", "finalizing", "cancelling"),
                 lease=lease,
+                empty_lines=True,
                 **files,
             )
         except BaseException:

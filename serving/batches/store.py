@@ -2,20 +2,27 @@
 as it finishes, so a batch resumes after a restart where it stopped. A gateway process holds
 a lease (`core.leases`) on each batch it runs: two processes on one database never run the
 same batch, and every write of a runner (a line's result, a change of status) is fenced by
-its lease's epoch, so a process that lost the lease cannot write over its successor's."""
+its lease's epoch, so a process that lost the lease cannot write over its successor's.
+
+Lines hold requests and results only while their batch runs: the update that ends a batch
+(with its output and error files) empties them, since the traffic log (with its redaction and
+opt-out) and the files are the only copies kept. `sweep` deletes the lines of batches that
+ended before the traffic log's retention, and those whose output or error file was deleted."""
 
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 
 from core.database import as_utc, reading, utc_now
 from core.leases import Lease, LeaseLost, Leases
+from finetune.tables import files
 from serving.tables import batch_lines, batches
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")  # a runner's work
+ENDED = ("completed", "failed", "expired", "cancelled")
 _DATES = (
     "created_at",
     "expires_at",
@@ -133,10 +140,12 @@ class BatchStore:
         *,
         only_from: tuple[str, ...],
         lease: Lease | None = None,
+        empty_lines: bool = False,
         **values: Any,
     ) -> bool:
         """Set the status (and its timestamp, `<status>_at`, now) if the batch is in one of
-        `only_from`, and with `lease`, still held by it; whether it was."""
+        `only_from`, and with `lease`, still held by it; whether it was. `empty_lines`: in
+        the same transaction, drop the requests and results its lines hold (it ends)."""
         stamp = f"{status}_at"
         if stamp in batches.c:
             values.setdefault(stamp, utc_now())
@@ -145,7 +154,42 @@ class BatchStore:
             where.append(self.leases.fence(lease))
         with self.engine.begin() as conn:
             moved = conn.execute(update(batches).where(*where).values(status=status, **values))
+            if moved.rowcount == 1 and empty_lines:
+                conn.execute(
+                    update(batch_lines)
+                    .where(batch_lines.c.batch_id == batch_id)
+                    .values(body={}, result=None)
+                )
             return moved.rowcount == 1
+
+    def sweep(self, cutoff: datetime) -> int:
+        """Delete the lines of ended batches made before `cutoff`, and those no file holds
+        (any more): pending ones, completed ones without the output file, failed ones
+        without the error file; how many went."""
+        ended = select(batches.c.id).where(batches.c.status.in_(ENDED))
+        kept = select(files.c.id)
+
+        def without(file_id: Any) -> Any:
+            return ended.where(or_(file_id.is_(None), file_id.not_in(kept)))
+
+        lines = batch_lines.c
+        with self.engine.begin() as conn:
+            return conn.execute(
+                delete(batch_lines).where(
+                    or_(
+                        lines.batch_id.in_(ended.where(batches.c.created_at < cutoff)),
+                        and_(lines.status == "pending", lines.batch_id.in_(ended)),
+                        and_(
+                            lines.status == "completed",
+                            lines.batch_id.in_(without(batches.c.output_file_id)),
+                        ),
+                        and_(
+                            lines.status == "failed",
+                            lines.batch_id.in_(without(batches.c.error_file_id)),
+                        ),
+                    )
+                )
+            ).rowcount
 
     def claim(self, holder: str, ttl: timedelta) -> list[tuple[Batch, Lease]]:
         """Take the lease of every active batch that no live process holds."""

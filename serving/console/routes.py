@@ -82,6 +82,12 @@ def login(
         raise ConsoleError(
             401, "That API key is not valid (unknown or revoked).", title="Log in failed"
         )
+    if key.device:
+        raise ConsoleError(
+            403,
+            "A device key works on the edge routes only; log in with a person's key.",
+            title="Log in failed",
+        )
     response = RedirectResponse("/ui/" if key.admin else "/ui/jobs", status_code=303)
     start_session(request, response, key, _secure(request))
     return response

@@ -8,7 +8,8 @@
     GET|POST /v1/edge/devices, DELETE /v1/edge/devices/{id}    the fleet, for admin keys
 
 `EdgeHandlers` on the application (`app.state.edge`) do the work; see there who may call
-what."""
+what. Every edge request counts against its key's requests per minute (device keys have a
+limit by default), so a device stuck in a sync loop cannot flood the gateway."""
 
 from typing import Annotated
 
@@ -33,7 +34,21 @@ from serving.edge.protocol import (
     SignedBundle,
 )
 
-router = APIRouter(prefix="/v1/edge", tags=["edge"], responses=error_responses(400, 401, 403))
+
+async def count_request(request: Request) -> None:
+    """Count the request against its key's rpm (429 with Retry-After beyond it)."""
+    gateway = request.app.state.gateway
+    key = await gateway.auth.key_async(request)
+    if key is not None and key.rpm is not None:
+        await gateway.limiter.reserve(key, 0)
+
+
+router = APIRouter(
+    prefix="/v1/edge",
+    tags=["edge"],
+    responses=error_responses(400, 401, 403, 429),
+    dependencies=[Depends(count_request)],
+)
 
 
 def get_handlers(request: Request) -> EdgeHandlers:

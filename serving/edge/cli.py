@@ -14,7 +14,7 @@ from core.database import open_database
 from core.settings import StackSettings
 from registry.service import open_registry
 from serving.edge.handlers import EdgeHandlers
-from serving.edge.protocol import DeviceRequest
+from serving.edge.protocol import DEVICE_RPM, DeviceRequest
 from serving.edge.signing import BundleSigner
 from serving.edge.store import DeviceStore
 from serving.keys import KeyStore
@@ -58,11 +58,18 @@ def public_key(as_json: bool) -> None:
 @edge.command(name="add")
 @click.argument("device_id")
 @click.option("--model", required=True, help="The reference it follows, e.g. demo-onnx@edge.")
+@click.option(
+    "--rpm",
+    type=int,
+    default=DEVICE_RPM,
+    show_default=True,
+    help="Requests per minute its key may make.",
+)
 @click.pass_obj
-def add(as_json: bool, device_id: str, model: str) -> None:
-    """Add a device; its API key is printed once."""
+def add(as_json: bool, device_id: str, model: str, rpm: int) -> None:
+    """Add a device; its API key is printed once, and may call only the edge routes."""
     try:
-        request = DeviceRequest(id=device_id, model=model)
+        request = DeviceRequest(id=device_id, model=model, rpm=rpm)
     except ValueError as err:
         raise click.BadParameter(str(err).splitlines()[-1]) from None
     created = _handlers().add(request)

@@ -1,12 +1,14 @@
 """What the edge routes do. Who may do what:
 
-- bundles and their files: device keys (made by `llm-serve edge add`, one per device, allowed
-  the model the device follows and nothing else) and admin keys, for models the key may use;
-  a file is found by its sha256 among the files of one registered ONNX version, never by a
-  path, so no other file of the store can be reached;
-- reports: a device key, for its own device only (the device id is bound to the key);
+- bundles and their files: admin keys, for models they may use; and device keys (made by
+  `llm-serve edge add`, one per device), for their own device only: the signed manifest of
+  the reference the device follows, and the files of the version that reference points at
+  now. A file is found by its sha256 among the files of one registered ONNX version, never by
+  a path, so no other file of the store can be reached;
+- reports: a device key, for its own device and the reference it follows;
 - the fleet (list, add, remove devices): admin keys.
-The public key is public: any caller the gateway lets in may read it."""
+The public key is public: any caller the gateway lets in may read it. A device key may call
+nothing but these routes (`ApiKey.admits`), and has a rate limit (`DeviceRequest.rpm`)."""
 
 import time
 from dataclasses import dataclass
@@ -75,19 +77,30 @@ class EdgeHandlers:
     def _device_of(self, caller: Caller) -> Device | None:
         return self.devices.of_key(caller.key_id) if caller.key_id is not None else None
 
-    def _check_fetcher(self, caller: Caller, model: str) -> None:
+    def _fetcher(self, caller: Caller, model: str) -> Device | None:
+        """The caller's device (None for an admin key) if it may fetch bundles of `model`'s
+        name; a device key is checked against its own reference later, by what it asks."""
         if caller.key_id is None:
             raise _denied(
                 "edge bundles need a device key (`llm-serve edge add DEVICE --model REF`) or "
                 "an admin key, sent as 'Authorization: Bearer <key>'"
             )
-        if not caller.admin and self._device_of(caller) is None:
+        if caller.admin:
+            if not caller.may_use(model):
+                raise _denied(f"key {caller.name!r} may not fetch bundles of {model!r}")
+            return None
+        device = self._device_of(caller)
+        if device is None:
             raise _denied(
                 f"key {caller.name!r} is not a device key; bundles are for the keys "
                 "`llm-serve edge add` makes, and for admin keys"
             )
-        if not caller.may_use(model):
-            raise _denied(f"key {caller.name!r} may not fetch bundles of {model!r}")
+        if parse_ref(model).name != parse_ref(device.model).name:
+            raise _denied(
+                f"key {caller.name!r} may not fetch bundles of {model!r}: device "
+                f"{device.id!r} follows {device.model!r}"
+            )
+        return device
 
     def _onnx_version(self, caller: Caller, model: str) -> ModelVersion:
         version = self.registry.resolve(model)
@@ -104,7 +117,12 @@ class EdgeHandlers:
         return version
 
     def bundle(self, caller: Caller, model: str) -> SignedBundle:
-        self._check_fetcher(caller, model)
+        device = self._fetcher(caller, model)
+        if device is not None and model != device.model:
+            raise _denied(
+                f"key {caller.name!r} may not fetch bundles of {model!r}: device "
+                f"{device.id!r} follows {device.model!r}, and only that"
+            )
         version = self._onnx_version(caller, model)
         files = self.registry.artifacts.load_manifest(version.artifact_digest).files
         if REQUIRED_FILE not in {f.path for f in files}:
@@ -132,8 +150,14 @@ class EdgeHandlers:
     def file(self, caller: Caller, version_ref: str, sha256: str) -> tuple[Path, str]:
         """The verified stored copy of the file with this digest in the version, and its
         name; only files of ONNX versions the caller may fetch."""
-        self._check_fetcher(caller, version_ref)
+        device = self._fetcher(caller, version_ref)
         version = self._onnx_version(caller, version_ref)
+        if device is not None and version.ref != (now := self.registry.resolve(device.model)).ref:
+            raise _denied(
+                f"key {caller.name!r} may not fetch bundles of {version.ref}: device "
+                f"{device.id!r} follows {device.model!r}, which points at {now.ref} now (sync "
+                "again for its manifest)"
+            )
         manifest = self.registry.artifacts.load_manifest(version.artifact_digest)
         entry = next((f for f in manifest.files if f.sha256 == sha256), None)
         if entry is None:
@@ -161,8 +185,11 @@ class EdgeHandlers:
             raise _denied("reports come from device keys (`llm-serve edge add`)")
         if device.id != body.device_id:
             raise _denied(f"this key belongs to device {device.id!r}, not {body.device_id!r}")
-        if not caller.may_use(body.model):
-            raise _denied(f"device {device.id!r} may not follow {body.model!r}")
+        if body.model != device.model:
+            raise _denied(
+                f"device {device.id!r} follows {device.model!r}, not {body.model!r}; "
+                "`llm-serve edge add` sets what a device follows"
+            )
         updated = self.devices.report(
             device.id,
             model=body.model,
@@ -178,9 +205,9 @@ class EdgeHandlers:
         return page(devices, limit, lambda d: d.id)
 
     def add(self, body: DeviceRequest) -> CreatedDevice:
-        """A device and its API key (allowed the model it follows, and only that)."""
+        """A device and its API key: a device key, with the device's rate limit."""
         name = parse_ref(body.model).name
-        key, secret = self.keys.create(f"edge:{body.id}", models=(name,))
+        key, secret = self.keys.create(f"edge:{body.id}", models=(name,), device=True, rpm=body.rpm)
         try:
             device = self.devices.add(body.id, body.model, key.id)
         except ServingError:

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.refs import VERSION_REF_PATTERN
+from serving.keys import MAX_RATE
 
 # What a device follows: a model's alias or version (a fine-tuned adapter's name is no bundle).
 FOLLOW_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?::[1-9][0-9]{0,8}|@[a-z][a-z0-9_-]{0,63})?$"
@@ -13,6 +14,7 @@ DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 MAX_DETAIL = 500
+DEVICE_RPM = 120  # a device key's requests per minute unless given: a sync is a few dozen
 ReportStatus = Literal["installed", "up-to-date", "rolled-back", "failed"]
 
 
@@ -63,8 +65,14 @@ class DeviceRequest(BaseModel):
     model: str = Field(
         pattern=FOLLOW_PATTERN,
         max_length=256,
-        description="The reference it follows, e.g. demo-onnx@edge; its key may fetch bundles "
-        "of that model only.",
+        description="The reference it follows, e.g. demo-onnx@edge; its key may fetch that "
+        "reference's bundle (and the files of the version it points at) and nothing else.",
+    )
+    rpm: int = Field(
+        DEVICE_RPM,
+        ge=1,
+        le=MAX_RATE,
+        description="Requests per minute its key may make (every edge route counts).",
     )
 
 

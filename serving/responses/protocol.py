@@ -100,7 +100,12 @@ class ResponsesRequest(OpenAIModel):
     )
     instructions: str | None = None
     previous_response_id: str | None = Field(None, max_length=64)
-    store: StrictBool = True
+    store: StrictBool = Field(
+        True,
+        description="Keep the response and its conversation (for retrieval and "
+        "previous_response_id) until the traffic log's retention ends, also for keys that "
+        "opt out of the traffic log; false keeps nothing of it.",
+    )
     stream: StrictBool = False
     text: TextConfig = Field(default_factory=TextConfig)
     tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] = Field(default_factory=list)

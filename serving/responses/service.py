@@ -1,13 +1,21 @@
 """The Responses API: each request answered as a chat completion (so every limit, the traffic
 log and both engines apply as they do to chat), its output as Responses items, streamed as
-Responses events, and stored with its conversation for `previous_response_id`."""
+Responses events, and stored with its conversation for `previous_response_id`.
+
+A response is stored only when the request asks (`store`, true by default as in OpenAI's API),
+also for a key that opts out of the traffic log: storing it is what its caller asked for, and
+what it stores is what the API gives back. Stored responses follow the traffic log's
+retention: past it they are not found, and they are deleted at the next store after it (at
+most once per `Retention.every_s`)."""
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from datetime import datetime
 from typing import Any
 
+from core.database import utc_now
 from serving.generation import Generator, RequestContext, ending_in_error
 from serving.protocol import ChatCompletionChunk, ChatCompletionResponse, ToolCall
 from serving.responses.protocol import (
@@ -30,12 +38,16 @@ from serving.responses.translate import (
     new_id,
     response_object,
 )
+from serving.traffic import Retention
 
 
 class Responses:
     def __init__(self, generator: Generator, store: ResponseStore):
         self.generator = generator
         self.store = store
+        traffic = generator.traffic
+        self.retention = traffic.retention if traffic is not None else Retention()
+        self._next_prune = 0.0
 
     async def create(
         self, req: ResponsesRequest, ctx: RequestContext
@@ -47,7 +59,7 @@ class Responses:
         history: list[dict[str, Any]] = []
         if req.previous_response_id is not None:
             _, history = await asyncio.to_thread(
-                self.store.get, req.previous_response_id, _key_id(ctx)
+                self.store.get, req.previous_response_id, _key_id(ctx), self._oldest()
             )
         conversation = history + as_messages(items)
         chat = chat_request(req, conversation)
@@ -70,7 +82,7 @@ class Responses:
         return response
 
     def retrieve(self, response_id: str, ctx_key_id: str | None) -> ResponseObject:
-        return self.store.get(response_id, ctx_key_id)[0]
+        return self.store.get(response_id, ctx_key_id, self._oldest())[0]
 
     def delete(self, response_id: str, ctx_key_id: str | None) -> DeletedResponse:
         self.store.delete(response_id, ctx_key_id)
@@ -86,6 +98,13 @@ class Responses:
         if req.store:
             whole = [*conversation, assistant_message(response.output)]
             await asyncio.to_thread(self.store.save, response, _key_id(ctx), whole)
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + self.retention.every_s
+                await asyncio.to_thread(self.store.prune, self._oldest())
+
+    def _oldest(self) -> datetime:
+        """When the oldest response still kept was stored, at the earliest."""
+        return utc_now() - self.retention.max_age
 
     async def _stream(
         self,

@@ -1,6 +1,9 @@
 """Stored responses: each with the conversation it ends, so that `previous_response_id` can
-continue it; owned by the API key that made it (another key finds nothing)."""
+continue it; owned by the API key that made it (another key finds nothing). They last as
+long as the traffic log's records (`Retention.max_age`): an older one is not found, and
+`prune` deletes it."""
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select
@@ -39,12 +42,17 @@ class ResponseStore:
                 )
             )
 
-    def get(self, response_id: str, key_id: str | None) -> tuple[ResponseObject, list[dict]]:
-        """The response and its conversation; 404 when it is not there or not this key's."""
+    def get(
+        self, response_id: str, key_id: str | None, since: datetime
+    ) -> tuple[ResponseObject, list[dict]]:
+        """The response and its conversation; 404 when it is not there, not this key's, or
+        stored before `since` (past the retention)."""
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(responses.c.response, responses.c.conversation).where(
-                    responses.c.id == response_id, _owned_by(key_id)
+                    responses.c.id == response_id,
+                    _owned_by(key_id),
+                    responses.c.created_at >= since,
                 )
             ).first()
         if row is None:
@@ -58,6 +66,11 @@ class ResponseStore:
             ).rowcount
         if not deleted:
             raise _not_found(response_id)
+
+    def prune(self, cutoff: datetime) -> int:
+        """Delete the responses stored before `cutoff`; how many went."""
+        with self.engine.begin() as conn:
+            return conn.execute(delete(responses).where(responses.c.created_at < cutoff)).rowcount
 
 
 def _owned_by(key_id: str | None):

@@ -195,7 +195,7 @@ def test_a_tampered_replayed_or_foreign_manifest_is_refused(
 
     # a manifest for another alias, signed by the same key, is not this alias's
     edge_gateway.gateway.registry.set_alias("signed-onnx", "canary", first.version)
-    canary = edge_gateway.get("/v1/edge/bundles/signed-onnx@canary", key).content
+    canary = edge_gateway.get("/v1/edge/bundles/signed-onnx@canary", edge_gateway.admin_key).content
     wire.tamper = ("/bundles/signed-onnx@edge", lambda _body: canary)
     error = failed_sync(device, "signed-onnx@edge", capsys)
     assert "signed for 'signed-onnx@canary', not for 'signed-onnx@edge'" in error
