@@ -4,19 +4,21 @@
                                            per silo of the config, as separate processes
     llm-finetune federated serve CONFIG    the coordinator of a real deployment (a SuperLink
                                            waiting for silos to join)
-    llm-finetune federated join --superlink HOST:PORT --data DIR [--silo-id ID]
-                                           a silo: a SuperNode training on DIR/train.jsonl
+    llm-finetune federated join --superlink HOST:PORT --data DIR --trusted-entities FILE
+                                           a silo: a SuperNode training on DIR/train.jsonl,
+                                           running only apps signed by a key in FILE
 
 Both `run` and `serve` are jobs (`llm-finetune list`, `show`), registered as an adapter
 version when every round completed."""
 
 import contextlib
+import re
 import sys
 from pathlib import Path
 
 import click
 
-from finetune.federated.config import LoraSettings, load_federated_config
+from finetune.federated.config import SILO_ID_PATTERN, LoraSettings, load_federated_config
 from finetune.jobs import JobStatus
 from finetune.kinds import FEDERATED
 from registry.service import open_registry
@@ -24,15 +26,14 @@ from registry.service import open_registry
 
 def _run_job(config_path: Path, mode: str, as_json: bool) -> None:
     from finetune.cli import _report, _runner
-    from finetune.federated.job import LOCAL, check_local_silos, job_recipe, resolve_base
+    from finetune.federated.job import check_before_start, job_recipe, resolve_base
     from finetune.worker import run_job
 
     config = load_federated_config(config_path)
     runner = _runner()
     # Bad input stops here, before a job exists or a process starts (the job checks again).
     resolve_base(open_registry(runner.stack), config)
-    if mode == LOCAL:
-        check_local_silos(config)
+    check_before_start(config, mode)
     job = runner.store.create(
         kind=FEDERATED,
         model=config.base_model,
@@ -84,6 +85,13 @@ def serve(as_json: bool, config: Path) -> None:
     help="The coordinator's CA certificate (TLS); without it the connection is insecure.",
 )
 @click.option(
+    "--trusted-entities",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="YAML file of the Ed25519 public keys whose signed Flower Apps this silo runs "
+    "(key_id: ssh-ed25519 AAAA...); the coordinator's key, as its operator sends it.",
+)
+@click.option(
     "--auth-key",
     type=click.Path(path_type=Path, dir_okay=False),
     help="This silo's ECDSA private key, when the coordinator authenticates silos.",
@@ -106,6 +114,7 @@ def join(
     data: Path,
     silo_id: str | None,
     root_certificates: Path | None,
+    trusted_entities: Path,
     auth_key: Path | None,
     base: Path | None,
     lora: str | None,
@@ -114,9 +123,18 @@ def join(
     """Join a federation as a silo (a SuperNode: runs until stopped, e.g. with Ctrl-C)."""
     from finetune.federated import runtime
     from finetune.federated.job import check_silo_data
+    from finetune.federated.signing import load_trusted_entities
 
     check_silo_data(data)
-    node_config = {"silo-id": silo_id or data.resolve().name, "data": str(data.resolve())}
+    load_trusted_entities(trusted_entities)
+    silo_id = silo_id or data.resolve().name
+    if not re.match(SILO_ID_PATTERN, silo_id):
+        raise click.BadParameter(
+            f"{silo_id!r} is not 1 to 64 letters, digits, '.', '_' or '-' (starting with a "
+            "letter or digit); the coordinator drops results from such a silo",
+            param_hint="--silo-id",
+        )
+    node_config = {"silo-id": silo_id, "data": str(data.resolve())}
     if base is not None:
         node_config["base"] = str(base.resolve())
     if lora is not None:
@@ -125,6 +143,7 @@ def join(
         superlink,
         node_config,
         f"127.0.0.1:{runtime.free_port()}",
+        trusted_entities=trusted_entities.resolve(),
         root_certificates=root_certificates,
         private_key=auth_key,
     )

@@ -1,6 +1,7 @@
 """Federated fine-tuning configs: YAML files in `configs/federated/`, validated into a typed
 `FederatedConfig` (an unknown key names the nearest valid one)."""
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from core.configs import load_yaml_config
 from core.errors import StackError
 from finetune.errors import RecipeError
+
+SILO_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class _Strict(BaseModel):
@@ -49,6 +52,21 @@ class StrategySettings(_Strict):
     round_timeout_s: float = Field(
         600.0, gt=0.0, description="How long a round waits for its silos' results."
     )
+    max_update_norm: float = Field(
+        50.0,
+        gt=0.0,
+        description="The coordinator clips each silo's update (its adapter minus the global "
+        "one) to this L2 norm, whatever the silo did (with differential privacy, to "
+        "clipping_norm where that is smaller). Under secure aggregation it clips the mean.",
+    )
+    max_weight_ratio: float = Field(
+        4.0,
+        ge=1.0,
+        description="A silo's weight in the mean is its reported example count, capped at "
+        "this multiple of the round's lower median count, so that no silo takes over the "
+        "round by claiming more examples (not applied under secure aggregation, where "
+        "counts are masked).",
+    )
 
 
 class DifferentialPrivacy(_Strict):
@@ -67,7 +85,9 @@ class SecureAggregation(_Strict):
     updates, never one silo's."""
 
     enabled: bool = Field(False, description="Aggregate with SecAgg+.")
-    num_shares: int = Field(3, gt=1, description="Shares each silo's secret is split into.")
+    num_shares: int = Field(
+        3, gt=2, description="Shares each silo's secret is split into (Flower needs 3 or more)."
+    )
     reconstruction_threshold: int = Field(
         2, gt=1, description="Shares needed to unmask a silo that dropped out."
     )
@@ -104,7 +124,7 @@ class TrainingSettings(_Strict):
 class SiloSpec(_Strict):
     """A silo of a local run (`llm-finetune federated run`): its id and data folder."""
 
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Silo id.")
+    id: str = Field(pattern=SILO_ID_PATTERN, description="Silo id.")
     data: str = Field(description="Folder holding train.jsonl (chat rows); it never leaves.")
     lora: LoraSettings | None = Field(
         None,
@@ -122,14 +142,42 @@ class Transport(_Strict):
     control_port: int = Field(9093, gt=0, lt=65536, description="Control API port (runs).")
     certificates: str | None = Field(
         None,
-        description="Folder with ca.crt, server.pem and server.key: TLS on every API. "
-        "Without it the SuperLink runs --insecure (a local demo only).",
+        description="Folder with ca.crt, server.pem and server.key: TLS on every API "
+        "(server.pem must name both the host silos reach and 127.0.0.1, where the Control "
+        "API listens). Without it the SuperLink runs --insecure, which only a loopback host "
+        "may do.",
     )
     authorized_silo_keys: str | None = Field(
         None,
         description="YAML file listing the silos' ECDSA public keys (node authentication): "
         "only SuperNodes holding a listed key may join.",
     )
+    signing_key: str | None = Field(
+        None,
+        description="The coordinator's Ed25519 private key (OpenSSH format) that signs the "
+        "Flower App it starts; silos run only apps signed by a key in their "
+        "--trusted-entities. Required by serve; a local run makes one for the job.",
+    )
+
+    @model_validator(mode="after")
+    def _secure_off_loopback(self) -> "Transport":
+        if self.certificates is None and not _loopback(self.host):
+            raise ValueError(
+                f"transport.host {self.host} is reachable from other machines, and without "
+                "transport.certificates the SuperLink would run --insecure there: set "
+                "transport.certificates (a folder with ca.crt, server.pem, server.key) or "
+                "bind 127.0.0.1"
+            )
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other machines may resolve
 
 
 class FederatedConfig(_Strict):

@@ -200,6 +200,7 @@ def run_rounds(grid: Grid, context: Context, job_dir: Path) -> RoundLog:
                 bytes_received=metered.received - received,
                 seconds=time.monotonic() - started,
                 epsilon=epsilon,
+                rejected=json.loads(str(metrics.get("rejected", "[]"))),
             )
             rounds.complete(record, [np.asarray(a) for a in arrays])
             log.info("round %d of %d done: %s", server_round, config.rounds, record)

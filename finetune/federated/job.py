@@ -15,7 +15,7 @@ from typing import Any
 from core.errors import ErrorCode
 from finetune.data import read_rows
 from finetune.errors import FinetuneError, RecipeError
-from finetune.federated import runtime
+from finetune.federated import runtime, signing
 from finetune.federated.adapter import model_bytes, write_adapter
 from finetune.federated.config import FederatedConfig
 from finetune.federated.coordinator import ERROR_FILE
@@ -56,11 +56,29 @@ def check_silo_data(folder: Path) -> None:
     read_rows(Path(folder).expanduser() / TRAIN_FILE, "chat")
 
 
-def check_local_silos(config: FederatedConfig) -> None:
-    """Before any process starts: every configured silo's rows readable, LoRA agreed."""
-    config.check_silos()
-    for silo in config.silos:
-        check_silo_data(Path(silo.data))
+def check_before_start(config: FederatedConfig, mode: str) -> None:
+    """Before any process starts: a local run's silos (rows readable, LoRA agreed); a
+    served federation's signing key."""
+    if mode == LOCAL:
+        config.check_silos()
+        for silo in config.silos:
+            check_silo_data(Path(silo.data))
+    else:
+        _serve_signing_key(config)
+
+
+def _serve_signing_key(config: FederatedConfig) -> Path:
+    param = "transport.signing_key"
+    if config.transport.signing_key is None:
+        raise RecipeError(
+            f"{param} is required by serve: silos run only a Flower App signed by a key they "
+            "trust; make one with `ssh-keygen -t ed25519 -N '' -f KEY` and give the silos "
+            "its public half for their --trusted-entities",
+            param=param,
+        )
+    path = Path(config.transport.signing_key).expanduser()
+    signing.load_signing_key(path, param)
+    return path
 
 
 def _run_status(flwr_home: Path, run_id: str, log_file: Path) -> str:
@@ -70,7 +88,9 @@ def _run_status(flwr_home: Path, run_id: str, log_file: Path) -> str:
     return str(listing["runs"][0]["status"])
 
 
-def _start_supernodes(processes: runtime.Processes, config: FederatedConfig, job_dir: Path) -> None:
+def _start_supernodes(
+    processes: runtime.Processes, config: FederatedConfig, job_dir: Path, trusted: Path
+) -> None:
     transport = config.transport
     certs = runtime.certificates(transport)
     for silo in config.silos:
@@ -83,6 +103,7 @@ def _start_supernodes(processes: runtime.Processes, config: FederatedConfig, job
             f"127.0.0.1:{transport.fleet_port}",
             node_config,
             clientappio,
+            trusted_entities=trusted,
             root_certificates=certs.ca if certs else None,
         )
         processes.start(
@@ -116,14 +137,22 @@ def _coordinate(ctx: JobContext, config: FederatedConfig, mode: str) -> RoundLog
             for key in _authorized_keys(Path(transport.authorized_silo_keys).expanduser()):
                 runtime.flwr(["supernode", "register", str(key)], flwr_home, log_file)
         if mode == LOCAL:
-            _start_supernodes(processes, config, job_dir)
+            key_path, trusted = signing.write_signing_key(job_dir, f"job-{ctx.job.id}")
+            _start_supernodes(processes, config, job_dir, trusted)
+        else:
+            key_path = _serve_signing_key(config)
+        key = signing.load_signing_key(key_path, "transport.signing_key")
+        run_config = {
+            "job-dir": str(job_dir.resolve()),
+            signing.SIGNATURE_KEY: signing.sign_app(key, runtime.APP_DIR),
+        }
         started = json.loads(
             runtime.flwr(
                 [
                     "run",
                     str(runtime.APP_DIR),
                     "--run-config",
-                    f"job-dir={runtime._toml_string(str(job_dir.resolve()))}",
+                    " ".join(f"{k}={runtime._toml_string(v)}" for k, v in run_config.items()),
                     "--format",
                     "json",
                 ],
@@ -163,6 +192,8 @@ def _follow(
             if record.epsilon is not None:
                 message += f", epsilon={record.epsilon:.3g}"
                 data["epsilon"] = record.epsilon
+            if record.rejected:
+                message += f"; dropped {len(record.rejected)}: {'; '.join(record.rejected)}"
             ctx.store.add_event(ctx.job.id, message, data=data)
             ctx.store.add_checkpoint(
                 ctx.job.id, record.round, _relative(rounds.folder, ctx.stack.resolved_home), data
@@ -246,6 +277,7 @@ def register_federated(
                 "num_examples": r.num_examples,
                 "silos": [s.silo_id for s in r.silos],
                 "failures": r.failures,
+                "rejected": r.rejected,
                 "bytes_sent": r.bytes_sent,
                 "bytes_received": r.bytes_received,
                 "epsilon": r.epsilon,
@@ -271,7 +303,7 @@ def register_federated(
             "federated": "true",
             "strategy": config.strategy.name,
             "rounds": config.rounds,
-            "silos": ",".join(sorted(silos)),
+            "silo_count": len(silos),  # the ids are in federation.json: too many for a tag
             "differential_privacy": str(config.privacy.differential_privacy.enabled).lower(),
             "secure_aggregation": str(config.privacy.secure_aggregation.enabled).lower(),
             "lora_r": config.lora.lora_r,
@@ -289,8 +321,7 @@ def run_federated(ctx: JobContext) -> JobOutcome:
     mode = ctx.job.recipe["mode"]
     config = FederatedConfig.model_validate(ctx.job.recipe["config"])
     base = resolve_base(ctx.registry, config)
-    if mode == LOCAL:
-        check_local_silos(config)
+    check_before_start(config, mode)
     base_dir = ctx.registry.local_copy(base)
     ctx.job_dir.mkdir(parents=True, exist_ok=True)
     CoordinatorPlan(

@@ -1,12 +1,15 @@
 """The coordinator's round state in the job folder (`rounds/`): after each completed round the
-global adapter's tensors and the round's record, written atomically, so that a restarted
-coordinator resumes after the last completed round."""
+global adapter's tensors and the round's record, written atomically and durably (each file
+fsynced before its rename, the folder after it), so that a restarted coordinator, even after
+a power loss, resumes after the last completed round."""
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -34,6 +37,7 @@ class RoundRecord:
     bytes_received: int  # bytes of every reply the coordinator received
     seconds: float
     epsilon: float | None = None  # cumulative DP epsilon after this round
+    rejected: list[str] = field(default_factory=list)  # why results were not aggregated
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RoundRecord":
@@ -69,16 +73,31 @@ class RoundLog:
     def complete(self, record: RoundRecord, arrays: list[np.ndarray]) -> None:
         """Persist a completed round: its tensors first, then the record that points at them."""
         previous = self.completed
-        tmp = self.folder / "global.tmp.npz"
-        np.savez(tmp, **{f"t{i}": a for i, a in enumerate(arrays)})
-        os.replace(tmp, self.folder / _arrays_file(record.round))
+        with _durable(self.folder / _arrays_file(record.round)) as output:
+            np.savez(output, **{f"t{i}": a for i, a in enumerate(arrays)})
         self.records.append(record)
         state = {"rounds": [asdict(r) for r in self.records]}
-        tmp_state = self.folder / f"{STATE_FILE}.tmp"
-        tmp_state.write_text(json.dumps(state, indent=1))
-        os.replace(tmp_state, self.folder / STATE_FILE)
+        with _durable(self.folder / STATE_FILE) as output:
+            output.write(json.dumps(state, indent=1).encode())
         if previous:
             (self.folder / _arrays_file(previous)).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _durable(path: Path) -> Iterator[BinaryIO]:
+    """A file written in full or not at all, on disk before the `with` ends: written to a
+    temporary name, fsynced, renamed over `path`, and the folder fsynced for the rename."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    with tmp.open("wb") as output:
+        yield output
+        output.flush()
+        os.fsync(output.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def _arrays_file(round_: int) -> str:

@@ -7,7 +7,12 @@ so the ServerApp and ClientApps import the installed `finetune.federated`.
 Security as Flower provides it: TLS on the SuperLink's APIs from a certificates folder
 (`ca.crt`, `server.pem`, `server.key`; SuperNodes and `flwr` verify with `ca.crt`), and
 SuperNode authentication (the SuperLink admits only SuperNodes whose ECDSA public key was
-registered with `flwr supernode register`; each SuperNode signs with its private key)."""
+registered with `flwr supernode register`; each SuperNode signs with its private key).
+
+Flower's Control API (start runs, register SuperNode keys) has no authentication in this
+release, so it listens on the coordinator's loopback only: reaching it from elsewhere would
+let anyone register a node key or start any Flower App. Silos run only Flower Apps that a
+key they trust signed (`silo_node`, `signing`)."""
 
 import contextlib
 import os
@@ -169,7 +174,7 @@ def superlink_command(transport: Transport, state_dir: Path, node_auth: bool) ->
         "--serverappio-api-address",
         f"127.0.0.1:{transport.serverapp_port}",
         "--control-api-address",
-        f"{host}:{transport.control_port}",
+        f"127.0.0.1:{transport.control_port}",
         "--database",
         str(state_dir / "superlink.db"),
         "--disable-runtime-dependency-installation",
@@ -196,16 +201,28 @@ def supernode_command(
     node_config: dict[str, str],
     clientappio_address: str,
     *,
+    trusted_entities: Path,
     root_certificates: Path | None = None,
     private_key: Path | None = None,
 ) -> list[str]:
+    """A silo's node (`silo_node`): its SuperNode, and the launcher of signed ClientApps."""
     config = " ".join(f"{key}={_toml_string(value)}" for key, value in node_config.items())
     command = [
+        sys.executable,
+        "-m",
+        "finetune.federated.silo_node",
+        "--trusted-entities",
+        str(trusted_entities),
+        "--appio-api-address",
+        clientappio_address,
+        "--",
         str(BIN / "flower-supernode"),
         "--superlink",
         superlink,
         "--clientappio-api-address",
         clientappio_address,
+        "--isolation",
+        "process",
         "--node-config",
         config,
     ]
@@ -294,13 +311,12 @@ def flower_home(job_dir: Path, transport: Transport) -> Path:
     """The job's Flower configuration (FLWR_HOME): one SuperLink connection, the default."""
     home = job_dir / "flwr"
     home.mkdir(parents=True, exist_ok=True)
-    address = f"{'127.0.0.1' if transport.host in ('0.0.0.0', '::') else transport.host}"
     lines = [
         "[superlink]",
         f'default = "{CONNECTION}"',
         "",
         f"[superlink.{CONNECTION}]",
-        f'address = "{address}:{transport.control_port}"',
+        f'address = "127.0.0.1:{transport.control_port}"',
     ]
     certs = certificates(transport)
     lines.append("insecure = true" if certs is None else f'root-certificates = "{certs.ca}"')

@@ -1,8 +1,10 @@
 """The coordinator's round state: what a restarted coordinator resumes from."""
 
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from finetune.federated.rounds import RoundLog, RoundRecord, SiloReport
 
@@ -36,3 +38,34 @@ def test_a_reopened_log_resumes_after_the_last_completed_round(tmp_path: Path) -
         "global-0002.npz",
         "state.json",
     ]
+
+
+def test_round_state_is_fsynced_file_then_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each file is on disk before its rename, and the rename before `complete` returns:
+    the real fsync and rename run, and the order in which they ran is recorded."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def replace(source: str | Path, target: str | Path) -> None:
+        real_replace(source, target)
+        events.append(("replace", str(target)))
+
+    log = RoundLog.open(tmp_path)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    log.complete(_record(1), [np.zeros((2, 3), np.float32)])
+    folder = tmp_path / "rounds"
+    expected = []
+    for name in ("global-0001.npz", "state.json"):
+        expected += [
+            ("fsync", str(folder / f"{name}.tmp")),
+            ("replace", str(folder / name)),
+            ("fsync", str(folder)),
+        ]
+    assert events == expected
