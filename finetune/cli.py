@@ -8,6 +8,7 @@
     llm-finetune merge ADAPTER_REF                merge an adapter into its base, register it
     llm-finetune federated run|serve|join ...     federated LoRA fine-tuning on Flower
     llm-finetune tune run SEARCH | show STUDY     hyperparameter search (Optuna), trials as jobs
+    llm-finetune demo-data DIR [--skill NAME ...] the demo skills' JSONL splits (data only)
 
 Any recipe key can be given as a flag (`--learning_rate 1e-3`, `--max_steps=50`); flags
 override the recipe file.
@@ -25,10 +26,13 @@ import yaml
 from core.console import print_json, print_table, run
 from core.errors import ErrorCode
 from finetune.automl.cli import tune
+from finetune.demo.skills import SKILLS, read_jsonl, write_skill_splits
+from finetune.demo.spec import FULL as DEMO_SPEC
 from finetune.errors import FinetuneError
 from finetune.federated.cli import federated
 from finetune.federated.progress import round_lines
-from finetune.jobs import Job, JobStatus
+from finetune.job_report import job_summary, open_runner, report_job
+from finetune.jobs import JobStatus
 from finetune.kinds import FEDERATED
 from finetune.methods import check_job_recipe, load_job_recipe
 from finetune.recipe import Recipe
@@ -76,39 +80,6 @@ def _recipe(path: Path, extra: list[str], runner: JobRunner) -> tuple[str, Recip
     return kind, recipe.model_copy(update={"datasets": datasets})
 
 
-def _runner() -> JobRunner:
-    runner = JobRunner.open()
-    runner.recover()
-    return runner
-
-
-def _job_summary(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "status": job.status.value,
-        "model": job.model,
-        "created_at": job.created_at.isoformat(),
-        "attempts": job.attempts,
-        "fine_tuned_model": job.fine_tuned_model,
-        "registered_version": job.registered_version,
-        "metrics": job.metrics,
-        "error": job.error,
-    }
-
-
-def _report(job: Job, as_json: bool) -> None:
-    if as_json:
-        print_json(_job_summary(job))
-        return
-    click.echo(f"job {job.id}: {job.status.value}")
-    if job.fine_tuned_model:
-        click.echo(f"  fine-tuned model: {job.fine_tuned_model} ({job.registered_version})")
-    for key, value in sorted((job.metrics or {}).items()):
-        click.echo(f"  {key}: {value:.4g}")
-    if job.error:
-        click.echo(f"  error: {job.error['message']}")
-
-
 @click.group(help=__doc__)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
@@ -124,7 +95,7 @@ def run_cmd(ctx: click.Context, recipe: Path | None, resume_id: str | None) -> N
     """Train in the foreground, with a progress bar; the job is recorded like any other."""
     from finetune.worker import run_job
 
-    runner = _runner()
+    runner = open_runner()
     if resume_id:
         if recipe or ctx.args:
             raise click.UsageError("--resume takes a job id only; the job keeps its recipe")
@@ -142,7 +113,7 @@ def run_cmd(ctx: click.Context, recipe: Path | None, resume_id: str | None) -> N
     click.echo(f"job {job.id}: logs and checkpoints in {runner.job_dir(job)}", err=True)
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result (--json)
         job = run_job(runner, job.id, progress=True)
-    _report(job, ctx.obj)
+    report_job(job, ctx.obj)
     if job.status is not JobStatus.SUCCEEDED:
         sys.exit(1)
 
@@ -155,11 +126,11 @@ cli.add_command(run_cmd, name="run")
 @click.pass_context
 def submit(ctx: click.Context, recipe: Path) -> None:
     """Queue a job; a worker process trains it (see `list`, `logs`)."""
-    runner = _runner()
+    runner = open_runner()
     kind, parsed = _recipe(recipe, ctx.args, runner)
     job = runner.submit(parsed, kind=kind)
     if ctx.obj:
-        print_json(_job_summary(job))
+        print_json(job_summary(job))
     else:
         click.echo(f"{job.id} {job.status.value}")
 
@@ -170,10 +141,10 @@ def submit(ctx: click.Context, recipe: Path) -> None:
 @click.pass_obj
 def list_cmd(as_json: bool, status: str | None, limit: int) -> None:
     """Jobs, newest first."""
-    runner = _runner()
+    runner = open_runner()
     jobs = runner.store.list_jobs(status=JobStatus(status) if status else None, limit=limit)
     if as_json:
-        print_json([_job_summary(j) for j in jobs])
+        print_json([job_summary(j) for j in jobs])
         return
     print_table(
         ["id", "status", "model", "created", "fine-tuned model"],
@@ -195,9 +166,9 @@ def list_cmd(as_json: bool, status: str | None, limit: int) -> None:
 @click.pass_obj
 def show(as_json: bool, job_id: str) -> None:
     """A job's state, result and recent events."""
-    runner = _runner()
+    runner = open_runner()
     job = runner.get(job_id)
-    _report(job, as_json)
+    report_job(job, as_json)
     if not as_json and job.kind == FEDERATED:
         for line in round_lines(runner.store, job):
             click.echo(f"  {line}")
@@ -211,7 +182,7 @@ def show(as_json: bool, job_id: str) -> None:
 @click.pass_obj
 def cancel(as_json: bool, job_id: str) -> None:
     """Cancel a queued or running job."""
-    _report(_runner().cancel(job_id), as_json)
+    report_job(open_runner().cancel(job_id), as_json)
 
 
 @cli.command()
@@ -219,7 +190,7 @@ def cancel(as_json: bool, job_id: str) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 def logs(job_id: str, follow: bool) -> None:
     """The job's training log (stdout and stderr of its worker)."""
-    runner = _runner()
+    runner = open_runner()
     job = runner.get(job_id)
     path = runner.job_dir(job) / "train.log"
     if not path.exists() and not follow:
@@ -250,7 +221,7 @@ def merge(as_json: bool, adapter_ref: str, name: str | None) -> None:
     """Merge an adapter version into its base and register the result (kind: merged)."""
     from finetune.merge import merge_adapter
 
-    runner = _runner()
+    runner = open_runner()
     version = merge_adapter(open_registry(runner.stack), adapter_ref, name)
     if as_json:
         print_json(VersionObject.model_validate(version).model_dump(mode="json"))
@@ -379,7 +350,7 @@ def export(
         ]
     exporter = export_gguf if export_format == "gguf" else export_onnx
     version, parity = exporter(
-        open_registry(_runner().stack),
+        open_registry(open_runner().stack),
         ref,
         precision,  # type: ignore[arg-type]
         name=name,
@@ -394,6 +365,55 @@ def export(
             f"greedy tokens {parity.token_agreement:.1%} equal to PyTorch, answers "
             f"{parity.exact_match:.1%} exactly, size {version.metrics['size_ratio']:.2f}x"
         )
+
+
+@cli.command("demo-data")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--skill",
+    "skills",
+    multiple=True,
+    type=click.Choice(list(SKILLS)),
+    help="A demo skill to write (repeatable; default: every skill).",
+)
+@click.option(
+    "--train-rows",
+    type=click.IntRange(1, 10_000_000),
+    default=DEMO_SPEC.num_train,
+    show_default=True,
+    help="Train rows per skill.",
+)
+@click.option(
+    "--eval-rows",
+    type=click.IntRange(0, 100_000),
+    default=DEMO_SPEC.num_eval,
+    show_default=True,
+    help="Eval rows per skill (at most a quarter of a small input space).",
+)
+@click.option("--seed", type=int, default=DEMO_SPEC.seed, show_default=True)
+@click.pass_obj
+def demo_data(
+    as_json: bool,
+    directory: Path,
+    skills: tuple[str, ...],
+    train_rows: int,
+    eval_rows: int,
+    seed: int,
+) -> None:
+    """Write the demo skills' chat JSONL splits, DIR/<skill>/train.jsonl and eval.jsonl, without
+    building or registering a model. With the defaults the rows are those the demo model was
+    built from; no eval input occurs in a train split, nor in the demo suites' held-out rows."""
+    written = write_skill_splits(directory, seed, train_rows, eval_rows, skills or tuple(SKILLS))
+    rows = [
+        (name, len(read_jsonl(f.train)), len(read_jsonl(f.eval)), str(f.train.parent))
+        for name, f in written.items()
+    ]
+    if as_json:
+        print_json(
+            [{"skill": n, "train_rows": t, "eval_rows": e, "directory": d} for n, t, e, d in rows]
+        )
+    else:
+        print_table(["skill", "train", "eval", "directory"], rows)
 
 
 cli.add_command(federated)

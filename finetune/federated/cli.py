@@ -25,12 +25,12 @@ from registry.service import open_registry
 
 
 def _run_job(config_path: Path, mode: str, as_json: bool) -> None:
-    from finetune.cli import _report, _runner
     from finetune.federated.job import check_before_start, job_recipe, resolve_base
+    from finetune.job_report import open_runner, report_job
     from finetune.worker import run_job
 
     config = load_federated_config(config_path)
-    runner = _runner()
+    runner = open_runner()
     # Bad input stops here, before a job exists or a process starts (the job checks again).
     resolve_base(open_registry(runner.stack), config)
     check_before_start(config, mode)
@@ -44,7 +44,7 @@ def _run_job(config_path: Path, mode: str, as_json: bool) -> None:
     click.echo(f"job {job.id}: logs and round state in {runner.job_dir(job)}", err=True)
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result (--json)
         job = run_job(runner, job.id)
-    _report(job, as_json)
+    report_job(job, as_json)
     if job.status is not JobStatus.SUCCEEDED:
         sys.exit(1)
 

@@ -81,13 +81,6 @@ def _serve_signing_key(config: FederatedConfig) -> Path:
     return path
 
 
-def _run_status(flwr_home: Path, run_id: str, log_file: Path) -> str:
-    listing = json.loads(
-        runtime.flwr(["ls", "--run-id", run_id, "--format", "json"], flwr_home, log_file)
-    )
-    return str(listing["runs"][0]["status"])
-
-
 def _start_supernodes(
     processes: runtime.Processes, config: FederatedConfig, job_dir: Path, trusted: Path
 ) -> None:
