@@ -20,6 +20,9 @@ def run_fine_tune(ctx: JobContext) -> JobOutcome:
     )
     if not ctx.main_process or ctx.stop.is_set():
         return JobOutcome(metrics=result.metrics)
+    # Through the store under the worker's lease: LeaseLost here, rather than a version
+    # registered by a worker whose job was taken over.
+    ctx.store.add_event(ctx.job.id, "Training finished; registering the adapter")
     version = register_adapter(ctx.registry, result, recipe, ctx.job.id, ctx.job.owner)
     return JobOutcome(
         registered=version,

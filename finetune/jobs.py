@@ -2,17 +2,22 @@
 files uploaded for them are in `finetune.files`).
 
 Every status change is a conditional update (`... WHERE status = expected`), so a worker, a
-canceller and a recovering restart never overwrite each other's decision."""
+canceller and a recovering restart never overwrite each other's decision. A running job is
+leased (`core.leases`) by its worker, and everything that worker writes is fenced by the
+lease's epoch (`JobStore.under`): a worker whose job was taken over changes nothing more."""
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, Row, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, func, insert, select, update
 
 from core.database import as_utc, open_database, reading, utc_now
+from core.leases import Lease, LeaseLost, Leases
 from finetune.tables import CHAIN, checkpoints, events, jobs
 
 
@@ -52,7 +57,10 @@ class Job:
     pid: int | None = None
     host: str | None = None
     pid_start: int | None = None
-    heartbeat_at: datetime | None = None
+    lease_owner: str | None = None  # the worker holding the job (core.leases)
+    lease_until: datetime | None = None
+    lease_epoch: int = 0
+    run_seconds: float = 0.0  # trained by the attempts that ended
     trained_tokens: int | None = None
     metrics: dict[str, float] | None = None
     owner: str | None = None  # the API key that created it
@@ -79,11 +87,12 @@ class Checkpoint:
     metrics: dict[str, float]
 
 
-_DATES = ("created_at", "started_at", "finished_at", "heartbeat_at")
+_DATES = ("created_at", "started_at", "finished_at", "lease_until")
 
 
 def _job(row: Row) -> Job:
     values = dict(row._mapping)
+    del values["heartbeat_at"]  # unused since the lease took its place
     for key in _DATES:
         values[key] = as_utc(values[key])
     values["status"] = JobStatus(values["status"])
@@ -95,14 +104,33 @@ def new_id(prefix: str) -> str:
 
 
 class JobStore:
-    """Jobs, events and checkpoints on SQLAlchemy (SQLite or PostgreSQL)."""
+    """Jobs, events and checkpoints on SQLAlchemy (SQLite or PostgreSQL). A store `under` a
+    worker's lease writes events and checkpoints only while that lease holds the job."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, lease: Lease | None = None):
         self.engine = engine
+        self.leases = Leases(engine, jobs)
+        self.lease = lease
 
     @classmethod
     def open(cls, url: str) -> "JobStore":
         return cls(open_database(url, CHAIN))
+
+    def under(self, lease: Lease) -> "JobStore":
+        """This store, its writes fenced by `lease`: `LeaseLost` once another worker holds
+        the job, or it left `running`."""
+        return JobStore(self.engine, lease)
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            # A fenced no-op update locks the job's row until this write commits, so a
+            # takeover either waits for it or has already made it fail.
+            if self.lease is not None and not self.leases.transition(
+                self.lease, conn=conn, lease_owner=self.lease.owner
+            ):
+                raise LeaseLost(self.lease.item_id)
+            yield conn
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -190,53 +218,61 @@ class JobStore:
         job_id: str,
         expected: tuple[JobStatus, ...],
         status: JobStatus,
-        *,
-        worker: tuple[int | None, str | None] | None = None,
+        *where: ColumnElement[bool],
+        lease: Lease | None = None,
         **values: Any,
     ) -> bool:
-        """Move a job to `status` (with other column values) if it is in one of `expected`,
-        and, with `worker` (pid, host), still held by that worker (not claimed again since)."""
-        if status is JobStatus.RUNNING:
-            values.setdefault("started_at", utc_now())
+        """Move a job to `status` (with other column values) if it is in one of `expected`
+        (and matches `where`), and, with `lease`, only while that lease holds it. A job that
+        leaves `running` gives up its lease: what its worker still writes is refused."""
         if status.finished:
             values.setdefault("finished_at", utc_now())
-        where = [jobs.c.id == job_id, jobs.c.status.in_([s.value for s in expected])]
-        if worker is not None:
-            where += [jobs.c.pid == worker[0], jobs.c.host == worker[1]]
+        if status is not JobStatus.RUNNING:
+            values.update(lease_owner=None, lease_until=None, lease_epoch=jobs.c.lease_epoch + 1)
+        where += (jobs.c.id == job_id, jobs.c.status.in_([s.value for s in expected]))
+        if lease is not None:
+            where += (self.leases.fence(lease),)
         with self.engine.begin() as conn:
             result = conn.execute(update(jobs).where(*where).values(status=status.value, **values))
         return result.rowcount == 1
 
-    def claim(self, job_id: str, pid: int, host: str, pid_start: int | None) -> Job | None:
-        """queued -> running for the worker `pid` (started at `pid_start` clock ticks after
-        boot, which tells it apart from a later process with the same pid), counting the
-        attempt; None if not queued."""
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
-                .values(
-                    status=JobStatus.RUNNING.value,
-                    pid=pid,
-                    host=host,
-                    pid_start=pid_start,
-                    heartbeat_at=utc_now(),
-                    started_at=func.coalesce(jobs.c.started_at, utc_now()),
-                    attempts=jobs.c.attempts + 1,
-                )
-            )
-        return self.get(job_id) if result.rowcount == 1 else None
+    def claim(
+        self, job_id: str, owner: str, ttl: timedelta, *, pid: int, host: str, pid_start: int | None
+    ) -> tuple[Job, Lease] | None:
+        """Lease the queued job to worker `owner` for `ttl` and mark it running, counting the
+        attempt; `pid` on `host` (started `pid_start` clock ticks after boot, which tells it
+        apart from a later process with its pid) lets a runner on that host see it die. None
+        if the job is not queued, or another worker holds it."""
+        queued = jobs.c.status == JobStatus.QUEUED.value
+        lease = self.leases.acquire(job_id, owner, ttl, queued)
+        if lease is None:
+            return None
+        started = self.leases.transition(
+            lease,
+            queued,
+            status=JobStatus.RUNNING.value,
+            pid=pid,
+            host=host,
+            pid_start=pid_start,
+            started_at=func.coalesce(jobs.c.started_at, utc_now()),
+            attempts=jobs.c.attempts + 1,
+        )
+        return (self.get(job_id), lease) if started else None
 
-    def heartbeat(self, job_id: str, pid: int) -> JobStatus | None:
-        """Record that worker `pid` is alive; returns the job's status (cancelled: stop)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.pid == pid)
-                .values(heartbeat_at=utc_now())
-            )
-            status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
-        return JobStatus(status) if status else None
+    def renew(self, lease: Lease, ttl: timedelta) -> Lease:
+        """`LeaseLost` when the job was taken over, cancelled or otherwise left `running`."""
+        return self.leases.renew(lease, ttl)
+
+    def take_back(
+        self, job: Job, status: JobStatus, *, expired_at: datetime | None, **values: Any
+    ) -> bool:
+        """running -> `status` for a job whose worker is gone, as long as it is the worker
+        `job` was read with (same epoch) and, with `expired_at`, its lease had run out by then
+        (a worker that renewed since keeps its job)."""
+        where = [jobs.c.lease_epoch == job.lease_epoch]
+        if expired_at is not None:
+            where.append(self.leases.free(expired_at))
+        return self.transition(job.id, (JobStatus.RUNNING,), status, *where, **values)
 
     def update(self, job_id: str, **values: Any) -> None:
         with self.engine.begin() as conn:
@@ -247,7 +283,7 @@ class JobStore:
     def add_event(
         self, job_id: str, message: str, level: str = "info", data: dict[str, Any] | None = None
     ) -> None:
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 insert(events).values(
                     job_id=job_id, created_at=utc_now(), level=level, message=message, data=data
@@ -270,7 +306,7 @@ class JobStore:
             ]
 
     def add_checkpoint(self, job_id: str, step: int, path: str, metrics: dict[str, float]) -> None:
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 insert(checkpoints).values(
                     id=new_id("ftckpt"),

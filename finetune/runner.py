@@ -1,30 +1,37 @@
 """Submitting, starting, cancelling and recovering jobs. Each job trains in its own worker
 process (`python -m finetune.worker JOB_ID`); nothing else has to stay up for it to finish.
 
-A worker that finishes starts the next queued job, so a queue drains without a daemon. Any
-process that opens a runner (the gateway at start-up, each `llm-finetune` command) first
-recovers jobs whose worker died: resumed from their last checkpoint, or failed with a reason,
-never left `running`."""
+A worker leases its job (`core.leases`) and renews the lease while it runs; every change it
+makes is fenced by the lease, so a worker whose job was taken over writes nothing more. A
+worker that finishes starts the next queued job, so a queue drains without a daemon. Any
+process that opens a runner (the gateway now and then, each `llm-finetune` command) first
+recovers jobs whose worker is gone (its lease ran out, on any host): resumed from their last
+checkpoint, or failed with a reason, never left `running`.
 
-import contextlib
+While several keys have jobs queued, each gets an equal share of the running slots
+(`dispatch`); each job has a budget of steps (checked when it is submitted) and of training
+time (its worker fails it past that)."""
+
 import logging
+import math
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
+from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from core.database import utc_now
 from core.errors import ErrorCode
 from core.settings import SHIPPED_CONFIGS, StackSettings
-from finetune.errors import FinetuneError, job_not_found
+from finetune.errors import FinetuneError, RecipeError, job_not_found
 from finetune.jobs import Job, JobStatus, JobStore
 from finetune.kinds import FINE_TUNE
-from finetune.recipe import Recipe
+from finetune.recipe import Recipe, TrainingKeys
 from finetune.settings import FinetuneSettings
 
 log = logging.getLogger(__name__)
@@ -61,15 +68,39 @@ def process_alive(pid: int, started: int | None = None) -> bool:
     return fields[0] != "Z" and (started is None or int(fields[19]) == started)
 
 
-def worker_alive(job: Job, stale_after_s: float) -> bool:
-    """Whether the job's worker still runs. On this host the process table says so (a worker
-    whose heartbeats fail for a while, say while the database restarts, is not dead); a
-    worker on another host holds its lease while its heartbeat is fresh."""
+def worker_gone(job: Job, now: datetime) -> bool:
+    """Whether the running job's worker has stopped: its lease ran out (on any host). On the
+    worker's own host the process table answers sooner and better: a worker that died is
+    recovered at once rather than when its lease runs out, and a live one whose renewals
+    failed for a while (the database restarting, say) is left to renew its lease."""
     if job.host == socket.gethostname() and job.pid is not None:
-        return process_alive(job.pid, job.pid_start)
-    if job.heartbeat_at is None:
-        return False
-    return (datetime.now(UTC) - job.heartbeat_at).total_seconds() <= stale_after_s
+        return not process_alive(job.pid, job.pid_start)
+    return job.lease_until is None or job.lease_until < now
+
+
+def planned_steps(recipe: TrainingKeys) -> int | None:
+    """The optimizer steps a recipe asks for: `max_steps`, or its epochs over the rows of its
+    training files (an upper bound: one process, no packing); None where that is unknown."""
+    if recipe.max_steps is not None:
+        return recipe.max_steps
+    train = [Path(d.path).expanduser() for d in recipe.datasets if d.split == "train"]
+    if getattr(recipe, "sample_packing", False) or not all(path.is_file() for path in train):
+        return None
+    rows = 0
+    for path in train:
+        with path.open("rb") as lines:
+            rows += sum(1 for line in lines if line.strip())
+    batches = math.ceil(rows / recipe.micro_batch_size)
+    per_epoch = max(batches // recipe.gradient_accumulation_steps, 1)
+    return math.ceil((recipe.num_epochs or 1.0) * per_epoch)
+
+
+def steps_over_budget(steps: int, budget: int, param: str) -> RecipeError:
+    return RecipeError(
+        f"the job would train {steps} optimizer steps, over the budget of {budget} steps per "
+        "job; lower max_steps or the number of epochs, or train on fewer rows",
+        param=param,
+    )
 
 
 def worker_command(job: Job) -> list[str]:
@@ -136,8 +167,13 @@ class JobRunner:
     def create(
         self, recipe: Recipe, model: str | None = None, *, kind: str = FINE_TUNE, **fields: Any
     ) -> Job:
-        """Record a queued job of `kind` for `recipe` (validated) without starting it; `model`
-        is the base as the client named it, when the recipe pins the version it resolved to."""
+        """Record a queued job of `kind` for `recipe` (validated, within the step budget)
+        without starting it; `model` is the base as the client named it, when the recipe pins
+        the version it resolved to."""
+        steps, budget = planned_steps(recipe), self.settings.max_steps_per_job
+        if steps is not None and steps > budget:
+            param = "max_steps" if recipe.max_steps is not None else "num_epochs"
+            raise steps_over_budget(steps, budget, param)
         return self.store.create(
             kind=kind,
             model=model or recipe.base_model,
@@ -154,11 +190,23 @@ class JobRunner:
         return self.get(job.id)
 
     def dispatch(self) -> list[str]:
-        """Start workers for the oldest queued jobs while fewer than the limit are running."""
-        running = len(self.store.list_jobs(status=JobStatus.RUNNING))
-        queued = self.store.list_jobs(status=JobStatus.QUEUED)[::-1]
+        """Start workers for queued jobs while fewer than `max_running_jobs` run, sharing the
+        slots among keys: each free slot goes to the key with a job queued that runs the
+        fewest (the oldest queued job first among equals), so one key holds every slot only
+        while no other key waits. Running jobs are not stopped to make room."""
+        running = Counter(j.owner for j in self.store.list_jobs(status=JobStatus.RUNNING))
+        waiting: dict[str | None, list[Job]] = {}
+        for job in reversed(self.store.list_jobs(status=JobStatus.QUEUED)):
+            waiting.setdefault(job.owner, []).append(job)
         started = []
-        for job in queued[: max(0, self.settings.max_running_jobs - running)]:
+        for _ in range(self.settings.max_running_jobs - running.total()):
+            if not waiting:
+                break
+            owner = min(waiting, key=lambda o: (running[o], waiting[o][0].created_at))
+            job = waiting[owner].pop(0)
+            if not waiting[owner]:
+                del waiting[owner]
+            running[owner] += 1
             self.spawn(job)
             started.append(job.id)
         return started
@@ -184,19 +232,19 @@ class JobRunner:
     def recover(self) -> list[Job]:
         """Requeue (to resume) or fail every running job whose worker is gone."""
         recovered = []
+        now = utc_now()
         for job in self.store.list_jobs(status=JobStatus.RUNNING):
-            if worker_alive(job, self.settings.stale_after_s):
+            if not worker_gone(job, now):
                 continue
+            # Elsewhere only the lease tells: take the job only while it has still run out.
+            expired_at = None if job.host == socket.gethostname() else now
             checkpoint = self.resume_point(job)
             where = f"worker {job.pid} on {job.host}"
-            holder = (job.pid, job.host)
             if checkpoint is not None and job.attempts < self.settings.max_attempts:
-                if self.store.transition(
-                    job.id, (JobStatus.RUNNING,), JobStatus.QUEUED, worker=holder
-                ):
+                if self.store.take_back(job, JobStatus.QUEUED, expired_at=expired_at):
                     self.store.add_event(
                         job.id,
-                        f"The {where} died; the job will resume from {checkpoint.name}",
+                        f"The {where} stopped; the job will resume from {checkpoint.name}",
                         level="warn",
                     )
             else:
@@ -211,15 +259,14 @@ class JobRunner:
                     "message": f"{reason}; see llm-finetune logs {job.id}, then resubmit",
                     "param": None,
                 }
-                if self.store.transition(
-                    job.id, (JobStatus.RUNNING,), JobStatus.FAILED, worker=holder, error=error
-                ):
+                if self.store.take_back(job, JobStatus.FAILED, expired_at=expired_at, error=error):
                     self.store.add_event(job.id, error["message"], level="error")
             recovered.append(self.get(job.id))
         return recovered
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a queued or running job; a running worker is told to stop."""
+        """Cancel a queued or running job. Its lease goes with it, so a running worker stops
+        at its next renewal, on whatever host it runs, and writes nothing more."""
         job = self.get(job_id)
         active = (JobStatus.QUEUED, JobStatus.RUNNING)
         if job.status.finished:
@@ -232,7 +279,4 @@ class JobRunner:
             )
         if self.store.transition(job_id, active, JobStatus.CANCELLED):
             self.store.add_event(job_id, "The job was cancelled")
-            if job.status is JobStatus.RUNNING and job.host == socket.gethostname() and job.pid:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(job.pid, signal.SIGTERM)
         return self.get(job_id)

@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Text,
 )
 
+from core.leases import lease_columns
 from core.migrations import MigrationChain
 
 CHAIN = MigrationChain(
@@ -72,7 +74,12 @@ jobs = Table(
     Column("pid", Integer, nullable=True),
     Column("host", String(255), nullable=True),
     Column("pid_start", BigInteger, nullable=True),  # when the worker process started
+    # Unused since f0004, where the lease's `lease_until` took its place: dropping it would
+    # rebuild the table on SQLite, which its events and checkpoints reference.
     Column("heartbeat_at", DateTime(timezone=True), nullable=True),
+    *lease_columns(),  # the worker running it (core.leases)
+    # Seconds its workers trained it, over the attempts that ended (the wall-time budget).
+    Column("run_seconds", Float, nullable=False, server_default="0"),
     Column("trained_tokens", Integer, nullable=True),
     Column("metrics", JSON, nullable=True),
     Column("owner", String(32), nullable=True),  # API key id; None: made without keys

@@ -1,9 +1,12 @@
 """The process that runs one job: `python -m finetune.worker JOB_ID` (the runner starts it;
 `llm-finetune run` does the same in the foreground).
 
-It claims the queued job, beats a heartbeat, records events and checkpoints as the job's
-Trainer reports them, stops when the job is cancelled, runs the job's kind (see
-`finetune.kinds`), records the outcome, and then starts the next queued job."""
+It leases the queued job (`core.leases`) and renews the lease while it works, records events
+and checkpoints as the job's Trainer reports them, runs the job's kind (see
+`finetune.kinds`), records the outcome, and then starts the next queued job. Everything it
+writes is fenced by its lease: once the job is cancelled or taken over by another worker, it
+stops and writes nothing more. SIGTERM (`systemctl stop`) saves a checkpoint at the next
+step and puts the job back in the queue, to resume from there."""
 
 import logging
 import os
@@ -13,30 +16,70 @@ import sys
 import threading
 import time
 import traceback
+from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from core.errors import StackError
+from core.leases import Lease, LeaseLost
 from finetune.jobs import Job, JobStatus, JobStore
 from finetune.kinds import JobContext, kind_runner
-from finetune.runner import JobRunner, process_start
+from finetune.runner import JobRunner, process_start, steps_over_budget
+from finetune.settings import FinetuneSettings
 from registry.service import open_registry
 
 log = logging.getLogger(__name__)
 
 
-class JobCallback(TrainerCallback):
-    """Trainer events -> job events and checkpoint rows; a stop request ends training."""
+class Why(StrEnum):
+    """Why a worker stops before its job's kind is done."""
 
-    def __init__(self, store: JobStore, job: Job, job_dir: Path, home: Path, stop: threading.Event):
+    TERMINATED = "terminated"  # SIGTERM: checkpoint, then requeue
+    LEASE_LOST = "lease lost"  # cancelled or taken over: write nothing more
+    OUT_OF_TIME = "out of time"  # over the wall-time budget: fail
+
+
+class StopRequest(threading.Event):
+    """Set when the worker must stop, with the first reason it was given."""
+
+    why: Why | None = None
+
+    def request(self, why: Why) -> None:
+        if not self.is_set():
+            self.why = why
+            self.set()
+
+
+class JobCallback(TrainerCallback):
+    """Trainer events -> job events and checkpoint rows (through a store under the worker's
+    lease); a stop request ends training, after a checkpoint when the worker was terminated."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        job: Job,
+        job_dir: Path,
+        home: Path,
+        stop: StopRequest,
+        max_steps: int,
+    ):
         self.store = store
         self.job = job
         self.job_dir = job_dir
         self.home = home
         self.stop = stop
+        self.max_steps = max_steps
         self._last: dict[str, float] = {}
+        self._saved_step = -1
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Submission checks what a recipe says; this is what the Trainer made of it (packing,
+        # several processes).
+        if state.max_steps > self.max_steps:
+            raise steps_over_budget(state.max_steps, self.max_steps, "max_steps")
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         for key, metric, label in (
@@ -56,11 +99,20 @@ class JobCallback(TrainerCallback):
             self.job.id, state.global_step, _relative(path, self.home), dict(self._last)
         )
         self.store.add_event(self.job.id, f"Checkpoint saved at step {state.global_step}")
+        self._saved_step = state.global_step
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._stop_if_asked(state, control)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._stop_if_asked(state, control)
+
+    def _stop_if_asked(self, state: Any, control: Any) -> None:
         if self.stop.is_set():
             control.should_training_stop = True
-            control.should_save = False
+            control.should_save = (
+                self.stop.why is Why.TERMINATED and state.global_step != self._saved_step
+            )
 
 
 def _relative(path: Path, home: Path) -> str:
@@ -68,33 +120,53 @@ def _relative(path: Path, home: Path) -> str:
 
 
 def _heartbeat(
-    store: JobStore, job_id: str, interval: float, stop: threading.Event, done: threading.Event
+    store: JobStore,
+    lease: Lease,
+    settings: FinetuneSettings,
+    budget_s: float,
+    stop: StopRequest,
+    done: threading.Event,
 ) -> None:
-    """Beat until `done`; a job that is no longer running (cancelled) sets `stop`."""
-    pid = os.getpid()
-    while not done.wait(interval):
+    """Renew the job's lease until `done`. A lost lease (the job cancelled or taken over)
+    stops the worker, and so does training past `budget_s` seconds."""
+    ttl = timedelta(seconds=settings.stale_after_s)
+    deadline = time.monotonic() + budget_s
+    while not done.wait(settings.heartbeat_s):
+        if time.monotonic() > deadline:
+            stop.request(Why.OUT_OF_TIME)
         try:
-            status = store.heartbeat(job_id, pid)
+            lease = store.renew(lease, ttl)
+        except LeaseLost:
+            stop.request(Why.LEASE_LOST)
+            return
         except Exception:  # the database may be back at the next beat; keep training
-            log.exception("job %s: heartbeat failed; trying again in %.0f s", job_id, interval)
-            continue
-        if status is not JobStatus.RUNNING:
-            stop.set()
+            log.exception(
+                "job %s: renewing its lease failed; trying again in %.0f s",
+                lease.item_id,
+                settings.heartbeat_s,
+            )
 
 
 def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
     """Claim and run job `job_id` in this process; returns the job as it ended."""
-    store = runner.store
-    job = store.claim(job_id, os.getpid(), socket.gethostname(), process_start(os.getpid()))
-    if job is None:
-        log.info("job %s is not queued; nothing to do", job_id)
+    store, settings = runner.store, runner.settings
+    pid, host = os.getpid(), socket.gethostname()
+    ttl = timedelta(seconds=settings.stale_after_s)
+    claimed = store.claim(
+        job_id, f"{host}:{pid}", ttl, pid=pid, host=host, pid_start=process_start(pid)
+    )
+    if claimed is None:
+        log.info("job %s is not queued, or another worker holds it; nothing to do", job_id)
         return runner.get(job_id)
+    job, lease = claimed
+    held = store.under(lease)
     job_dir = runner.job_dir(job)
-    stop, done = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop, done = StopRequest(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.request(Why.TERMINATED))
+    began = time.monotonic()
     beat = threading.Thread(
         target=_heartbeat,
-        args=(store, job.id, runner.settings.heartbeat_s, stop, done),
+        args=(store, lease, settings, settings.max_job_seconds - job.run_seconds, stop, done),
         daemon=True,
     )
     beat.start()
@@ -102,56 +174,97 @@ def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
     started = (
         f"resumed from {checkpoint.name} (attempt {job.attempts})" if checkpoint else "started"
     )
-    store.add_event(job.id, f"Job {started}")
     try:
+        held.add_event(job.id, f"Job {started}")
+        home = runner.stack.resolved_home
         context = JobContext(
             job=job,
             job_dir=job_dir,
             stack=runner.stack,
-            store=store,
+            store=held,
             registry=open_registry(runner.stack),
             stop=stop,
             resume_from=checkpoint,
             progress=progress,
-            callbacks=[JobCallback(store, job, job_dir, runner.stack.resolved_home, stop)],
+            callbacks=[JobCallback(held, job, job_dir, home, stop, settings.max_steps_per_job)],
         )
         outcome = kind_runner(job.kind)(context)
-        if stop.is_set():
-            # Cancelled jobs are already marked; any other SIGTERM ends the job here.
-            _fail(store, job, "stopped", "the worker was stopped (SIGTERM)", None)
+        seconds = job.run_seconds + time.monotonic() - began
+        if stop.why is Why.LEASE_LOST:
+            raise LeaseLost(job.id)
+        # A stop that came after the job registered its result is too late to matter.
+        if stop.why is Why.TERMINATED and outcome.registered is None:
+            _requeue(runner, job, lease, seconds)
+            return runner.get(job.id)
+        if stop.why is Why.OUT_OF_TIME and outcome.registered is None:
+            message = (
+                f"the job trained for {seconds:.0f} s, over the budget of "
+                f"{settings.max_job_seconds:.0f} s per job; submit it again with fewer steps "
+                "(a smaller max_steps or fewer epochs)"
+            )
+            _fail(store, job, lease, "time_limit_exceeded", message, None, run_seconds=seconds)
             return runner.get(job.id)
         if outcome.registered is not None:
             registered = outcome.fine_tuned_model or outcome.registered.ref
-            store.add_event(job.id, f"New model created: {registered} ({outcome.registered.ref})")
+            held.add_event(job.id, f"New model created: {registered} ({outcome.registered.ref})")
         succeeded = store.transition(
             job.id,
             (JobStatus.RUNNING,),
             JobStatus.SUCCEEDED,
+            lease=lease,
             fine_tuned_model=outcome.fine_tuned_model,
             registered_version=outcome.registered.ref if outcome.registered else None,
             trained_tokens=outcome.trained_tokens,
             metrics=outcome.metrics,
+            run_seconds=seconds,
         )
         if succeeded:
             store.add_event(job.id, "The job has successfully completed")
+    except LeaseLost:
+        log.warning("job %s: cancelled or taken over by another worker; stopping", job.id)
     except StackError as err:
         # The message reaches API clients: it names files by their place under LLMOPS_HOME.
         message = err.message.replace(f"{runner.stack.resolved_home}/", "")
-        _fail(store, job, err.api_code, message, err.param)
+        _fail(store, job, lease, err.api_code, message, err.param)
     except Exception as err:
         traceback.print_exc()
         message = f"internal error ({type(err).__name__}); see llm-finetune logs {job.id}"
-        _fail(store, job, "internal_error", message, None)
+        _fail(store, job, lease, "internal_error", message, None)
     finally:
         done.set()
         beat.join()
-        runner.dispatch()
+        if stop.why is not Why.TERMINATED:  # a stopping machine starts no new work
+            runner.dispatch()
     return runner.get(job.id)
 
 
-def _fail(store: JobStore, job: Job, code: str, message: str, param: str | None) -> None:
+def _requeue(runner: JobRunner, job: Job, lease: Lease, seconds: float) -> None:
+    """Give the job back to the queue, to resume from its newest checkpoint."""
+    checkpoint = runner.resume_point(job)
+    if runner.store.transition(
+        job.id, (JobStatus.RUNNING,), JobStatus.QUEUED, lease=lease, run_seconds=seconds
+    ):
+        then = f"resume from {checkpoint.name}" if checkpoint else "start again"
+        runner.store.add_event(
+            job.id,
+            f"The worker was stopped (SIGTERM); the job is queued again and will {then}",
+            level="warn",
+        )
+
+
+def _fail(
+    store: JobStore,
+    job: Job,
+    lease: Lease,
+    code: str,
+    message: str,
+    param: str | None,
+    **values: Any,
+) -> None:
     error = {"code": code, "message": message, "param": param}
-    if store.transition(job.id, (JobStatus.RUNNING,), JobStatus.FAILED, error=error):
+    if store.transition(
+        job.id, (JobStatus.RUNNING,), JobStatus.FAILED, lease=lease, error=error, **values
+    ):
         store.add_event(job.id, f"The job failed: {message}", level="error")
 
 

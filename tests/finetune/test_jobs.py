@@ -1,13 +1,17 @@
-"""Jobs end to end: real worker processes, state in SQLite and PostgreSQL, SIGKILL recovery."""
+"""Jobs end to end: real worker processes, state in SQLite and PostgreSQL, SIGKILL recovery;
+jobs on leases (core.leases): stale workers fenced, SIGTERM requeues from a checkpoint, each
+key's share of the running slots, each job's budget of steps and time."""
 
+import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,11 +19,13 @@ import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from sqlalchemy.exc import OperationalError
 
+from core.leases import Lease, LeaseLost
 from core.settings import StackSettings
+from finetune.errors import RecipeError
 from finetune.jobs import Job, JobStatus
 from finetune.runner import JobRunner, process_alive, process_start, worker_command
 from finetune.settings import FinetuneSettings
-from finetune.worker import _heartbeat, run_job
+from finetune.worker import StopRequest, Why, _heartbeat, run_job
 from registry.entities import VersionKind
 from registry.service import Registry, open_registry
 from tests.finetune.test_training import recipe_for
@@ -128,24 +134,32 @@ def test_a_job_killed_before_any_checkpoint_fails_with_a_reason(
 
 
 def _claim_as_dead_worker(runner: JobRunner, job: Job) -> int:
-    """Mark `job` running for a process that has already exited."""
+    """Mark `job` running, with a lease that has not run out, for a process of this host that
+    has already exited."""
     pid = os.fork()
     if pid == 0:
         os._exit(0)
     os.waitpid(pid, 0)
-    assert runner.store.claim(job.id, pid, socket.gethostname(), None) is not None
+    host = socket.gethostname()
+    claimed = runner.store.claim(
+        job.id, "dead", timedelta(hours=1), pid=pid, host=host, pid_start=None
+    )
+    assert claimed is not None
     return pid
 
 
 def test_recovery_never_declares_a_live_worker_dead(runner: JobRunner, skills_dir: Path) -> None:
-    """A worker whose heartbeats fail (the database restarting, say) still runs; a process
-    that got a dead worker's pid later is not that worker."""
+    """A worker of this host whose lease ran out (its renewals failed while the database
+    restarted, say) still runs; a process that got a dead worker's pid later is not that
+    worker."""
     job = runner.create(recipe_for("demo", skills_dir))
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         started = process_start(sleeper.pid)
-        runner.store.claim(job.id, sleeper.pid, socket.gethostname(), started)
-        runner.store.update(job.id, heartbeat_at=datetime(2000, 1, 1, tzinfo=UTC))
+        host = socket.gethostname()
+        runner.store.claim(
+            job.id, "sleeper", timedelta(seconds=-1), pid=sleeper.pid, host=host, pid_start=started
+        )
         assert runner.recover() == [] and runner.get(job.id).status is JobStatus.RUNNING
         runner.store.update(job.id, pid_start=started - 1)  # the pid, but another process
         [recovered] = runner.recover()
@@ -155,22 +169,27 @@ def test_recovery_never_declares_a_live_worker_dead(runner: JobRunner, skills_di
         sleeper.wait()
 
 
-def test_a_heartbeat_that_fails_keeps_beating(
+def test_a_lease_renewal_that_fails_keeps_renewing(
     runner: JobRunner, skills_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = runner.create(recipe_for("demo", skills_dir))
-    runner.store.claim(job.id, os.getpid(), socket.gethostname(), process_start(os.getpid()))
-    real, calls = runner.store.heartbeat, []
+    _, lease = runner.store.claim(
+        job.id, "me", timedelta(seconds=30), pid=os.getpid(), host="here", pid_start=None
+    )
+    real, calls = runner.store.renew, []
 
-    def flaky(job_id: str, pid: int) -> JobStatus | None:
-        calls.append(pid)
+    def flaky(lease: Lease, ttl: timedelta) -> Lease:
+        calls.append(lease)
         if len(calls) <= 2:
             raise OperationalError("UPDATE", {}, Exception("the database went away"))
-        return real(job_id, pid)
+        return real(lease, ttl)
 
-    monkeypatch.setattr(runner.store, "heartbeat", flaky)
-    stop, done = threading.Event(), threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(runner.store, job.id, 0.05, stop, done))
+    monkeypatch.setattr(runner.store, "renew", flaky)
+    settings = FinetuneSettings(heartbeat_s=0.05, stale_after_s=30)
+    stop, done = StopRequest(), threading.Event()
+    beat = threading.Thread(
+        target=_heartbeat, args=(runner.store, lease, settings, 60.0, stop, done)
+    )
     beat.start()
     deadline = time.monotonic() + 10
     while len(calls) < 4:
@@ -179,7 +198,7 @@ def test_a_heartbeat_that_fails_keeps_beating(
     done.set()
     beat.join()
     assert not stop.is_set()
-    assert runner.get(job.id).heartbeat_at > job.created_at
+    assert runner.get(job.id).lease_until > lease.until
 
 
 def test_cancel_a_queued_job_and_refuse_to_cancel_a_finished_one(
@@ -208,16 +227,22 @@ def test_cancel_stops_a_running_worker(runner: JobRunner, skills_dir: Path) -> N
     assert job.status is JobStatus.CANCELLED and job.registered_version is None
 
 
+# Recipes naming deepspeed are refused without the package (tests/finetune/test_recipe.py).
+NEEDS_DEEPSPEED = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed"
+)
+
+
 @pytest.mark.parametrize(
     ("strategy", "kind"),
     [
         ("ddp", "MULTI_GPU"),
         ("fsdp", "FSDP"),
-        ("deepspeed-zero2", "DEEPSPEED"),
-        ("deepspeed-zero3", "DEEPSPEED"),
+        pytest.param("deepspeed-zero2", "DEEPSPEED", marks=NEEDS_DEEPSPEED),
+        pytest.param("deepspeed-zero3", "DEEPSPEED", marks=NEEDS_DEEPSPEED),
     ],
 )
-def test_the_worker_command_for_several_gpus_is_accelerate_launch_with_the_recipes_config(
+def test_the_command_line_for_several_gpus_is_accelerate_launch_with_the_recipes_config(
     runner: JobRunner, skills_dir: Path, monkeypatch: pytest.MonkeyPatch, strategy: str, kind: str
 ) -> None:
     job = runner.create(recipe_for("demo", skills_dir, distributed=strategy))
@@ -297,3 +322,215 @@ def test_a_job_trains_data_parallel_in_two_cpu_processes(
     single, double = (jobs[n].trained_tokens for n in (1, 2))
     assert 1.6 * single < double < 2.4 * single
     assert registry.resolve(jobs[2].fine_tuned_model).kind is VersionKind.ADAPTER
+
+
+# -- leases, stops and budgets ------------------------------------------------------------
+
+LONG = timedelta(hours=1)
+
+
+def _claim(runner: JobRunner, job: Job, owner: str, ttl: timedelta = LONG):
+    """`owner`, a worker on another host, leases `job` and marks it running."""
+    claimed = runner.store.claim(job.id, owner, ttl, pid=1, host=f"{owner}-host", pid_start=None)
+    assert claimed is not None
+    return claimed[1]
+
+
+def test_a_worker_whose_job_was_taken_over_cannot_write_its_result(
+    runner: JobRunner, skills_dir: Path
+) -> None:
+    job = runner.create(recipe_for("demo", skills_dir))
+    stale = _claim(runner, job, "worker-a", ttl=timedelta(seconds=-1))  # its lease ran out
+    checkpoint = runner.job_dir(job) / "checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    home = runner.stack.resolved_home
+    runner.store.under(stale).add_checkpoint(job.id, 2, str(checkpoint.relative_to(home)), {})
+
+    # Another host's runner sees the lease ran out: the job goes back to the queue, and a
+    # new worker takes it.
+    [recovered] = runner.recover()
+    assert recovered.status is JobStatus.QUEUED
+    fresh = _claim(runner, job, "worker-b")
+    assert fresh.epoch > stale.epoch
+
+    # The stale worker wakes up: its renewal, checkpoints, events and result are refused.
+    with pytest.raises(LeaseLost):
+        runner.store.renew(stale, LONG)
+    with pytest.raises(LeaseLost):
+        runner.store.under(stale).add_checkpoint(job.id, 4, "jobs/stale/checkpoint-4", {})
+    with pytest.raises(LeaseLost):
+        runner.store.under(stale).add_event(job.id, "Step 4/4 from the stale worker")
+    assert not runner.store.transition(
+        job.id,
+        (JobStatus.RUNNING,),
+        JobStatus.SUCCEEDED,
+        lease=stale,
+        registered_version="demo-stale:1",
+    )
+    stop, done = StopRequest(), threading.Event()
+    beat = threading.Thread(
+        target=_heartbeat,
+        args=(runner.store, stale, FinetuneSettings(heartbeat_s=0.01), 60.0, stop, done),
+    )
+    beat.start()
+    beat.join(timeout=10)
+    assert stop.why is Why.LEASE_LOST and not beat.is_alive()
+
+    # The new holder's writes go through, and its result stands.
+    runner.store.under(fresh).add_checkpoint(job.id, 4, "jobs/fresh/checkpoint-4", {})
+    assert runner.store.transition(
+        job.id,
+        (JobStatus.RUNNING,),
+        JobStatus.SUCCEEDED,
+        lease=fresh,
+        registered_version="demo-fresh:1",
+    )
+    assert not runner.store.transition(
+        job.id, (JobStatus.RUNNING,), JobStatus.FAILED, lease=stale, error={"code": "x"}
+    )
+    job = runner.get(job.id)
+    assert job.status is JobStatus.SUCCEEDED and job.registered_version == "demo-fresh:1"
+    assert job.lease_owner is None  # a finished job holds no lease
+    newest = runner.store.list_checkpoints(job.id)[0]
+    assert newest.path == "jobs/fresh/checkpoint-4"
+    assert not any("stale worker" in e.message for e in runner.store.list_events(job.id))
+
+
+def test_recovery_leaves_a_job_whose_lease_is_live_on_another_host(
+    runner: JobRunner, skills_dir: Path
+) -> None:
+    job = runner.create(recipe_for("demo", skills_dir))
+    _claim(runner, job, "worker-a")
+    assert runner.recover() == []
+    assert runner.get(job.id).status is JobStatus.RUNNING
+
+
+def test_cancel_takes_the_lease_so_the_worker_stops_writing(
+    runner: JobRunner, skills_dir: Path
+) -> None:
+    job = runner.create(recipe_for("demo", skills_dir))
+    lease = _claim(runner, job, "worker-a")
+    runner.cancel(job.id)
+    with pytest.raises(LeaseLost):
+        runner.store.renew(lease, LONG)
+    with pytest.raises(LeaseLost):
+        runner.store.under(lease).add_checkpoint(job.id, 2, "jobs/x/checkpoint-2", {})
+    assert runner.get(job.id).status is JobStatus.CANCELLED
+
+
+def _step(message: str) -> int | None:
+    found = re.match(r"Step (\d+)/", message)
+    return int(found.group(1)) if found else None
+
+
+@pytest.mark.slow
+def test_sigterm_requeues_the_job_from_a_checkpoint_and_the_next_worker_resumes_there(
+    runner: JobRunner, registry: Registry, skills_dir: Path
+) -> None:
+    """`systemctl stop` loses no work: the worker checkpoints at the next step, gives its job
+    back to the queue, and the next worker goes on from that step."""
+    recipe = recipe_for("demo", skills_dir, max_steps=30, save_steps=1000, eval_steps=None)
+    job = runner.submit(recipe.model_copy(update={"datasets": recipe.datasets[:1]}))
+    try:
+        _stop_and_resume(runner, registry, job.id)
+    finally:  # a worker left behind stops at its next renewal
+        if not runner.get(job.id).status.finished:
+            runner.cancel(job.id)
+
+
+def _stop_and_resume(runner: JobRunner, registry: Registry, job_id: str) -> None:
+    job = wait_for(
+        runner,
+        job_id,
+        lambda j: any((_step(e.message) or 0) >= 10 for e in runner.store.list_events(j.id)),
+    )
+    os.kill(job.pid, signal.SIGTERM)
+    wait_for(runner, job.id, lambda j: not process_alive(j.pid), timeout=60)
+
+    job = runner.get(job.id)
+    assert job.status is JobStatus.QUEUED and job.lease_owner is None
+    [checkpoint] = runner.store.list_checkpoints(job.id)
+    assert 10 <= checkpoint.step < 30
+    assert runner.resume_point(job).name == f"checkpoint-{checkpoint.step}"
+    [requeued] = [e for e in runner.store.list_events(job.id) if "SIGTERM" in e.message]
+    assert requeued.message == (
+        "The worker was stopped (SIGTERM); the job is queued again and will resume from "
+        f"checkpoint-{checkpoint.step}"
+    )
+
+    runner.dispatch()
+    job = wait_for(runner, job.id, lambda j: j.status.finished)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    assert job.attempts == 2 and job.metrics["steps"] == 30
+    messages = [e.message for e in reversed(runner.store.list_events(job.id))]
+    resumed = messages.index(f"Job resumed from checkpoint-{checkpoint.step} (attempt 2)")
+    steps_after = [s for m in messages[resumed:] if (s := _step(m)) is not None]
+    assert steps_after and steps_after[0] > checkpoint.step  # not from step 0 again
+    assert registry.resolve(job.fine_tuned_model).ref == job.registered_version
+
+
+def test_the_running_slots_are_shared_among_the_keys_that_wait(
+    runner: JobRunner, skills_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner.settings = FinetuneSettings(max_running_jobs=4)
+    started: list[Job] = []
+    monkeypatch.setattr(runner, "spawn", started.append)
+    recipe = recipe_for("demo", skills_dir)
+    a = [runner.create(recipe, owner="key-a") for _ in range(6)]
+    b = [runner.create(recipe, owner="key-b") for _ in range(2)]
+
+    # Four free slots, key-a queued first: key-b still gets its share.
+    runner.dispatch()
+    assert sorted(j.id for j in started) == sorted([a[0].id, a[1].id, b[0].id, b[1].id])
+
+    # Those run; one of key-b's ends: the slot goes to key-b again, the key running fewest,
+    # though key-a's jobs have waited longer.
+    for job in started:
+        _claim(runner, job, f"worker-{job.id}")
+    runner.cancel(b[0].id)
+    b.append(runner.create(recipe, owner="key-b"))
+    started.clear()
+    runner.dispatch()
+    assert [j.id for j in started] == [b[2].id]
+
+    # With no other key waiting, one key may take every free slot.
+    _claim(runner, b[2], "worker-b2")
+    for job in b[1:]:
+        runner.cancel(job.id)
+    started.clear()
+    runner.dispatch()
+    assert [j.id for j in started] == [a[2].id, a[3].id]
+
+
+def test_a_job_over_the_step_budget_is_refused_when_submitted(
+    runner: JobRunner, skills_dir: Path
+) -> None:
+    runner.settings = FinetuneSettings(max_steps_per_job=20)
+    with pytest.raises(RecipeError) as refused:
+        runner.submit(recipe_for("demo", skills_dir, max_steps=21))
+    assert refused.value.param == "max_steps"
+    assert refused.value.message.startswith(
+        "the job would train 21 optimizer steps, over the budget of 20 steps per job;"
+    )
+    # 64 rows in batches of 8: 8 steps an epoch.
+    epochs = {"max_steps": None, "num_epochs": 3}
+    with pytest.raises(RecipeError, match="would train 24 optimizer steps") as refused:
+        runner.submit(recipe_for("demo", skills_dir, **epochs))
+    assert refused.value.param == "num_epochs"
+    assert runner.store.list_jobs() == []
+    assert runner.create(recipe_for("demo", skills_dir, max_steps=20)).status is JobStatus.QUEUED
+
+
+def test_a_job_past_its_wall_time_fails_with_the_reason(
+    runner: JobRunner, skills_dir: Path
+) -> None:
+    runner.settings = FinetuneSettings(max_job_seconds=2.0, heartbeat_s=0.1)
+    job = runner.create(recipe_for("demo", skills_dir, max_steps=100_000, save_steps=1000))
+    job = run_job(runner, job.id)
+    assert job.status is JobStatus.FAILED and job.error["code"] == "time_limit_exceeded"
+    assert re.fullmatch(
+        r"the job trained for \d+ s, over the budget of 2 s per job; submit it again with "
+        r"fewer steps \(a smaller max_steps or fewer epochs\)",
+        job.error["message"],
+    )
+    assert 2.0 <= job.run_seconds < 60 and job.registered_version is None
