@@ -72,6 +72,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         GatewayMiddleware,
         max_body_bytes=gateway.config.limits.max_body_bytes,
         allowed_hosts=gateway.config.allowed_hosts,
+        auth=gateway.auth,
+        admin_prefixes=(f"{registry_api.router.prefix}/", keys.router.prefix),
         upload_limits=gateway.upload_limits,
         metrics=gateway.metrics,
     )

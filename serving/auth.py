@@ -9,7 +9,7 @@ import ipaddress
 
 from fastapi import Request
 
-from core.callers import Caller
+from core.callers import Caller, admin_caller
 from core.errors import ErrorCode
 from serving.errors import ServingError
 from serving.keys import ApiKey, KeyStore
@@ -39,6 +39,14 @@ class Authenticator:
         if self.keys.needs_database(_secret(request)):
             return await asyncio.to_thread(self.key, request, model=model)
         return self.key(request, model=model)
+
+    async def admit(self, request: Request, *, admin: bool) -> None:
+        """Refuse a request before any of its body is read: 401 without a valid key, and on
+        an `admin` route 403 for anyone but an admin key. The route authenticates again (from
+        the keys cache) for what it needs to know."""
+        await self.key_async(request)
+        if admin:
+            admin_caller(request)
 
     def key(self, request: Request, *, model: str | None = None) -> ApiKey | None:
         """The caller's key, or None on an open gateway (loopback, no keys). 401 for a

@@ -31,6 +31,7 @@ class SamplingParams:
     # xgrammar's dialect, which vLLM's structured outputs take as they are.
     grammar: str | None = None
     priority: int = 0  # engines admit lower numbers first; batch work runs at BATCH_PRIORITY
+    user: str | None = None  # the request's end-user id, passed on to vLLM
 
     @property
     def greedy(self) -> bool:

@@ -114,6 +114,7 @@ class Run:
     choices: list[Choice]
     streams: list[AsyncIterator[GenerationChunk]]
     reservation: Reservation | None
+    end_user: str | None = None  # the request's `user`
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
 
@@ -268,6 +269,7 @@ class Generator:
             choices=choices,
             streams=streams,
             reservation=reservation,
+            end_user=req.user,
         )
 
     @asynccontextmanager
@@ -343,6 +345,7 @@ class Generator:
             min_tokens=req.min_tokens,
             ignore_eos=req.ignore_eos,
             grammar=grammar,
+            user=req.user,
         )
 
     async def _chunks(self, run: Run) -> AsyncIterator[tuple[Choice, GenerationChunk]]:
@@ -430,6 +433,7 @@ class Generator:
                     latency_ms=round(elapsed * 1000),
                     finish_reason=choices[0].finish_reason or "cancelled",
                     messages=prompt.messages,
+                    end_user=run.end_user,
                 )
             )
 

@@ -1,14 +1,20 @@
-"""ASGI middleware: the Host allow-list, request ids, the body-size cap and error counting.
-Pure ASGI (not `BaseHTTPMiddleware`) so streamed responses pass straight through."""
+"""ASGI middleware: the Host allow-list, request ids, authentication before the body, the
+body-size cap and error counting. Pure ASGI (not `BaseHTTPMiddleware`) so streamed responses
+pass straight through."""
 
 import re
 import uuid
 
+from starlette.requests import Request
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import StackError
 from core.http import error_response
+from serving.auth import Authenticator
 from serving.metrics import GatewayMetrics
 
+API_PREFIX = "/v1/"  # the routes that take API keys (the console has its own sessions)
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")  # a client's id is kept when it looks so
 METRICS_MODEL = "metrics_model"  # the scope state key of a request's model label
@@ -26,12 +32,19 @@ class GatewayMiddleware:
         max_body_bytes: int,
         metrics: GatewayMetrics,
         allowed_hosts: list[str],
+        auth: Authenticator,
+        admin_prefixes: tuple[str, ...] = (),
         upload_limits: dict[str, int] | None = None,
     ):
-        """`upload_limits` replaces `max_body_bytes` on the paths its patterns match whole."""
+        """Every API route's key is checked before its body is read, so that no anonymous
+        body is parsed, validated or spooled to disk; on `admin_prefixes` only admin keys get
+        further. `upload_limits` replaces `max_body_bytes` on the paths its patterns match
+        whole, for the callers those paths admit (the registry's: admin keys)."""
         self.app = app
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
         self.max_body_bytes = max_body_bytes
+        self.auth = auth
+        self.admin_prefixes = admin_prefixes
         self.upload_limits = [(re.compile(p), n) for p, n in (upload_limits or {}).items()]
         self.metrics = metrics
 
@@ -60,14 +73,28 @@ class GatewayMiddleware:
                 started = True
                 message["headers"] = [*message.get("headers", []), id_header]
                 status = message["status"]
-                if status >= 400 and scope["path"].startswith("/v1/"):
+                if status >= 400 and scope["path"].startswith(API_PREFIX):
                     # The resolved version, never the client's string (unbounded labels).
                     model = scope["state"].get(METRICS_MODEL, "invalid")
                     self.metrics.errors.labels(model, str(status)).inc()
             await send(message)
 
+        path = scope["path"]
+        if path.startswith(API_PREFIX) and _routed(scope):
+            try:
+                await self.auth.admit(Request(scope), admin=path.startswith(self.admin_prefixes))
+            except StackError as err:
+                response = error_response(
+                    err.http_status,
+                    err.message,
+                    code=err.api_code,
+                    param=err.param,
+                    headers=err.headers,
+                )
+                await response(scope, receive, send_with_id)
+                return
         limit = next(
-            (n for pattern, n in self.upload_limits if pattern.fullmatch(scope["path"])),
+            (n for pattern, n in self.upload_limits if pattern.fullmatch(path)),
             self.max_body_bytes,
         )
         length = headers.get(b"content-length", b"0")
@@ -105,3 +132,9 @@ class GatewayMiddleware:
         message = f"the request body is {size} bytes; the limit is {limit}"
         response = error_response(413, message, code="request_too_large")
         await response(scope, receive, send)
+
+
+def _routed(scope: Scope) -> bool:
+    """Whether a route takes the request; one that none takes is answered 404 or 405 without
+    its body being read, as without this middleware."""
+    return any(route.matches(scope)[0] is Match.FULL for route in scope["app"].router.routes)

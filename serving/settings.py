@@ -26,5 +26,18 @@ class ServingSettings(BaseSettings):
         "its owner only); default LLMOPS_HOME/edge/signing_key.pem, generated on first use.",
     )
 
+    grammar_compile_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest the local engine spends compiling one output grammar (a "
+        "response_format schema, tool schemas); a grammar that takes longer is refused with "
+        "a 400, and so is the same grammar asked for again.",
+    )
+    grammar_compile_workers: int = Field(
+        default=2,
+        ge=1,
+        description="Grammars the local engine compiles at once per model; others wait.",
+    )
+
     def signing_key_path(self, home: Path) -> Path:
         return self.edge_signing_key or home / "edge" / "signing_key.pem"

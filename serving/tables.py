@@ -62,6 +62,7 @@ traffic = Table(
     Column("completion_tokens", Integer, nullable=False),
     Column("latency_ms", Integer, nullable=False),
     Column("finish_reason", String(16), nullable=True),
+    Column("end_user", String(256), nullable=True),  # the request's `user`
     Index("ix_serving_traffic_created_at", "created_at"),
     Index("ix_serving_traffic_version_created_at", "version", "created_at"),
     Index("ix_serving_traffic_request_id", "request_id"),

@@ -1,6 +1,6 @@
-"""Tool calls in a model's own output format: the grammar that makes a model call a tool when
-the request requires one (xgrammar's structural tag for the format), and the parser that
-reads calls back out of the text, whole or as it streams.
+"""Tool calls in a model's own output format: the grammar its calls follow, and that makes it
+call a tool when the request requires one (xgrammar's structural tag for the format), and the
+parser that reads calls back out of the text, whole or as it streams.
 
 Formats, named as vLLM names its tool parsers:
 - `hermes`: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Hermes, Qwen, the demo
@@ -71,23 +71,23 @@ def tool_constraint(
     choice: str | NamedToolChoice | None,
     parallel: bool,
     answer_schema: dict[str, Any] | None,
-) -> str | None:
+) -> str:
     """The structural tag (as JSON) that the output must follow: only calls where the request
-    requires one (`required` or a named function), else, when the answer must follow a JSON
-    schema, either such an answer or calls. None where the output is free."""
+    requires one (`required` or a named function); else, when the answer must follow a JSON
+    schema, either such an answer or calls; else free text or calls. Every call follows its
+    tool's parameters, and with `parallel` off there is one call at most."""
     named = isinstance(choice, NamedToolChoice)
-    if not (named or choice == "required" or answer_schema is not None):
-        return None
+    free = not (named or choice == "required" or answer_schema is not None)
     tag = get_model_structural_tag(
         tool_format.xgrammar_style,
         tools=[t.model_dump(exclude_none=True) for t in tools],
-        tool_choice=choice.model_dump() if named else "required",
+        tool_choice=choice.model_dump() if named else "auto" if free else "required",
         reasoning="disabled",
         parallel_tool_calls=parallel,
         max_whitespace_cnt=1,  # a model never taught tools may otherwise indent forever
     )
     calls = tag.format
-    if isinstance(calls, TriggeredTagsFormat):
+    if isinstance(calls, TriggeredTagsFormat) and not free:
         # Calls and nothing else: free text before the first call would let a model that was
         # never taught to call tools wander off instead.
         calls = TagsWithSeparatorFormat(

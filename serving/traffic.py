@@ -38,6 +38,7 @@ class TrafficRecord:
     latency_ms: int
     finish_reason: str | None
     messages: list[dict[str, str]] | None = None  # a chat request's
+    end_user: str | None = None  # the request's `user`, OpenAI's end-user id
 
 
 _COLUMNS = (

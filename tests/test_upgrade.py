@@ -133,7 +133,7 @@ def test_the_explicit_upgrade_reports_each_package(
         "evals": (None, "e0005"),
         "finetune": ("f0001", "f0004"),
         "registry": ("0001", "0003"),
-        "serving": ("s0001", "s0011"),
+        "serving": ("s0001", "s0012"),
     }
     assert run(stack_cli.cli, stack_cli.PROG, ["db", "upgrade"]) == 0
     assert capsys.readouterr().out.count("up to date") == 4

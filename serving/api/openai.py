@@ -1,8 +1,11 @@
 """The OpenAI API: `/v1/models`, `/v1/chat/completions`, `/v1/completions`, `/v1/responses`
 and `/v1/embeddings`. The `Generator` (with Responses and the `Embedder` on top of it) does
-the work; these routes only authenticate and shape the response."""
+the work; these routes only authenticate, check the request's JSON schemas off the event
+loop, and shape the response."""
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -24,6 +27,7 @@ from serving.protocol import (
     ModelList,
 )
 from serving.responses.protocol import DeletedResponse, ResponseObject, ResponsesRequest
+from serving.structured import chat_schemas, check_schemas
 
 router = APIRouter(tags=["openai"], responses=error_responses(400, 401, 403))
 GENERATION = {
@@ -48,6 +52,7 @@ def list_models(gateway: GatewayDep, key: KeyDep) -> ModelList:
 )
 async def chat(gateway: GatewayDep, body: ChatCompletionRequest, request: Request) -> Response:
     ctx = await _context(gateway, request, body.model, "chat")
+    await asyncio.to_thread(check_schemas, chat_schemas(body))
     return _respond(await gateway.generator.chat(body, ctx))
 
 
@@ -62,6 +67,7 @@ async def create_response(
     gateway: GatewayDep, body: ResponsesRequest, request: Request
 ) -> Response:
     ctx = await _context(gateway, request, body.model, "responses")
+    await asyncio.to_thread(check_schemas, _responses_schemas(body))
     return _respond(await gateway.responses.create(body, ctx))
 
 
@@ -90,6 +96,13 @@ async def _context(gateway: Gateway, request: Request, model: str, endpoint: str
     return RequestContext(
         request.state.request_id, key, gateway.auth.caller_of(key), endpoint, request.scope["state"]
     )
+
+
+def _responses_schemas(body: ResponsesRequest) -> list[tuple[str, dict[str, Any]]]:
+    found = [(f"tools.{n}.parameters", tool.parameters) for n, tool in enumerate(body.tools)]
+    if body.text.format.schema_ is not None:
+        found.append(("text.format.schema", body.text.format.schema_))
+    return found
 
 
 def _respond(result: BaseModel | AsyncIterator[bytes]) -> Response:

@@ -100,7 +100,7 @@ class Session:
 
     def check_csrf(self, given: str) -> None:
         """Refuse a form whose CSRF token is missing or not this session's."""
-        if not given or not hmac.compare_digest(given, self.csrf_token):
+        if not given or not same_token(given, self.csrf_token):
             raise ConsoleError(
                 403,
                 "This form has no valid CSRF token, so nothing was changed. Reload the page "
@@ -116,6 +116,12 @@ class Session:
                 "(`llm-serve keys create NAME --admin`).",
                 title="Admin key needed",
             )
+
+
+def same_token(given: str, expected: str) -> bool:
+    """Whether a form's token is the expected one, in constant time; as bytes, since
+    `compare_digest` raises on text that is not ASCII, which anyone may send."""
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def current_session(request: Request) -> Session:
@@ -149,7 +155,7 @@ def set_login_token(response: Response, token: str, secure: bool) -> None:
 
 def check_login_token(request: Request, given: str) -> None:
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-    if not expected or not hmac.compare_digest(given, expected):
+    if not expected or not same_token(given, expected):
         raise ConsoleError(
             403,
             "The login form has no valid CSRF token; reload the login page and try again.",

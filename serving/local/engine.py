@@ -121,7 +121,7 @@ class LocalEngine(EngineClient):
             )
         guide = None
         if params.grammar is not None:
-            guide = await asyncio.to_thread(runner.grammars.guide, params.grammar)
+            guide = await runner.grammars.guide(params.grammar)
         seed = params.seed if params.seed is not None else random.randrange(2**63)
         seq = Sequence(
             request_id=request_id,

@@ -98,6 +98,7 @@ def _sampling_extras(params: SamplingParams) -> dict[str, Any]:
         "min_tokens": params.min_tokens,
         "ignore_eos": params.ignore_eos,
         "logit_bias": {str(t): b for t, b in params.logit_bias} or None,
+        "user": params.user,
     }
     if params.grammar is not None:
         extras["structured_outputs"] = {"grammar": params.grammar}

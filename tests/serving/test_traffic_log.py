@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from openai import OpenAI
 from sqlalchemy import func, select
 
 from core.database import open_database, utc_now
@@ -14,6 +15,7 @@ from serving.config import ServingConfig
 from serving.gateway import build_gateway
 from serving.tables import CHAIN, traffic
 from serving.traffic import Retention, TrafficLog, TrafficRecord
+from tests.serving.conftest import running_gateway
 
 
 def _record(i: int, age: timedelta = timedelta(0), prompt: str | None = "p") -> TrafficRecord:
@@ -102,4 +104,22 @@ def test_shutdown_stores_queued_records_when_an_engine_fails_to_stop(tmp_path: P
         asyncio.run(gateway.aclose())
     assert [r.request_id for r in gateway.traffic.window(utc_now() - timedelta(hours=1))] == [
         "req-1"
+    ]
+
+
+def test_the_requests_user_is_logged_with_it(tmp_path: Path, random_model_dir: Path) -> None:
+    with running_gateway(tmp_path / "home", random_model_dir) as gw:
+        client = OpenAI(base_url=f"{gw.base_url}/v1", api_key="none")
+        client.chat.completions.create(
+            model="demo",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=2,
+            user="end-user-17",
+        )
+        client.completions.create(model="demo", prompt="hi", max_tokens=2)
+        gw.gateway.traffic.flush()
+        logged = gw.gateway.traffic.window(utc_now() - timedelta(hours=1))
+    assert sorted((r.endpoint, r.end_user) for r in logged) == [
+        ("chat", "end-user-17"),
+        ("completions", None),
     ]
