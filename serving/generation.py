@@ -500,7 +500,8 @@ class Generator:
 
         top = (req.top_logprobs or 0) if req.logprobs else None
         chars = sum(len(m.text()) for m in req.messages)
-        grammar = output_grammar(req, tool_format)
+        # Building a new schema's grammar text costs up to ~150 ms: off the event loop.
+        grammar = await asyncio.to_thread(output_grammar, req, tool_format)
         run = await self._start(
             req, ctx, resolved, prompts_of, chars, req.token_limit, top, grammar=grammar
         )
