@@ -78,6 +78,13 @@ class RateLimitConfig(_Config):
         "memory", description="memory: per gateway process; redis: shared by all replicas."
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used by the redis backend.")
+    window_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Length in seconds of the fixed windows the limits count in: a key's rpm "
+        "and tpm are per window, so anything but 60 is for tests and demos.",
+    )
 
 
 class TrafficConfig(_Config):

@@ -160,9 +160,9 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
     for engine in engines:
         metrics.watch_queue(engine.name, lambda e=engine: e.queue_depth)
     limiter: RateLimiter = (
-        RedisRateLimiter(config.rate_limits.redis_url)
+        RedisRateLimiter(config.rate_limits.redis_url, window_s=config.rate_limits.window_s)
         if config.rate_limits.backend == "redis"
-        else MemoryRateLimiter()
+        else MemoryRateLimiter(window_s=config.rate_limits.window_s)
     )
     traffic = None
     if config.traffic.enabled:

@@ -1,4 +1,5 @@
-"""Per-key rate limits in requests and tokens per minute, over fixed one-minute windows.
+"""Per-key rate limits in requests and tokens per minute, over fixed one-minute windows (a
+limiter may be given a shorter window, as tests do: the limits then count per window).
 
 A request reserves one request and its largest possible token count (prompt plus every
 choice's max_tokens) before it runs, and gives back what it did not use when it ends, so
@@ -21,7 +22,7 @@ from serving.errors import ServingError
 from serving.keys import ApiKey
 
 log = logging.getLogger(__name__)
-WINDOW_S = 60
+WINDOW_S = 60  # the default window: rpm and tpm are per minute
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,10 @@ class Reservation:
     tokens: int
 
 
-def _window(now: float) -> tuple[int, int]:
-    window = int(now // WINDOW_S)
-    return window, max(1, math.ceil((window + 1) * WINDOW_S - now))
+def _window(now: float, window_s: float) -> tuple[int, int]:
+    """The number of the window `now` falls in, and the whole seconds until it ends."""
+    window = int(now // window_s)
+    return window, max(1, math.ceil((window + 1) * window_s - now))
 
 
 def _refusal(message: str, retry_after: int) -> ServingError:
@@ -45,10 +47,13 @@ def _refusal(message: str, retry_after: int) -> ServingError:
     )
 
 
-def _check(key: ApiKey, requests: int, tokens: int, cost: int, retry_after: int) -> None:
+def _check(
+    key: ApiKey, requests: int, tokens: int, cost: int, retry_after: int, window_s: float
+) -> None:
     """Raise 429 if one more request of `cost` tokens would pass one of `key`'s limits."""
+    period = "this minute" if window_s == WINDOW_S else f"in this {window_s:g} s window"
     reached = (
-        f"rate limit of key {key.name!r} reached: {{}} used this minute; retry in {retry_after} s"
+        f"rate limit of key {key.name!r} reached: {{}} used {period}; retry in {retry_after} s"
     )
     if key.rpm is not None and requests + 1 > key.rpm:
         raise _refusal(reached.format(f"{requests} of {key.rpm} requests"), retry_after)
@@ -64,6 +69,7 @@ def _check(key: ApiKey, requests: int, tokens: int, cost: int, retry_after: int)
 
 class RateLimiter(ABC):
     clock: Callable[[], float] = staticmethod(time.time)  # windows follow this clock
+    window_s: float = WINDOW_S  # the limits count in fixed windows this long
 
     @abstractmethod
     async def reserve(self, key: ApiKey, tokens: int) -> Reservation:
@@ -78,17 +84,18 @@ class RateLimiter(ABC):
 
 
 class MemoryRateLimiter(RateLimiter):
-    def __init__(self) -> None:
+    def __init__(self, window_s: float = WINDOW_S) -> None:
+        self.window_s = window_s
         self._counts: dict[tuple[str, int], list[int]] = {}  # (key, window) -> [requests, tokens]
         self._lock = asyncio.Lock()
 
     async def reserve(self, key: ApiKey, tokens: int) -> Reservation:
-        window, retry_after = _window(self.clock())
+        window, retry_after = _window(self.clock(), self.window_s)
         async with self._lock:
             for stale in [k for k in self._counts if k[1] < window]:
                 del self._counts[stale]
             counts = self._counts.setdefault((key.id, window), [0, 0])
-            _check(key, counts[0], counts[1], tokens, retry_after)
+            _check(key, counts[0], counts[1], tokens, retry_after, self.window_s)
             counts[0] += 1
             counts[1] += tokens
         return Reservation(key.id, window, tokens)
@@ -120,7 +127,14 @@ class RedisRateLimiter(RateLimiter):
     """Counts in Redis. A Redis that does not answer within `timeout_s` makes requests fail
     with 503 (they are not let through uncounted)."""
 
-    def __init__(self, url: str, prefix: str = "llmops:ratelimit", timeout_s: float = 2.0):
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "llmops:ratelimit",
+        timeout_s: float = 2.0,
+        window_s: float = WINDOW_S,
+    ):
+        self.window_s = window_s
         self.redis = aioredis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
@@ -134,10 +148,10 @@ class RedisRateLimiter(RateLimiter):
         ]
 
     async def reserve(self, key: ApiKey, tokens: int) -> Reservation:
-        window, retry_after = _window(self.clock())
+        window, retry_after = _window(self.clock(), self.window_s)
         rpm = -1 if key.rpm is None else key.rpm
         tpm = -1 if key.tpm is None else key.tpm
-        args = [rpm, tpm, tokens, 2 * WINDOW_S]
+        args = [rpm, tpm, tokens, math.ceil(2 * self.window_s)]  # expiry: whole seconds
         try:
             granted, requests, used = await self._reserve(
                 keys=self._keys(key.id, window), args=args
@@ -151,13 +165,13 @@ class RedisRateLimiter(RateLimiter):
                 headers={"Retry-After": "5"},
             ) from None
         if not granted:
-            _check(key, int(requests), int(used), tokens, retry_after)
+            _check(key, int(requests), int(used), tokens, retry_after, self.window_s)
         return Reservation(key.id, window, tokens)
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         unused = reservation.tokens - used_tokens
         # Once the window is over its counts no longer matter (and may have expired).
-        if unused > 0 and _window(self.clock())[0] == reservation.window:
+        if unused > 0 and _window(self.clock(), self.window_s)[0] == reservation.window:
             tokens_key = self._keys(reservation.key_id, reservation.window)[1]
             try:
                 await self.redis.decrby(tokens_key, unused)

@@ -75,6 +75,10 @@ class LocalEngine(EngineClient):
         if runner is not None and runner.num_waiting >= self.config.max_waiting:
             raise overloaded(f"{runner.num_waiting} requests already wait for {model.key}")
 
+    def loaded(self, key: str) -> ModelRunner | None:
+        """The runner of the base model `key` if it is loaded; it loads nothing (any thread)."""
+        return self._runners.get(key)
+
     async def runner(self, model: ServedModel) -> ModelRunner:
         """The runner of `model`'s base, loading it on first use (and unloading the least
         recently used idle model when `max_loaded_models` are loaded)."""

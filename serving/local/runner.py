@@ -6,6 +6,8 @@ every running sequence; finished and cancelled sequences leave between steps."""
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from peft import PeftModel
@@ -49,7 +51,8 @@ class ModelRunner:
         self._running: list[Sequence] = []
         self._batch: BatchCache | None = None
         self._stopped = False
-        self.decode_steps = 0
+        self._paused = False
+        self.decode_steps = 0  # batched decoding passes; a sequential engine needs one a token
         self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -81,6 +84,19 @@ class ModelRunner:
             seq.aborted = True
             self._cond.notify()
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the engine between two steps: what is submitted meanwhile waits, and is
+        admitted together (up to `max_num_seqs`, in order) once the block ends."""
+        with self._cond:
+            self._paused = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._paused = False
+                self._cond.notify()
+
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
@@ -105,7 +121,7 @@ class ModelRunner:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not (self._stopped or self._waiting or self._running):
+                while not self._stopped and (self._paused or not (self._waiting or self._running)):
                     self._cond.wait()
                 if self._stopped:
                     self._fail([*self._running, *self._waiting], "the local engine stopped")

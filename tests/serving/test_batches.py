@@ -6,6 +6,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy import update
 
 from core.database import utc_now
 from finetune.demo.embedding import register_embedding_model
+from serving.batches.runner import _STATUS_EVERY_S
 from serving.tables import batches
 from tests.serving.conftest import LIMITS, RunningGateway, running_gateway
 
@@ -156,7 +158,26 @@ def test_completions_and_embeddings_batches(
     assert vectors["e0"] == pytest.approx(live, abs=1e-5)
 
 
-def test_a_batch_cancelled_mid_way_keeps_what_finished(client: openai.OpenAI) -> None:
+@contextmanager
+def _engine_held(gw: RunningGateway, client: openai.OpenAI, batch_id: str) -> Iterator[int]:
+    """Hold the engine while the batch's `max_in_flight` lines are in it, and give the count
+    of its completed lines, which cannot change until the block ends. Held for longer than
+    the runner's interval between status checks, so that the first line to finish afterwards
+    makes it look at the batch's status before it starts another line."""
+    runner = gw.gateway.local.loaded("demo:1")
+    assert runner is not None
+    with runner.paused():
+        deadline = time.monotonic() + 60
+        while runner.num_running + runner.num_waiting < BATCHES["max_in_flight"]:
+            assert time.monotonic() < deadline, "the batch's lines did not reach the engine"
+            time.sleep(0.01)
+        yield client.batches.retrieve(batch_id).request_counts.completed
+        time.sleep(2 * _STATUS_EVERY_S)
+
+
+def test_a_batch_cancelled_mid_way_keeps_what_finished(
+    client: openai.OpenAI, batch_gateway: RunningGateway
+) -> None:
     rows = [_chat(f"r{i}", f"count to {i}", max_tokens=48, temperature=0) for i in range(300)]
     batch = client.batches.create(
         input_file_id=_upload(client, rows),
@@ -164,12 +185,17 @@ def test_a_batch_cancelled_mid_way_keeps_what_finished(client: openai.OpenAI) ->
         completion_window="24h",
     )
     _wait(client, batch.id, lambda b: b.request_counts.completed >= 8)
-    cancelling = client.batches.cancel(batch.id)
+    with _engine_held(batch_gateway, client, batch.id) as finished:
+        cancelling = client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
     done = _wait(client, batch.id, lambda b: b.status == "cancelled")
-    assert 8 <= done.request_counts.completed < 300 and done.cancelled_at
+    # What finished before the cancel is kept; of the lines then running, at most all
+    # `max_in_flight` finish before the runner sees the cancel, and no other line starts.
+    completed = done.request_counts.completed
+    assert finished <= completed <= finished + BATCHES["max_in_flight"] and done.cancelled_at
+    assert done.request_counts.failed == 0
     output = _results(client, done.output_file_id)
-    assert len(output) == done.request_counts.completed
+    assert len(output) == completed
     time.sleep(0.5)  # nothing runs after the cancel
     assert client.batches.retrieve(batch.id).request_counts == done.request_counts
     assert client.batches.cancel(batch.id).status == "cancelled"  # again: as it is
@@ -187,11 +213,13 @@ def test_a_batch_out_of_its_window_expires_with_what_finished(
     assert batch.expires_at == batch.created_at + 24 * 3600
     _wait(client, batch.id, lambda b: b.request_counts.completed >= 4)
     store = batch_gateway.gateway.batches.store
-    with store.engine.begin() as conn:  # the window closes now, as 24 hours later
+    with _engine_held(batch_gateway, client, batch.id) as finished, store.engine.begin() as conn:
+        # The window closes now, as 24 hours later.
         conn.execute(update(batches).where(batches.c.id == batch.id).values(expires_at=utc_now()))
     done = _wait(client, batch.id, lambda b: b.status == "expired")
-    assert 4 <= done.request_counts.completed < 300 and done.expired_at
-    assert len(_results(client, done.output_file_id)) == done.request_counts.completed
+    completed = done.request_counts.completed
+    assert finished <= completed <= finished + BATCHES["max_in_flight"] and done.expired_at
+    assert len(_results(client, done.output_file_id)) == completed
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,9 @@ def test_each_key_has_a_cap_on_requests_in_flight(tmp_path: Path, random_model_d
     with running_gateway(tmp_path / "home", random_model_dir, limits=limits) as gw:
         _, secret = gw.gateway.keys.create("busy")
         _, other = gw.gateway.keys.create("other")
+        assert asyncio.run(_one(gw.base_url, other)).status_code == 200  # loads the model
+        runner = gw.gateway.local.loaded("demo:1")
+        assert runner is not None
 
         async def call(client: httpx.AsyncClient, key: str) -> httpx.Response:
             body = {"model": "demo", "messages": CHAT, "max_tokens": 64, "temperature": 0}
@@ -75,11 +78,16 @@ def test_each_key_has_a_cap_on_requests_in_flight(tmp_path: Path, random_model_d
 
         async def main() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=gw.base_url, timeout=120) as client:
-                return await asyncio.gather(*(call(client, secret) for _ in range(6)))
+                # The engine holds the first two while all six arrive: none finishes early.
+                with runner.paused():
+                    calls = [asyncio.create_task(call(client, secret)) for _ in range(6)]
+                    while sum(c.done() for c in calls) < 4 or runner.num_waiting < 2:
+                        await asyncio.sleep(0.01)
+                return await asyncio.gather(*calls)
 
         replies = asyncio.run(main())
         refused = [r for r in replies if r.status_code == 429]
-        assert refused and sum(r.status_code == 200 for r in replies) >= 2
+        assert sum(r.status_code == 200 for r in replies) == 2 and len(refused) == 4
         assert refused[0].json()["error"]["code"] == "too_many_concurrent_requests"
         assert refused[0].headers["retry-after"] == "1"
         # Finished requests leave the count: the key (and another key) can go on.
@@ -98,8 +106,9 @@ async def _one(base_url: str, key: str) -> httpx.Response:
 def test_a_models_waiting_queue_is_capped(random_model_dir: Path) -> None:
     served = ServedModel("random:1", random_model_dir)
     params = SamplingParams(max_tokens=40, temperature=0.0)
+    long = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
 
-    async def generate(engine: LocalEngine) -> str:
+    async def generate(engine: LocalEngine, params: SamplingParams) -> str:
         async for chunk in engine.generate("r", served, [1, 2, 3], params):
             if chunk.finish_reason:
                 return chunk.finish_reason
@@ -109,17 +118,25 @@ def test_a_models_waiting_queue_is_capped(random_model_dir: Path) -> None:
         engine = LocalEngine(LocalEngineConfig(max_num_seqs=1, max_waiting=2))
         await engine.start()
         try:
-            return await asyncio.gather(
-                *(generate(engine) for _ in range(8)), return_exceptions=True
-            )
+            runner = await engine.runner(served)
+            first = asyncio.create_task(generate(engine, long))
+            while runner.num_running < 1:
+                await asyncio.sleep(0.001)
+            # The one slot is taken and stays so while seven more arrive.
+            with runner.paused():
+                more = [asyncio.create_task(generate(engine, params)) for _ in range(7)]
+                while sum(m.done() for m in more) + runner.num_waiting < len(more):
+                    await asyncio.sleep(0.01)
+            return await asyncio.gather(first, *more, return_exceptions=True)
         finally:
             await engine.aclose()
 
     results = asyncio.run(main())
     refused = [r for r in results if isinstance(r, ServingError)]
-    assert refused and all(r.http_status == 503 and r.headers["Retry-After"] for r in refused)
-    assert sum(r in ("stop", "length") for r in results) >= 2
-    assert len(refused) + sum(r in ("stop", "length") for r in results) == 8
+    assert all(r.http_status == 503 and r.headers["Retry-After"] for r in refused)
+    # max_num_seqs running and max_waiting waiting are served; the other five are refused.
+    assert results[0] == "length" and len(refused) == 8 - 1 - 2
+    assert sum(r in ("stop", "length") for r in results) == 1 + 2
 
 
 def test_the_least_recently_used_idle_model_is_unloaded(

@@ -28,9 +28,13 @@ checks.positive_data_acceptance.enabled = false
 include-path-regex = "/versions/upload$"
 checks.positive_data_acceptance.enabled = false
 """
+# The fuzzing run's limit, below the test's own (which adds the gateway's start and stop): a
+# stuck run is stopped by the test, which then shuts its gateway down, not by pytest-timeout.
+FUZZ_TIMEOUT_S = 780
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(FUZZ_TIMEOUT_S + 120)
 def test_schemathesis_finds_nothing(tmp_path: Path, random_model_dir: Path) -> None:
     with running_gateway(tmp_path / "home", random_model_dir, limits=LIMITS) as gw:
         _, admin = gw.gateway.keys.create("fuzzer", admin=True)
@@ -52,7 +56,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path, random_model_dir: Path) -> N
             ],
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=FUZZ_TIMEOUT_S,
         )
     assert result.returncode == 0, result.stdout[-6000:]
 

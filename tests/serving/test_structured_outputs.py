@@ -3,6 +3,7 @@ official `openai` SDK on the local engine: the demo model never saw JSON nor a t
 it answers in those shapes it owes to grammar-constrained decoding."""
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -142,28 +143,40 @@ def test_a_streamed_structured_answer_equals_the_whole_one(client: openai.OpenAI
     assert streamed == whole
 
 
-def test_constrained_and_free_requests_share_the_batch(client: openai.OpenAI) -> None:
-    """Free answers are the same beside constrained ones as alone."""
+def test_constrained_and_free_requests_share_the_batch(
+    client: openai.OpenAI, demo_gateway: RunningGateway
+) -> None:
+    """Free answers are the same beside constrained ones as alone, and all of them are
+    decoded in the same steps."""
     free = {"model": "demo", "messages": QUESTION, "temperature": 0, "max_tokens": 16}
     alone = client.chat.completions.create(**free).choices[0].message.content
+    runner = demo_gateway.gateway.local.loaded("demo:1")
+    assert runner is not None
+    steps = runner.decode_steps
+    constrained_body = {**free, "max_tokens": 100, "response_format": schema_format(ANSWER)}
     with (
         httpx.Client(base_url=str(client.base_url), timeout=120) as http,
         ThreadPoolExecutor(6) as pool,
     ):
-        constrained = [
-            pool.submit(
-                http.post,
-                "/chat/completions",
-                json={**free, "max_tokens": 100, "response_format": schema_format(ANSWER)},
-            )
-            for _ in range(3)
-        ]
-        beside = [pool.submit(http.post, "/chat/completions", json=free) for _ in range(3)]
-        answers = [f.result().json()["choices"][0]["message"]["content"] for f in beside]
-        structured = [f.result().json()["choices"][0]["message"]["content"] for f in constrained]
+        with runner.paused():  # all six wait, and are admitted in one step
+            constrained = [
+                pool.submit(http.post, "/chat/completions", json=constrained_body) for _ in range(3)
+            ]
+            beside = [pool.submit(http.post, "/chat/completions", json=free) for _ in range(3)]
+            deadline = time.monotonic() + 60
+            while runner.num_waiting < 6:
+                assert time.monotonic() < deadline, "the requests did not reach the engine"
+                time.sleep(0.01)
+        replies = [f.result().json() for f in constrained + beside]
+    answers = [r["choices"][0]["message"]["content"] for r in replies[3:]]
     assert answers == [alone] * 3
-    for text in structured:
-        jsonschema.validate(json.loads(text), ANSWER)
+    for reply in replies[:3]:
+        jsonschema.validate(json.loads(reply["choices"][0]["message"]["content"]), ANSWER)
+    # One batch (max_num_seqs 32): a step decodes every running sequence, so the steps are
+    # those of the longest answer (its first token comes from the prefill), where one
+    # sequence at a time would take the sum of all six.
+    lengths = [r["usage"]["completion_tokens"] for r in replies]
+    assert runner.decode_steps - steps == max(lengths) - 1 < sum(lengths) - len(lengths)
 
 
 # -- tools ------------------------------------------------------------------------------------

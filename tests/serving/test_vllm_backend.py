@@ -416,6 +416,9 @@ def test_disconnect_aborts_the_upstream_request(
             backend="vllm",
         )
 
+    def took() -> float:  # seconds vLLM spent on the requests it finished, from their arrival
+        return sum(_metric(s.url, "vllm:e2e_request_latency_seconds_sum") for s in servers)
+
     # The prompt whose greedy answer runs longest, so that the disconnect lands mid-answer.
     candidates = [
         f"{skill}: {word}"
@@ -438,26 +441,32 @@ def test_disconnect_aborts_the_upstream_request(
     # The whole answer takes vLLM about 0.6 s here, and on these 2 shared cores its API server
     # sometimes writes nothing of a stream until the engine has produced all of it (seen
     # streaming straight from vLLM too): the first line then reaches the client after the
-    # generation is over, and no client could cancel it. vLLM then counts the request as
-    # finished, and the attempt proves nothing either way, so it is tried again. An attempt
-    # counts when vLLM aborted the request, and then it must have stopped early. A gateway
-    # that does not cancel upstream never gets such an attempt: vLLM finishes every time.
+    # generation is over, and no client could cancel it. Time tells such an attempt apart:
+    # vLLM received the request after the client sent it, so a request that vLLM ran for
+    # longer than the client stayed was still running when the client left, and must have
+    # been aborted early. One that it finished sooner may have been over before the client
+    # saw a line: that attempt proves nothing, and is tried again.
     outcomes = []
     for _ in range(8):
         before, done_before, accounted_before = generated(), finished(), accounted()
+        took_before = took()
+        asked = time.monotonic()
         with httpx.stream("POST", f"{vllm_gateway.base_url}/v1/completions", json=body) as response:
             next(response.iter_lines())
+        stayed = time.monotonic() - asked
         time.sleep(2)  # longer than the whole generation takes
         tokens = generated() - before
         aborted = finished() == done_before
-        outcomes.append((tokens, "aborted" if aborted else "finished"))
+        ran = None if aborted else took() - took_before
+        outcomes.append((tokens, round(stayed, 3), ran and round(ran, 3)))
         # However the request ended, the gateway accounted for it once.
         assert accounted() - accounted_before == 1, outcomes
         if aborted:
             assert tokens < full / 2, outcomes
             break
+        assert ran <= stayed, f"vLLM ran on after the client left: {outcomes}"
     else:
-        pytest.fail(f"vLLM finished every answer whose client went away: {outcomes}")
+        pytest.fail(f"vLLM had always finished before the client saw a line: {outcomes}")
 
 
 def test_stream_lines_split_only_at_line_ends() -> None:

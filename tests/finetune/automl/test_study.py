@@ -202,8 +202,14 @@ def test_two_workers_share_one_study_on_postgres(
     jobs = outcome.jobs
     assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * 2, [j.error for j in jobs]
     assert len({j.pid for j in jobs}) == 2
-    first, second = sorted(jobs, key=lambda j: j.started_at)
-    assert second.started_at < first.finished_at  # at the same time
+    # The two workers ran at once: the second process started (its start is recorded in clock
+    # ticks after boot) before the first job finished. The first process started before its
+    # job's start (its claim), so a gap between the two starts shorter than that job's run
+    # proves it, however long either process took to start up. One worker at a time would
+    # start the second only after the first job had finished.
+    first, second = sorted(jobs, key=lambda j: j.pid_start)
+    started_apart_s = (second.pid_start - first.pid_start) / os.sysconf("SC_CLK_TCK")
+    assert started_apart_s < (first.finished_at - first.started_at).total_seconds()
     trials = outcome.study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert {t.user_attrs["job_id"] for t in trials} == {j.id for j in jobs}

@@ -1,8 +1,8 @@
 """The ops team's path through the console in Debian's chromium: log in, open the model,
 compare two versions, see the gate refuse a worse candidate, promote a better one that a
 second admin approves, watch the history and the trend chart, roll back, and revoke a key
-after which its browser session is refused. The pages it passes are saved as the README's
-screenshots (docs/images/console-*.png)."""
+after which its browser session is refused. It saves a picture of each page it passes in its
+temporary folder; `scripts/console_screenshots.py` runs it to make the README's screenshots."""
 
 import time
 from pathlib import Path
@@ -11,8 +11,6 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.serving.console.conftest import ConsoleWorld, submit_job
-
-IMAGES = Path(__file__).parents[3] / "docs" / "images"
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +36,15 @@ def _check_accessible(page: Page) -> None:
     assert page.url.endswith("#main")
 
 
-def _shot(page: Page, name: str) -> None:
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMAGES / f"console-{name}.png"), full_page=True)
+def _shot(page: Page, folder: Path, name: str) -> None:
+    page.screenshot(path=str(folder / "screenshots" / f"console-{name}.png"), full_page=True)
 
 
 def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: Path) -> None:
     job_id = submit_job(console_world, console_world.alice, tmp_path)  # trains meanwhile
     alice = browser.new_page(viewport={"width": 1280, "height": 800})
     _login(alice, console_world, console_world.alice)
-    _shot(alice, "models")
+    _shot(alice, tmp_path, "models")
 
     alice.get_by_role("link", name="demo", exact=True).click()
     expect(alice.get_by_role("heading", name="Model demo")).to_be_visible()
@@ -66,7 +63,7 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: P
     expect(alice.get_by_role("heading", name="Examples whose output changed")).to_be_visible()
     alice.get_by_label("Differences only").check()
     expect(alice.locator("table").first).not_to_contain_text("created by")
-    _shot(alice, "compare")
+    _shot(alice, tmp_path, "compare")
 
     alice.goto(console_world.url + "/models/demo")
     alice.get_by_label("Version", exact=True).select_option("3")
@@ -95,7 +92,7 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: P
     expect(history).to_contain_text("ops-alice")
     expect(history).to_contain_text("delta +0.2")
     expect(bob.get_by_role("img", name="exact_match across versions")).to_contain_text("0.8")
-    _shot(bob, "model")
+    _shot(bob, tmp_path, "model")
 
     bob.get_by_label("Reason (required)").nth(1).fill("roll back to check a drift alarm")
     bob.get_by_role("button", name="Roll back").click()
@@ -105,7 +102,7 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: P
     bob.get_by_role("link", name="evalrun-").first.click()
     expect(bob.get_by_role("heading", name="Outputs")).to_be_visible()
     expect(bob.locator("table").nth(1)).to_contain_text("upper")
-    _shot(bob, "run")
+    _shot(bob, tmp_path, "run")
 
     bob.goto(console_world.url + "/models/demo/versions/4")
     expect(bob.get_by_role("img", name="Lineage")).to_contain_text("demo:1")
@@ -114,7 +111,7 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: P
     _check_accessible(bob)
     bob.get_by_role("button", name="Verify the stored files").click()
     expect(bob.locator("#verify-result")).to_contain_text("every digest matches")
-    _shot(bob, "version")
+    _shot(bob, tmp_path, "version")
 
     bob.get_by_role("link", name="Explain an answer of demo:4").click()
     bob.get_by_label("Prompt").fill("Uppercase: hello world")
@@ -123,7 +120,7 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: P
     heat = bob.get_by_role("table", name="Heat map")
     expect(heat).to_contain_text("(whole answer)", timeout=60_000)  # seconds on a busy CPU
     expect(heat).to_contain_text("hello")
-    _shot(bob, "explain")
+    _shot(bob, tmp_path, "explain")
 
     bob.goto(f"{console_world.url}/jobs/{job_id}")
     deadline = time.monotonic() + 300  # the job trains in its own process: a minute or so
@@ -133,14 +130,14 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: P
         bob.reload()
     expect(bob.locator("#job-status")).to_have_text("succeeded")
     expect(bob.get_by_role("img", name="training loss across steps")).to_be_visible()
-    _shot(bob, "job")
+    _shot(bob, tmp_path, "job")
 
     alice.goto(console_world.url + "/keys")
     alice.get_by_label("Name").fill("temp-admin")
     alice.get_by_label("Admin", exact=True).check()
     alice.get_by_role("button", name="Create key").click()
     secret = alice.locator("#new-secret").inner_text().strip()
-    _shot(alice, "keys")
+    _shot(alice, tmp_path, "keys")
     temp = browser.new_context().new_page()
     _login(temp, console_world, secret)
     alice.get_by_role("button", name="Revoke key temp-admin").click()
