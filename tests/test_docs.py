@@ -1,0 +1,51 @@
+"""The documentation site builds without a warning, and its recipe reference is the one the
+recipe models' field descriptions give today (so that it cannot drift from the code)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MKDOCS = Path(sys.executable).with_name("mkdocs")
+
+
+def test_the_recipe_reference_is_generated_from_the_recipe_models(tmp_path: Path) -> None:
+    fresh = tmp_path / "recipe.md"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "recipe_reference.py"), "--output", str(fresh)],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    committed = ROOT / "docs" / "reference" / "recipe.md"
+    assert committed.read_text() == fresh.read_text(), (
+        "docs/reference/recipe.md is out of date: run python scripts/recipe_reference.py"
+    )
+    # Every key of every recipe kind is documented, with its help text.
+    page = fresh.read_text()
+    for key in ("`base_model`", "`lora_target_modules`", "`teacher_model`", "`kd_alpha`",
+                "`pruning`", "`drop_layers`", "`split`"):  # fmt: skip
+        assert key in page
+    assert "Load the base in bitsandbytes NF4 (qlora)." in page
+
+
+def test_the_site_builds_strictly(tmp_path: Path) -> None:
+    if not MKDOCS.exists():
+        pytest.fail(f"mkdocs is not installed beside {sys.executable}: pip install -e '.[dev]'")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(
+        [str(MKDOCS), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "WARNING" not in log, log
+    for page in ("index.html", "serving/index.html", "reference/recipe/index.html",
+                 "benchmarks/index.html", "architecture/index.html"):  # fmt: skip
+        assert (tmp_path / "site" / page).is_file(), page
