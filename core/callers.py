@@ -4,6 +4,7 @@ router asks for the caller through the dependencies below, so no router knows ab
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from fastapi import Request
 
@@ -24,6 +25,9 @@ class Caller:
     name: str = "anonymous"
     may_use: Callable[[str], bool] = _any_model
     teach: bool = False  # whether its corrections (`/v1/feedback`) may train models
+    # who made the key, and who made the keys that made it: (maker's actor, when), the key's
+    # own maker last; empty where it is not known
+    made_by: tuple[tuple[str, datetime], ...] = ()
 
     @property
     def actor(self) -> str:

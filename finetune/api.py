@@ -49,7 +49,7 @@ MAX_FILES_PAGE = 10_000  # as OpenAI's
 async def upload_file(
     service: Service,
     who: Who,
-    file: Annotated[UploadFile, File()],
+    file: Annotated[UploadFile, File(json_schema_extra={"minLength": 1})],
     purpose: Annotated[
         Literal["fine-tune", "batch"],
         Form(description="fine-tune: chat JSONL, checked now; batch: requests for /v1/batches."),

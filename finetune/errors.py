@@ -31,8 +31,9 @@ def file_too_large(max_bytes: int) -> FinetuneError:
 
 
 def invalid_cursor(after: str, what: str) -> FinetuneError:
+    # NOT_FOUND, not INVALID: the cursor is well formed and names something that is not there
     return FinetuneError(
-        ErrorCode.INVALID,
+        ErrorCode.NOT_FOUND,
         f"no {what} {after!r} to list after; `after` takes the `last_id` of an earlier page "
         "of this list (leave it out to start at the first)",
         param="after",

@@ -77,7 +77,10 @@ class JobRequest(BaseModel):
     method: Method | None = None
     metadata: Metadata | None = None
     integrations: list[dict[str, Any]] | None = Field(
-        None, description="Not supported: send none (an empty list or no field)."
+        None,
+        # stated in the schema; the service refuses a non-empty list with a message of its own
+        json_schema_extra={"maxItems": 0},
+        description="Not supported: send none (an empty list or no field).",
     )
 
     def given_hyperparameters(self) -> Hyperparameters:

@@ -157,6 +157,11 @@ class FineTuningService:
         files_dir = self.runner.stack.files_dir
         staged = await stage_upload(upload, files_dir, min(settings.max_file_bytes, room))
         name = Path(upload.filename or "upload.jsonl").name[:255]
+        if staged.size == 0:
+            staged.path.unlink(missing_ok=True)
+            raise FinetuneError(
+                ErrorCode.INVALID, f"{name} is empty", param="file", api_code="invalid_file"
+            )
         try:
             if purpose == "batch":  # its lines are checked when a batch is made of it
                 rows = await asyncio.to_thread(_count_lines, staged.path)

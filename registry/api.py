@@ -26,9 +26,12 @@ from registry.protocol import (
     FileObject,
     ModelObject,
     PromoteRequest,
+    PromotionRequestBody,
     PromotionRequestObject,
     ReasonRequest,
     RegisterRequest,
+    RejectRequest,
+    RollbackRequest,
     VerifyResult,
     VersionDetailsObject,
     VersionFields,
@@ -62,7 +65,7 @@ BROKEN_STORE = error_responses(500)  # the stored files fail their digests
 
 def get_registry(request: Request, caller: Annotated[Caller, Depends(admin_caller)]) -> Registry:
     """The registry, recording the calling key in the audit log."""
-    return request.app.state.registry.acting_as(caller.actor)
+    return request.app.state.registry.acting_as(caller.actor, made_by=caller.made_by)
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
@@ -123,7 +126,10 @@ def register(registry: RegistryDep, name: Name, body: RegisterRequest) -> Versio
 def register_upload(
     registry: RegistryDep,
     name: Name,
-    archive: Annotated[UploadFile, File(description="A tar (or .tar.gz) of the files.")],
+    archive: Annotated[
+        UploadFile,
+        File(description="A tar (or .tar.gz) of the files.", json_schema_extra={"minLength": 1}),
+    ],
     metadata: Annotated[str, Form(description="VersionFields as JSON.")] = "{}",
 ) -> VersionObject:
     """Register the files of an uploaded tar archive, with the fields in `metadata`."""
@@ -197,7 +203,9 @@ def list_aliases(registry: RegistryDep, name: Name) -> ListPage[AliasObject]:
 def set_alias(
     registry: RegistryDep, name: Name, alias: AliasName, body: AliasRequest
 ) -> AliasEventObject:
-    event = registry.set_alias(name, alias, body.version, reason=body.reason)
+    event = registry.set_alias(
+        name, alias, body.version, reason=body.reason, break_glass=body.break_glass_reason or ""
+    )
     return AliasEventObject.model_validate(event)
 
 
@@ -207,8 +215,18 @@ def delete_alias(
     name: Name,
     alias: AliasName,
     reason: Annotated[str, Query(max_length=MAX_REASON)] = "",
+    break_glass_reason: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_REASON,
+            pattern=r"\S",
+            description="Why a two-person alias is deleted without a second admin.",
+        ),
+    ] = None,
 ) -> AliasEventObject:
-    return AliasEventObject.model_validate(registry.delete_alias(name, alias, reason=reason))
+    event = registry.delete_alias(name, alias, reason=reason, break_glass=break_glass_reason or "")
+    return AliasEventObject.model_validate(event)
 
 
 @router.post("/models/{name}/aliases/{alias}/promote", responses=error_responses(422))
@@ -217,15 +235,24 @@ def promote(
 ) -> AliasEventObject:
     forced = body.force_reason is not None
     reason = body.force_reason if forced else body.reason
-    event = registry.promote(f"{name}:{body.version}", alias, reason=reason, force=forced)
+    event = registry.promote(
+        f"{name}:{body.version}",
+        alias,
+        reason=reason,
+        force=forced,
+        break_glass=body.break_glass_reason or "",
+    )
     return AliasEventObject.model_validate(event)
 
 
 @router.post("/models/{name}/aliases/{alias}/rollback")
 def rollback(
-    registry: RegistryDep, name: Name, alias: AliasName, body: ReasonRequest
+    registry: RegistryDep, name: Name, alias: AliasName, body: RollbackRequest
 ) -> AliasEventObject:
-    return AliasEventObject.model_validate(registry.rollback(name, alias, reason=body.reason))
+    event = registry.rollback(
+        name, alias, reason=body.reason, break_glass=body.break_glass_reason or ""
+    )
+    return AliasEventObject.model_validate(event)
 
 
 RequestId = Annotated[int, PathParam(ge=1, le=MAX_EVENT_ID, description="A request's id.")]
@@ -233,7 +260,7 @@ RequestId = Annotated[int, PathParam(ge=1, le=MAX_EVENT_ID, description="A reque
 
 @router.post("/models/{name}/aliases/{alias}/requests", status_code=201)
 def request_promotion(
-    registry: RegistryDep, name: Name, alias: AliasName, body: AliasRequest
+    registry: RegistryDep, name: Name, alias: AliasName, body: PromotionRequestBody
 ) -> PromotionRequestObject:
     """Ask for a promotion that a second admin approves; the gate judges it now and again
     on approval."""
@@ -261,7 +288,7 @@ def approve_promotion(
 
 @router.post("/models/{name}/requests/{request_id}/reject")
 def reject_promotion(
-    registry: RegistryDep, name: Name, request_id: RequestId, body: ReasonRequest
+    registry: RegistryDep, name: Name, request_id: RequestId, body: RejectRequest
 ) -> PromotionRequestObject:
     registry.promotion_request(name, request_id)
     return PromotionRequestObject.model_validate(registry.reject(request_id, reason=body.reason))

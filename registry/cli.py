@@ -72,6 +72,14 @@ class _Context:
 
 
 pass_ctx = click.make_pass_decorator(_Context)
+break_glass_option = click.option(
+    "--break-glass",
+    "break_glass",
+    default="",
+    metavar="REASON",
+    help="Why a two-person alias (LLMOPS_TWO_PERSON_ALIASES) moves without a second admin's "
+    "approval; recorded in the audit log.",
+)
 limit_option = click.option(
     "--limit", type=click.IntRange(1, 10_000), default=100, show_default=True
 )
@@ -293,20 +301,28 @@ def alias_list(ctx: _Context, name: str | None) -> None:
 @click.argument("alias_name", metavar="ALIAS")
 @click.argument("version", type=click.IntRange(min=1))
 @click.option("--reason", default="", help="Recorded in the audit log.")
+@break_glass_option
 @pass_ctx
-def alias_set(ctx: _Context, name: str, alias_name: str, version: int, reason: str) -> None:
+def alias_set(
+    ctx: _Context, name: str, alias_name: str, version: int, reason: str, break_glass: str
+) -> None:
     """Point NAME@ALIAS at VERSION."""
-    _print_event(ctx, ctx.registry.set_alias(name, alias_name, version, reason=reason))
+    event = ctx.registry.set_alias(
+        name, alias_name, version, reason=reason, break_glass=break_glass
+    )
+    _print_event(ctx, event)
 
 
 @alias.command(name="delete")
 @click.argument("name")
 @click.argument("alias_name", metavar="ALIAS")
 @click.option("--reason", default="", help="Recorded in the audit log.")
+@break_glass_option
 @pass_ctx
-def alias_delete(ctx: _Context, name: str, alias_name: str, reason: str) -> None:
+def alias_delete(ctx: _Context, name: str, alias_name: str, reason: str, break_glass: str) -> None:
     """Remove NAME@ALIAS."""
-    _print_event(ctx, ctx.registry.delete_alias(name, alias_name, reason=reason))
+    event = ctx.registry.delete_alias(name, alias_name, reason=reason, break_glass=break_glass)
+    _print_event(ctx, event)
 
 
 @cli.command()
@@ -314,20 +330,28 @@ def alias_delete(ctx: _Context, name: str, alias_name: str, reason: str) -> None
 @click.argument("alias_name", metavar="ALIAS")
 @click.option("--reason", default="", help="Recorded in the audit log.")
 @click.option("--force", is_flag=True, help="Override a failing gate (needs --reason).")
+@break_glass_option
 @pass_ctx
-def promote(ctx: _Context, ref: str, alias_name: str, reason: str, force: bool) -> None:
+def promote(
+    ctx: _Context, ref: str, alias_name: str, reason: str, force: bool, break_glass: str
+) -> None:
     """Move ALIAS of REF's model to REF, through the promotion gate."""
-    _print_event(ctx, ctx.registry.promote(ref, alias_name, reason=reason, force=force))
+    event = ctx.registry.promote(
+        ref, alias_name, reason=reason, force=force, break_glass=break_glass
+    )
+    _print_event(ctx, event)
 
 
 @cli.command()
 @click.argument("name")
 @click.argument("alias_name", metavar="ALIAS", default="production")
 @click.option("--reason", default="", help="Recorded in the audit log.")
+@break_glass_option
 @pass_ctx
-def rollback(ctx: _Context, name: str, alias_name: str, reason: str) -> None:
+def rollback(ctx: _Context, name: str, alias_name: str, reason: str, break_glass: str) -> None:
     """Move NAME@ALIAS back to the version it pointed at before its last move."""
-    _print_event(ctx, ctx.registry.rollback(name, alias_name, reason=reason))
+    event = ctx.registry.rollback(name, alias_name, reason=reason, break_glass=break_glass)
+    _print_event(ctx, event)
 
 
 @cli.command()
@@ -355,7 +379,8 @@ def history(ctx: _Context, name: str, alias_name: str | None, limit: int, after:
                 e.to_version or "-",
                 e.actor,
                 f"{e.gate['gate']}:{'pass' if e.gate['passed'] else 'FAIL'}" if e.gate else "-",
-                e.reason,
+                e.reason
+                + (f" [break-glass: {e.break_glass_reason}]" if e.break_glass_reason else ""),
             )
             for e in events
         ],
@@ -447,7 +472,8 @@ def _print_event(ctx: _Context, event: AliasEvent) -> None:
         return
     moved = f"{event.from_version or '-'} -> {event.to_version or '-'}"
     forced = " (forced past a failing gate)" if event.forced else ""
-    click.echo(f"{event.name}@{event.alias}: {event.action.value} {moved}{forced}")
+    glass = " (break-glass, recorded)" if event.break_glass_reason else ""
+    click.echo(f"{event.name}@{event.alias}: {event.action.value} {moved}{forced}{glass}")
 
 
 def _print_request(ctx: _Context, request: PendingPromotion) -> None:

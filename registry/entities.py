@@ -98,6 +98,8 @@ class AliasEvent:
     forced: bool
     gate: dict[str, Any] | None
     created_at: datetime = field(compare=False)
+    # why a two-person alias moved without a second person's approval
+    break_glass_reason: str | None = None
 
 
 class PromotionStatus(StrEnum):

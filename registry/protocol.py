@@ -2,15 +2,17 @@
 Responses are built from the registry's entities by attribute."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from registry.entities import AliasAction, PromotionStatus, VersionFormat, VersionKind
 
 MAX_VERSION = 999_999_999  # as references allow; the columns hold 32-bit integers
 MAX_EVENT_ID = 2**31 - 1
 MAX_REASON = 4096
+# A reason that must say something: not empty, not only white space.
+GivenReason = Annotated[str, StringConstraints(min_length=1, max_length=MAX_REASON, pattern=r"\S")]
 
 
 class _Object(BaseModel):
@@ -78,6 +80,9 @@ class AliasEventObject(_Object):
     forced: bool = Field(description="Whether a failing gate was overridden.")
     gate: dict[str, Any] | None = Field(description="The gate's result, as recorded.")
     created_at: datetime
+    break_glass_reason: str | None = Field(
+        description="Why a two-person alias moved without a second admin's approval."
+    )
 
 
 class PromotionRequestObject(_Object):
@@ -141,23 +146,47 @@ class RegisterRequest(VersionFields):
     )
 
 
-class AliasRequest(BaseModel):
+class BreakGlassFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    break_glass_reason: GivenReason | None = Field(
+        None,
+        description="Why a two-person alias (LLMOPS_TWO_PERSON_ALIASES) moves without a second "
+        "admin's approval; required for those aliases, recorded in the audit log.",
+    )
+
+
+class AliasRequest(BreakGlassFields):
     version: int = Field(ge=1, le=MAX_VERSION)
     reason: str = Field("", max_length=MAX_REASON)
 
 
 class PromoteRequest(AliasRequest):
-    force_reason: str | None = Field(
-        None,
-        min_length=1,
-        max_length=MAX_REASON,
-        description="Override a failing gate, saying why (recorded in the audit log).",
+    force_reason: GivenReason | None = Field(
+        None, description="Override a failing gate, saying why (recorded in the audit log)."
     )
+
+
+class PromotionRequestBody(BaseModel):
+    """Ask for a promotion that a second admin approves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=MAX_VERSION)
+    reason: GivenReason = Field(description="Why; recorded with the request.")
 
 
 class ReasonRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field("", max_length=MAX_REASON)
+
+
+class RollbackRequest(ReasonRequest, BreakGlassFields):
+    pass
+
+
+class RejectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: GivenReason = Field(description="Why; recorded with the rejection.")

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -66,6 +67,7 @@ class Registry:
         *,
         remote_code_models: frozenset[str] = frozenset(),
         max_unpacked_bytes: int = UNPACKED_PER_UPLOAD * DEFAULT_MAX_UPLOAD_BYTES,
+        two_person_aliases: frozenset[str] = frozenset(),
     ):
         self.store = store
         self.artifacts = artifacts
@@ -75,11 +77,17 @@ class Registry:
         self.import_root = import_root
         self.remote_code_models = remote_code_models
         self.max_unpacked_bytes = max_unpacked_bytes
+        self.two_person_aliases = two_person_aliases
+        self.made_by: tuple[tuple[str, datetime], ...] = ()
 
-    def acting_as(self, actor: str) -> "Registry":
-        """This registry, recording `actor` in the audit log (a caller over HTTP)."""
+    def acting_as(
+        self, actor: str, *, made_by: tuple[tuple[str, datetime], ...] = ()
+    ) -> "Registry":
+        """This registry, recording `actor` in the audit log (a caller over HTTP); `made_by`
+        is who made the caller's key (`core.callers.Caller.made_by`)."""
         registry = copy.copy(self)
         registry.actor = actor
+        registry.made_by = made_by
         return registry
 
     def gated_by(self, gate: Gate) -> "Registry":
@@ -299,10 +307,14 @@ class Registry:
     def aliases(self, name: str | None = None) -> list[Alias]:
         return self.store.list_aliases(validate_name(name) if name else None)
 
-    def set_alias(self, name: str, alias: str, version: int, *, reason: str = "") -> AliasEvent:
-        """Point `name@alias` at `version` without a gate (creating the alias if needed)."""
+    def set_alias(
+        self, name: str, alias: str, version: int, *, reason: str = "", break_glass: str = ""
+    ) -> AliasEvent:
+        """Point `name@alias` at `version` without a gate (creating the alias if needed); a
+        two-person alias needs a `break_glass` reason."""
         validate_name(name)
         validate_alias(alias)
+        glass = self._break_glass(name, alias, break_glass)
         return self._retry(
             lambda: self.store.move_alias(
                 name,
@@ -312,11 +324,15 @@ class Registry:
                 action=AliasAction.SET,
                 actor=self.actor,
                 reason=reason,
+                break_glass_reason=glass,
             )
         )
 
-    def delete_alias(self, name: str, alias: str, *, reason: str = "") -> AliasEvent:
+    def delete_alias(
+        self, name: str, alias: str, *, reason: str = "", break_glass: str = ""
+    ) -> AliasEvent:
         current = self._alias_target(validate_name(name), validate_alias(alias))
+        glass = self._break_glass(name, alias, break_glass)
         return self.store.move_alias(
             name,
             alias,
@@ -325,12 +341,35 @@ class Registry:
             action=AliasAction.DELETE,
             actor=self.actor,
             reason=reason,
+            break_glass_reason=glass,
         )
 
-    def promote(self, ref: str, alias: str, *, reason: str = "", force: bool = False) -> AliasEvent:
+    def promote(
+        self,
+        ref: str,
+        alias: str,
+        *,
+        reason: str = "",
+        force: bool = False,
+        break_glass: str = "",
+    ) -> AliasEvent:
         """Move `alias` to the version `ref` names if the promotion gate passes it against the
-        alias's current version. `force` overrides a failing gate and needs a reason."""
+        alias's current version. `force` overrides a failing gate and needs a reason; a
+        two-person alias moves only on approval (`approve`) or with a `break_glass` reason."""
         validate_alias(alias)
+        candidate = self.resolve(ref)
+        glass = self._break_glass(candidate.name, alias, break_glass)
+        return self._promote(candidate, alias, reason=reason, force=force, break_glass=glass)
+
+    def _promote(
+        self,
+        candidate: ModelVersion,
+        alias: str,
+        *,
+        reason: str,
+        force: bool = False,
+        break_glass: str | None = None,
+    ) -> AliasEvent:
         if force and not reason.strip():
             raise RegistryError(
                 ErrorCode.INVALID,
@@ -338,7 +377,6 @@ class Registry:
                 "overridden",
                 param="reason",
             )
-        candidate = self.resolve(ref)
 
         def attempt() -> AliasEvent:
             current = self._current(candidate.name, alias)
@@ -353,9 +391,27 @@ class Registry:
                 reason=reason,
                 forced=force and not result.passed,
                 gate=result.to_dict(),
+                break_glass_reason=break_glass,
             )
 
         return self._retry(attempt)
+
+    def _break_glass(self, name: str, alias: str, reason: str) -> str | None:
+        """The break-glass reason to record for a move of `name@alias` that no second admin
+        approved: required (PERMISSION_DENIED without it) for a two-person alias."""
+        if reason.strip():
+            return reason
+        if alias not in self.two_person_aliases:
+            return None
+        raise RegistryError(
+            ErrorCode.PERMISSION_DENIED,
+            f"{name}@{alias} moves only when a second admin approves a promotion request "
+            f"(`llm-registry request create {name}:VERSION {alias}`); to move it alone, give a "
+            "break-glass reason (--break-glass, or break_glass_reason over HTTP), which the "
+            "audit log records",
+            param="break_glass_reason",
+            api_code="break_glass_required",
+        )
 
     def _judge(
         self, candidate: ModelVersion, alias: str, current: int | None, *, force: bool = False
@@ -416,9 +472,10 @@ class Registry:
         """Approve a pending promotion as a second person: the alias moves through the gate
         (its event names both people) and the request is closed with the event's id."""
         request = self._open_request(promotion_id)
+        self._check_key_maker(request)
         requested = f"requested by {request.requested_by}: {request.reason}"
-        event = self.promote(
-            f"{request.name}:{request.version}",
+        event = self._promote(
+            self.store.get_version(request.name, request.version),
             request.alias,
             reason=f"approved request {request.id} ({requested})"
             + (f"; {reason}" if reason.strip() else ""),
@@ -431,6 +488,20 @@ class Registry:
             event_id=event.id,
         )
         return event
+
+    def _check_key_maker(self, request: PendingPromotion) -> None:
+        """PERMISSION_DENIED when the requester made the approving key (or a key that made
+        it) after asking: that would be the same admin approving their own request."""
+        for maker, made_at in reversed(self.made_by):
+            if made_at <= request.created_at:
+                return
+            if maker == request.requested_by:
+                raise RegistryError(
+                    ErrorCode.PERMISSION_DENIED,
+                    f"promotion request {request.id} was made by {maker}, who made this key "
+                    "after asking; a second admin must approve it with a key of their own",
+                    param="promotion_id",
+                )
 
     def reject(self, promotion_id: int, *, reason: str) -> PendingPromotion:
         if not reason.strip():
@@ -460,10 +531,14 @@ class Registry:
             )
         return request
 
-    def rollback(self, name: str, alias: str, *, reason: str = "") -> AliasEvent:
-        """Move `alias` back to the version it pointed at before its last move."""
+    def rollback(
+        self, name: str, alias: str, *, reason: str = "", break_glass: str = ""
+    ) -> AliasEvent:
+        """Move `alias` back to the version it pointed at before its last move (a two-person
+        alias needs a `break_glass` reason)."""
         validate_name(name)
         validate_alias(alias)
+        glass = self._break_glass(name, alias, break_glass)
 
         def attempt() -> AliasEvent:
             events = self.store.alias_events(name, alias)
@@ -483,6 +558,7 @@ class Registry:
                 action=AliasAction.ROLLBACK,
                 actor=self.actor,
                 reason=reason,
+                break_glass_reason=glass,
             )
 
         return self._retry(attempt)
@@ -554,4 +630,5 @@ def open_registry(
         Path(settings.import_root).expanduser() if settings.import_root else None,
         remote_code_models=frozenset(settings.trust_remote_code),
         max_unpacked_bytes=settings.unpacked_limit,
+        two_person_aliases=frozenset(settings.two_person_aliases),
     )

@@ -36,13 +36,19 @@ class RegistrySettings(BaseSettings):
         "transformers runs when it loads them (`auto_map`, Python files), loaded with "
         "trust_remote_code=True; none by default. Native libraries are refused for every model.",
     )
+    two_person_aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Aliases (comma-separated, e.g. 'production') that move only when a second "
+        "admin approves a promotion request; setting, deleting, rolling back or promoting one "
+        "directly needs a break-glass reason, recorded in the audit log. None by default.",
+    )
     promotion_gate: str | None = Field(
         default=None,
         description="The gate every promotion must pass: 'metric:NAME' (candidate's metric "
         "must not be below the champion's) or 'package.module:callable' returning a Gate.",
     )
 
-    @field_validator("trust_remote_code", mode="before")
+    @field_validator("trust_remote_code", "two_person_aliases", mode="before")
     @classmethod
     def _split_names(cls, value: Any) -> Any:
         if isinstance(value, str):

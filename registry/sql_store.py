@@ -113,6 +113,7 @@ def _event(row: Row) -> AliasEvent:
         forced=row.forced,
         gate=row.gate,
         created_at=as_utc(row.created_at),
+        break_glass_reason=row.break_glass_reason,
     )
 
 
@@ -355,6 +356,7 @@ class SqlStore(RegistryStore):
         reason: str,
         forced: bool = False,
         gate: dict[str, Any] | None = None,
+        break_glass_reason: str | None = None,
     ) -> AliasEvent:
         with self.engine.begin() as conn:
             self._model_row(conn, name, lock=True)
@@ -399,6 +401,7 @@ class SqlStore(RegistryStore):
                     forced=forced,
                     gate=gate,
                     created_at=now,
+                    break_glass_reason=break_glass_reason,
                 )
                 .returning(*alias_events.c)
             )

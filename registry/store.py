@@ -106,6 +106,7 @@ class RegistryStore(ABC):
         reason: str,
         forced: bool = False,
         gate: dict[str, Any] | None = None,
+        break_glass_reason: str | None = None,
     ) -> AliasEvent:
         """Point `alias` at `to_version` (None deletes it) and append the audit event.
 

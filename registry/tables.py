@@ -111,6 +111,7 @@ alias_events = Table(
     Column("forced", Boolean, nullable=False),
     Column("gate", JSON, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("break_glass_reason", Text, nullable=True),
     Index("ix_registry_alias_events_name_alias", "name", "alias", "id"),
 )
 

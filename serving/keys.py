@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, Row, select
 
+from core.callers import Caller
 from core.database import as_utc, reading, utc_now
 from core.errors import ErrorCode, StackError
 from core.refs import parse_ref
@@ -20,6 +21,7 @@ from serving.errors import ServingError
 from serving.tables import api_keys
 
 KEY_PREFIX = "llmops-"
+KEY_ID_PATTERN = "key_[0-9a-f]{16}"  # the ids `KeyStore.create` makes
 MAX_RATE = 10**12  # the largest rpm or tpm a key may have (the columns hold 64-bit integers)
 ALL_MODELS = "*"
 DEVICE_ROUTES = "/v1/edge/"  # the only routes a device key may call
@@ -40,6 +42,13 @@ class ApiKey:
     revoked_at: datetime | None
     teach: bool = False
     device: bool = False
+    # who made it, and who made the keys that made it: (actor, when), its own maker last
+    made_by: tuple[tuple[str, datetime], ...] = ()
+
+    @property
+    def created_by(self) -> str | None:
+        """Who made this key (an admin key's actor, or the operator on the command line)."""
+        return self.made_by[-1][0] if self.made_by else None
 
     @property
     def may_teach(self) -> bool:
@@ -93,6 +102,7 @@ def _key(row: Row) -> ApiKey:
         revoked_at=as_utc(row.revoked_at),
         teach=row.teach,
         device=row.device,
+        made_by=tuple((actor, datetime.fromisoformat(when)) for actor, when in row.made_by or ()),
     )
 
 
@@ -118,9 +128,13 @@ class KeyStore:
         log_traffic: bool = True,
         teach: bool = False,
         device: bool = False,
+        maker: Caller | None = None,
     ) -> tuple[ApiKey, str]:
-        """A new key and its secret; the secret is shown once and only its hash is stored."""
+        """A new key and its secret; the secret is shown once and only its hash is stored.
+        `maker` is who makes it (recorded with who made the maker's key)."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        now = utc_now()
+        made_by = [*maker.made_by, (maker.actor, now)] if maker is not None else []
         row = {
             "id": "key_" + secrets.token_hex(8),
             "name": name,
@@ -133,8 +147,9 @@ class KeyStore:
             "log_traffic": log_traffic,
             "teach": teach,
             "device": device,
-            "created_at": utc_now(),
+            "created_at": now,
             "revoked_at": None,
+            "made_by": [[actor, when.isoformat()] for actor, when in made_by],
         }
         with self.engine.begin() as conn:
             conn.execute(api_keys.insert().values(**row))

@@ -12,12 +12,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     StrictBool,
     StringConstraints,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from serving.keys import MAX_RATE
 
@@ -32,6 +36,17 @@ def _now() -> int:
 
 class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """In requests, `additionalProperties: false`: the gateway refuses unknown fields
+        (`check_fields`) unless its config says to drop them."""
+        schema = handler(core_schema)
+        if handler.mode == "validation":
+            handler.resolve_ref_schema(schema)["additionalProperties"] = False
+        return schema
 
     def unknown_fields(self, prefix: str = "") -> list[str]:
         """The fields given that this model does not define, here and in the models it holds,
@@ -50,6 +65,14 @@ class OpenAIModel(BaseModel):
 # -- requests ---------------------------------------------------------------------------------
 
 
+def _needs(field: str, flag: str) -> dict[str, Any]:
+    """JSON Schema for "`field`, when given and not null, needs `flag: true`"."""
+    return {
+        "if": {"required": [field], "properties": {field: {"not": {"type": "null"}}}},
+        "then": {"required": [flag], "properties": {flag: {"const": True}}},
+    }
+
+
 class StreamOptions(OpenAIModel):
     include_usage: StrictBool = False
 
@@ -65,6 +88,8 @@ Stop = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_LENGTH
 class SamplingFields(OpenAIModel):
     """Fields shared by completions and chat completions."""
 
+    model_config = ConfigDict(json_schema_extra={"allOf": [_needs("stream_options", "stream")]})
+
     model: str = Field(min_length=1, max_length=256)
     n: int = Field(1, ge=1, le=16)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -78,7 +103,14 @@ class SamplingFields(OpenAIModel):
     user: str | None = Field(None, max_length=256)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = Field(
+    logit_bias: (
+        dict[
+            Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")],
+            # the range is checked by `_biases`, for a message that names the token
+            Annotated[float, WithJsonSchema({"type": "number", "minimum": -100, "maximum": 100})],
+        ]
+        | None
+    ) = Field(
         None,
         max_length=MAX_LOGIT_BIAS,
         description="Token id (as a string) -> a bias from -100 to 100 added to its logit.",
@@ -122,10 +154,6 @@ class SamplingFields(OpenAIModel):
     @classmethod
     def _biases(cls, biases: dict[str, float] | None) -> dict[str, float] | None:
         for token, bias in (biases or {}).items():
-            if not token.isdigit():
-                raise ValueError(
-                    f"the key {token!r} is not a token id; keys are token ids as strings"
-                )
             if not -100 <= bias <= 100:
                 raise ValueError(f"the bias of token {token} is {bias}; biases go from -100 to 100")
         return biases
@@ -310,6 +338,24 @@ def check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 class ChatCompletionRequest(SamplingFields):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                _needs("stream_options", "stream"),
+                _needs("top_logprobs", "logprobs"),
+                {
+                    "if": {
+                        "required": ["tool_choice"],
+                        "properties": {"tool_choice": {"not": {"enum": [None, "none", "auto"]}}},
+                    },
+                    "then": {
+                        "required": ["tools"],
+                        "properties": {"tools": {"type": "array", "minItems": 1}},
+                    },
+                },
+            ]
+        }
+    )
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description="Deprecated by OpenAI.")
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
@@ -504,6 +550,10 @@ class KeyObject(BaseModel):
     created_at: datetime
     revoked_at: datetime | None
     teach: bool = Field(description="Whether its corrections (`/v1/feedback`) may train models.")
+    created_by: str | None = Field(
+        description="Who made it: an admin key, or the operator on the command line; null for "
+        "keys made before makers were recorded."
+    )
 
 
 class CreatedKey(KeyObject):

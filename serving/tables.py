@@ -42,6 +42,9 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Column("teach", Boolean, nullable=False),  # its corrections may train models
     Column("device", Boolean, nullable=False),  # an edge device's: only the edge routes
+    # [[maker's actor, ISO time], ...]: who made it, and who made the keys that made it, its
+    # own maker last; null for keys made before makers were recorded
+    Column("made_by", JSON, nullable=True),
 )
 
 traffic = Table(

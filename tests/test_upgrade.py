@@ -132,8 +132,8 @@ def test_the_explicit_upgrade_reports_each_package(
     assert moved == {
         "evals": (None, "e0005"),
         "finetune": ("f0001", "f0004"),
-        "registry": ("0001", "0003"),
-        "serving": ("s0001", "s0012"),
+        "registry": ("0001", "0004"),
+        "serving": ("s0001", "s0013"),
     }
     assert run(stack_cli.cli, stack_cli.PROG, ["db", "upgrade"]) == 0
     assert capsys.readouterr().out.count("up to date") == 4

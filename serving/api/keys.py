@@ -1,8 +1,10 @@
 """API keys over HTTP, for admin keys: create (the secret is shown once), list, revoke."""
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends
 
-from core.callers import admin_caller
+from core.callers import Caller, admin_caller
 from core.http import error_responses
 from core.listing import ListPage, page
 from serving.api.deps import GatewayDep
@@ -17,7 +19,9 @@ router = APIRouter(
 
 
 @router.post("", status_code=201)
-def create_key(gateway: GatewayDep, body: KeyRequest) -> CreatedKey:
+def create_key(
+    gateway: GatewayDep, body: KeyRequest, caller: Annotated[Caller, Depends(admin_caller)]
+) -> CreatedKey:
     key, secret = gateway.keys.create(
         body.name,
         models=tuple(body.models),
@@ -25,6 +29,7 @@ def create_key(gateway: GatewayDep, body: KeyRequest) -> CreatedKey:
         rpm=body.rpm,
         tpm=body.tpm,
         log_traffic=body.log_traffic,
+        maker=caller,
     )
     return CreatedKey(**KeyObject.model_validate(key).model_dump(), key=secret)
 

@@ -49,7 +49,8 @@ DONE = {  # what a change that redirected back says
 def admin_registry(request: Request, session: SessionDep) -> Registry:
     """The registry acting as the session's key, which must be an admin's (as on the API)."""
     session.require_admin()
-    return request.app.state.gateway.registry.acting_as(session.caller.actor)
+    caller = session.caller
+    return request.app.state.gateway.registry.acting_as(caller.actor, made_by=caller.made_by)
 
 
 RegistryDep = Annotated[Registry, Depends(admin_registry)]

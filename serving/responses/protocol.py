@@ -94,6 +94,12 @@ class TextConfig(OpenAIModel):
 
 
 class ResponsesRequest(OpenAIModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"required": ["tool_choice"], "properties": {"tool_choice": {"type": "object"}}},
+            "then": {"required": ["tools"], "properties": {"tools": {"minItems": 1}}},
+        }
+    )
     model: str = Field(min_length=1, max_length=256)
     input: str | list[dict[str, Any]] = Field(
         description="Text, or items: messages, function calls and their outputs."

@@ -51,7 +51,7 @@ def test_files_list_by_page_order_and_purpose(gateway: RunningGateway) -> None:
 
     other = upload(client_of(gateway, "neighbour"))
     for after in ("file-missing", other.id):  # another key's file is no cursor either
-        with pytest.raises(openai.BadRequestError) as caught:
+        with pytest.raises(openai.NotFoundError) as caught:
             client.files.list(after=after)
         assert caught.value.body["param"] == "after"
         assert caught.value.body["code"] == "invalid_cursor"
@@ -77,7 +77,7 @@ def test_checkpoints_list_after_a_cursor(gateway: RunningGateway) -> None:
         20,
         10,
     ]
-    with pytest.raises(openai.BadRequestError) as caught:
+    with pytest.raises(openai.NotFoundError) as caught:
         client.fine_tuning.jobs.checkpoints.list(job.id, after="ftckpt-missing")
     assert caught.value.body["param"] == "after"
 

@@ -200,3 +200,30 @@ def test_promotion_requests_over_http(
     _error(
         client.post(f"{base}/requests/999/reject", json={"reason": "no"}), 404, "model_not_found"
     )
+
+
+def test_a_two_person_alias_moves_alone_only_with_a_break_glass_reason_over_http(
+    client: TestClient, registry: Registry, model_dir: Path, other_model_dir: Path
+) -> None:
+    registry.register("demo", model_dir)
+    registry.register("demo", other_model_dir, parent="demo:1")
+    registry.set_alias("demo", "production", 1)
+    registry.two_person_aliases = frozenset({"production"})
+    base = "/v1/registry/models/demo/aliases/production"
+    for method, path, body in [
+        ("PUT", base, {"version": 2}),
+        ("POST", f"{base}/promote", {"version": 2, "force_reason": "gate is wrong"}),
+        ("POST", f"{base}/rollback", {}),
+        ("DELETE", base, None),
+    ]:
+        error = _error(client.request(method, path, json=body), 403, "break_glass_required")
+        assert error["param"] == "break_glass_reason"
+        assert "second admin approves" in error["message"]
+    _error(client.put(base, json={"version": 2, "break_glass_reason": " "}), 400, "invalid_request")
+    moved = client.put(base, json={"version": 2, "break_glass_reason": "incident 42"})
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["break_glass_reason"] == "incident 42"
+    deleted = client.delete(base, params={"break_glass_reason": "retire it"})
+    assert deleted.json()["break_glass_reason"] == "retire it"
+    history = client.get("/v1/registry/models/demo/history").json()["data"]
+    assert [e["break_glass_reason"] for e in history] == [None, "incident 42", "retire it"]

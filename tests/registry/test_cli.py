@@ -125,3 +125,20 @@ def test_a_promotion_request_is_approved_by_someone_else(
     assert [(r["status"], r["requested_by"], r["decided_by"]) for r in listed] == [
         ("approved", "cli-user", "bob")
     ]
+
+
+@pytest.mark.slow
+def test_a_two_person_alias_moves_alone_only_with_a_break_glass_reason(
+    settings: StackSettings, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMOPS_TWO_PERSON_ALIASES", "production")
+    _ok(settings, "register", "demo", str(model_dir))
+    refused = _run(settings, "alias", "set", "demo", "production", "1")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "give a break-glass reason (--break-glass" in refused.stderr
+    moved = _ok(settings, "alias", "set", "demo", "production", "1", "--break-glass", "first")
+    assert moved.strip() == "demo@production: set - -> 1 (break-glass, recorded)"
+    assert _run(settings, "promote", "demo:1", "production").returncode == 2
+    history = json.loads(_ok(settings, "--json", "history", "demo"))
+    assert [(e["action"], e["break_glass_reason"]) for e in history] == [("set", "first")]

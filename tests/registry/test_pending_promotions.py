@@ -1,6 +1,7 @@
 """Promotions that need a second person: requested through the gate, approved or rejected by
 someone else, both recorded."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,74 @@ def test_approval_judges_the_champion_of_that_moment(gated: Registry, tmp_path: 
     with pytest.raises(RegistryError, match="no promotion request 999") as err:
         gated.acting_as("bob").approve(999)
     assert err.value.code is ErrorCode.NOT_FOUND
+
+
+def test_a_two_person_alias_moves_alone_only_with_a_recorded_break_glass_reason(
+    gated: Registry,
+) -> None:
+    gated.two_person_aliases = frozenset({"production"})
+    alone = [
+        lambda glass: gated.set_alias("demo", "production", 3, break_glass=glass),
+        lambda glass: gated.promote("demo:3", "production", reason="r", break_glass=glass),
+        lambda glass: gated.promote(
+            "demo:2", "production", reason="gate is wrong", force=True, break_glass=glass
+        ),
+        lambda glass: gated.rollback("demo", "production", break_glass=glass),
+        lambda glass: gated.delete_alias("demo", "production", break_glass=glass),
+    ]
+    for move in alone:
+        for missing in ("", "  "):
+            with pytest.raises(RegistryError, match="second admin approves") as err:
+                move(missing)
+            assert err.value.code is ErrorCode.PERMISSION_DENIED
+            assert (err.value.param, err.value.api_code) == (
+                "break_glass_reason",
+                "break_glass_required",
+            )
+    assert gated.resolve("demo@production").version == 1
+    assert len(gated.history("demo")) == 1
+
+    event = gated.promote("demo:3", "production", reason="r", break_glass="incident 42")
+    assert (event.to_version, event.reason, event.break_glass_reason) == (3, "r", "incident 42")
+    forced = gated.promote(
+        "demo:2", "production", reason="gate is wrong", force=True, break_glass="incident 43"
+    )
+    assert forced.forced and forced.break_glass_reason == "incident 43"
+    back = gated.rollback("demo", "production", break_glass="incident 44")
+    assert (back.to_version, back.break_glass_reason) == (3, "incident 44")
+    assert [e.break_glass_reason for e in gated.history("demo", "production")] == [
+        None,
+        "incident 42",
+        "incident 43",
+        "incident 44",
+    ]
+    # Other aliases move as before, and an approved request needs no break-glass reason.
+    assert gated.set_alias("demo", "staging", 2).break_glass_reason is None
+    gated.set_alias("demo", "production", 1, break_glass="reset")
+    request = gated.acting_as("alice").request_promotion("demo:3", "production", reason="r")
+    approved = gated.acting_as("bob").approve(request.id)
+    assert (approved.to_version, approved.break_glass_reason) == (3, None)
+
+
+def test_a_request_is_not_approved_with_a_key_its_requester_made_after_asking(
+    gated: Registry,
+) -> None:
+    alice = "key key_aaaaaaaaaaaaaaaa (alice)"
+    request = gated.acting_as(alice).request_promotion("demo:3", "production", reason="r")
+    before, after = request.created_at - timedelta(hours=1), request.created_at + timedelta(1)
+    refused = {
+        "made by the requester after asking": ((alice, after),),
+        "made by a key the requester made after asking": ((alice, after), ("key k2", after)),
+    }
+    for why, made_by in refused.items():
+        with pytest.raises(RegistryError, match="who made this key after asking") as err:
+            gated.acting_as("key k3 (second)", made_by=made_by).approve(request.id)
+        assert err.value.code is ErrorCode.PERMISSION_DENIED, why
+    assert gated.store.get_pending(request.id).status is PromotionStatus.PENDING
+
+    # A key the requester made before asking, or another admin made after, may approve.
+    for made_by in (((alice, before),), (("ops", before), ("key bob", after))):
+        registry = gated.acting_as("key k4 (bob)", made_by=made_by)
+        second = gated.acting_as(alice).request_promotion("demo:3", "staging", reason="r")
+        assert registry.approve(second.id).to_version == 3
+        gated.delete_alias("demo", "staging")

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from core.callers import Caller
 from core.database import open_database
 from core.errors import ErrorCode, StackError
 from core.redaction import redact_pii
@@ -17,6 +18,7 @@ from registry.entities import FINE_TUNED_TAG
 from serving.keys import KeyStore
 from serving.ratelimit import WINDOW_S
 from serving.tables import CHAIN
+from tests.registry.conftest import make_model_dir
 from tests.serving.conftest import LIMITS, RunningGateway, make_adapter, running_gateway
 
 CHAT = [{"role": "user", "content": "Uppercase: mail me at ann@example.com or 0123456789"}]
@@ -333,3 +335,40 @@ def test_error_bodies_carry_no_server_paths(keyed: RunningGateway) -> None:
     error = _envelope(reply, 500, "integrity")
     assert "does not match its digest" in error["message"]
     assert home not in reply.text and "/tmp" not in reply.text
+
+
+def test_a_request_is_not_approved_with_a_key_its_requester_made_after_asking(
+    tmp_path: Path,
+) -> None:
+    with running_gateway(tmp_path / "home", None) as gw:
+        for seed in (0, 1):
+            gw.registry.register("demo", make_model_dir(tmp_path / f"m{seed}", seed))
+        gw.registry.set_alias("demo", "production", 1)
+        alice, alice_secret = gw.gateway.keys.create(
+            "alice", admin=True, maker=Caller(None, admin=True, name="ops")
+        )
+        assert alice.created_by == "ops"
+
+        def post(secret: str, path: str, body: dict) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {secret}"}
+            return httpx.post(f"{gw.base_url}/v1{path}", json=body, headers=headers)
+
+        asked = post(
+            alice_secret,
+            "/registry/models/demo/aliases/production/requests",
+            {"version": 2, "reason": "better"},
+        )
+        assert asked.status_code == 201, asked.text
+        approve = f"/registry/models/demo/requests/{asked.json()['id']}/approve"
+        made = post(alice_secret, "/keys", {"name": "second", "admin": True}).json()
+        assert made["created_by"] == f"key {alice.id} (alice)"
+        error = _envelope(post(made["key"], approve, {}), 403, "permission_denied")["message"]
+        assert f"made by key {alice.id} (alice), who made this key after asking" in error
+        third = post(made["key"], "/keys", {"name": "third", "admin": True}).json()
+        _envelope(post(third["key"], approve, {}), 403, "permission_denied")
+
+        _, bob_secret = gw.gateway.keys.create(
+            "bob", admin=True, maker=Caller(None, admin=True, name="ops")
+        )
+        approved = post(bob_secret, approve, {"reason": "checked"})
+        assert approved.status_code == 200 and approved.json()["to_version"] == 2
