@@ -1,5 +1,6 @@
 """`configs/serving.yaml`: the gateway's address, limits and backends, validated on load."""
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -8,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from evals.drift.config import DriftConfig
 from serving.batches.config import BatchesConfig
+from serving.keys import MAX_RATE
 
 
 class _Config(BaseModel):
@@ -84,6 +86,15 @@ class RateLimitConfig(_Config):
         le=3600,
         description="Length in seconds of the fixed windows the limits count in: a key's rpm "
         "and tpm are per window, so anything but 60 is for tests and demos.",
+    )
+    default_tpm: int | None = Field(
+        2_000_000,
+        gt=0,
+        le=MAX_RATE,
+        description="Tokens per window of a key created without a tpm of its own (429 "
+        "beyond), so that one key cannot take all of an engine's tokens by default; as large "
+        "as the default explanations.max_tokens_per_explanation, so that any explanation fits "
+        "in one window. Give a key its own tpm to raise or lower it; null: no default limit.",
     )
 
 
@@ -200,6 +211,18 @@ class ServingConfig(_Config):
         "rebinding); add the names clients use to reach it, or '*' for any.",
     )
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: any free port).")
+    private_docs_and_metrics: bool | None = Field(
+        None,
+        description="Whether /metrics, /docs, /redoc and /openapi.json need an API key (any "
+        "valid key, as the /v1 routes do). Unset: they do when `host` is not a loopback "
+        "address.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of the reverse proxies in front of the "
+        "gateway: only from these are X-Forwarded-Proto and X-Forwarded-For believed, so that "
+        "behind a TLS-terminating proxy the console's cookies are Secure.",
+    )
     resolve_ttl_s: float = Field(
         1.0,
         ge=0,
@@ -216,6 +239,18 @@ class ServingConfig(_Config):
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     batches: BatchesConfig = Field(default_factory=BatchesConfig)
     edge: EdgeConfig = Field(default_factory=EdgeConfig)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy)
+            except ValueError as err:
+                raise ValueError(
+                    f"trusted_proxies holds IP addresses or networks such as 10.0.0.0/8: {err}"
+                ) from None
+        return proxies
 
 
 def load_config(path: Path | None) -> ServingConfig:

@@ -18,7 +18,7 @@ from core.settings import StackSettings
 from finetune.demo.skills import SKILLS, generate_splits
 from finetune.demo.spec import TINY
 from registry.service import Registry
-from serving.app import create_app
+from serving.app import create_app, server_options
 from serving.config import ServingConfig
 from serving.gateway import Gateway, build_gateway
 from serving.vllm.engine import free_port
@@ -41,9 +41,8 @@ def running_gateway(home: Path, model_dir: Path | None, **config: Any) -> Iterat
     if model_dir is not None:
         version = registry.register("demo", model_dir)
         registry.set_alias("demo", "production", version.version)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(gateway), host="127.0.0.1", port=config.port, log_level="warning")
-    )
+    options = {**server_options(config), "host": "127.0.0.1"}  # whatever the config's host
+    server = uvicorn.Server(uvicorn.Config(create_app(gateway), **options, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

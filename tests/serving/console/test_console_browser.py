@@ -135,6 +135,7 @@ def test_the_ops_path(browser: Browser, console_world: ConsoleWorld, tmp_path: P
     alice.goto(console_world.url + "/keys")
     alice.get_by_label("Name").fill("temp-admin")
     alice.get_by_label("Admin", exact=True).check()
+    alice.get_by_label("Your API key (needed to create an admin key)").fill(console_world.alice)
     alice.get_by_role("button", name="Create key").click()
     secret = alice.locator("#new-secret").inner_text().strip()
     _shot(alice, tmp_path, "keys")

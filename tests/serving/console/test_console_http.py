@@ -287,3 +287,25 @@ def test_expired_sessions_and_revoked_keys_are_refused(console_world: ConsoleWor
     assert client.get("/").status_code == 200
     keys.revoke(temp.id)
     assert client.get("/").status_code == 401
+
+
+def test_creating_admin_keys_asks_for_the_key_again(console_world: ConsoleWorld) -> None:
+    """A session left open, or a copied cookie, does not mint admin keys: the form needs the
+    session's own API key again, checked on the server (another admin's will not do)."""
+    client, token = login(console_world, console_world.alice)
+    keys = console_world.gateway.gateway.keys
+    form = {"name": "second-admin", "admin": "true", "csrf_token": token}
+    for given, says in (
+        ({}, "none was given"),
+        ({"current_key": "llmops-wrong"}, "the key given is not it"),
+        ({"current_key": console_world.bob}, "the key given is not it"),
+    ):
+        refused = client.post("/keys", data={**form, **given})
+        assert refused.status_code == 403 and says in refused.text, refused.text
+        assert "no key was created" in refused.text
+        assert "second-admin" not in [k.name for k in keys.list_keys()]
+    done = client.post("/keys", data={**form, "current_key": f" {console_world.alice} "})
+    assert done.status_code == 200 and 'id="new-secret"' in done.text
+    assert [k.admin for k in keys.list_keys() if k.name == "second-admin"] == [True]
+    plain = client.post("/keys", data={"name": "plain-app", "csrf_token": token})
+    assert plain.status_code == 200 and 'id="new-secret"' in plain.text
