@@ -1,18 +1,19 @@
 """What the gateway lends explanations (`evals.explain`): its versions, loaded on the local
 engine's model copy (vLLM-served versions too), greedy answers from that engine, and the
-caller's rate limits, which an explanation's forward passes count against."""
+caller's limits: an explanation is one of its key's requests in flight while it runs, and its
+forward passes count against the key's tokens per minute."""
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
 
 from core.callers import Caller
 from core.errors import ErrorCode
 from evals.explain.service import Bill, LoadedModel, ModelHost
 from serving.engine import SamplingParams
 from serving.errors import ServingError, model_not_found
-from serving.keys import KeyStore
+from serving.keys import ApiKey, KeyStore
 from serving.local.engine import LocalEngine
 from serving.local.lending import LentModel
 from serving.ratelimit import RateLimiter
@@ -21,12 +22,18 @@ from serving.resolver import ModelResolver, ResolvedModel
 
 class GatewayModelHost(ModelHost):
     def __init__(
-        self, resolver: ModelResolver, local: LocalEngine, keys: KeyStore, limiter: RateLimiter
+        self,
+        resolver: ModelResolver,
+        local: LocalEngine,
+        keys: KeyStore,
+        limiter: RateLimiter,
+        in_flight: Callable[[ApiKey], AbstractContextManager[None]],
     ):
         self.resolver = resolver
         self.local = local
         self.keys = keys
         self.limiter = limiter
+        self.in_flight = in_flight  # the generator's count of each key's requests in flight
 
     async def load(self, model: str, caller: Caller) -> LoadedModel:
         if not caller.may_use(model):
@@ -67,9 +74,18 @@ class GatewayModelHost(ModelHost):
         return resolved.tokenizer(text, add_special_tokens=False).input_ids
 
     @asynccontextmanager
+    async def admit(self, caller: Caller) -> AsyncIterator[None]:
+        if caller.key_id is None:  # a gateway without keys has no limits
+            yield
+            return
+        key = await asyncio.to_thread(self.keys.get, caller.key_id)
+        with self.in_flight(key):
+            yield
+
+    @asynccontextmanager
     async def charge(self, caller: Caller, tokens: int) -> AsyncIterator[Bill]:
         bill = Bill(tokens)
-        if caller.key_id is None:  # a gateway without keys has no rate limits
+        if caller.key_id is None:
             yield bill
             return
         key = await asyncio.to_thread(self.keys.get, caller.key_id)

@@ -3,8 +3,10 @@ limiter may be given a shorter window, as tests do: the limits then count per wi
 
 A request reserves one request and its largest possible token count (prompt plus every
 choice's max_tokens) before it runs, and gives back what it did not use when it ends, so
-concurrent requests can never together exceed a limit. `MemoryRateLimiter` counts in one
-process; `RedisRateLimiter` counts in Redis, shared by every gateway replica."""
+concurrent requests can never together exceed a limit. A key without a token rate of its own
+is held to the limiter's `default_tpm`, so that no key takes all of an engine's tokens unless
+it is given a rate that lets it. `MemoryRateLimiter` counts in one process;
+`RedisRateLimiter` counts in Redis, shared by every gateway replica."""
 
 import asyncio
 import logging
@@ -48,28 +50,40 @@ def _refusal(message: str, retry_after: int) -> ServingError:
 
 
 def _check(
-    key: ApiKey, requests: int, tokens: int, cost: int, retry_after: int, window_s: float
+    key: ApiKey,
+    tpm: int | None,
+    requests: int,
+    tokens: int,
+    cost: int,
+    retry_after: int,
+    window_s: float,
 ) -> None:
-    """Raise 429 if one more request of `cost` tokens would pass one of `key`'s limits."""
+    """Raise 429 if one more request of `cost` tokens would pass `key`'s request limit or the
+    token limit `tpm`."""
     period = "this minute" if window_s == WINDOW_S else f"in this {window_s:g} s window"
     reached = (
         f"rate limit of key {key.name!r} reached: {{}} used {period}; retry in {retry_after} s"
     )
     if key.rpm is not None and requests + 1 > key.rpm:
         raise _refusal(reached.format(f"{requests} of {key.rpm} requests"), retry_after)
-    if key.tpm is not None and tokens + cost > key.tpm:
-        if cost > key.tpm:
+    if tpm is not None and tokens + cost > tpm:
+        if cost > tpm:
             raise _refusal(
                 f"this request may use {cost} tokens, more than key {key.name!r} allows per "
-                f"minute ({key.tpm}); lower max_tokens or shorten the prompt",
+                f"minute ({tpm}); lower max_tokens or shorten the prompt",
                 retry_after,
             )
-        raise _refusal(reached.format(f"{tokens} of {key.tpm} tokens"), retry_after)
+        raise _refusal(reached.format(f"{tokens} of {tpm} tokens"), retry_after)
 
 
 class RateLimiter(ABC):
     clock: Callable[[], float] = staticmethod(time.time)  # windows follow this clock
     window_s: float = WINDOW_S  # the limits count in fixed windows this long
+    default_tpm: int | None = None  # the token limit of keys without one of their own
+
+    def tpm(self, key: ApiKey) -> int | None:
+        """The tokens per window `key` may use: its own limit, or the default."""
+        return key.tpm if key.tpm is not None else self.default_tpm
 
     @abstractmethod
     async def reserve(self, key: ApiKey, tokens: int) -> Reservation:
@@ -84,8 +98,9 @@ class RateLimiter(ABC):
 
 
 class MemoryRateLimiter(RateLimiter):
-    def __init__(self, window_s: float = WINDOW_S) -> None:
+    def __init__(self, window_s: float = WINDOW_S, default_tpm: int | None = None) -> None:
         self.window_s = window_s
+        self.default_tpm = default_tpm
         self._counts: dict[tuple[str, int], list[int]] = {}  # (key, window) -> [requests, tokens]
         self._lock = asyncio.Lock()
 
@@ -95,7 +110,7 @@ class MemoryRateLimiter(RateLimiter):
             for stale in [k for k in self._counts if k[1] < window]:
                 del self._counts[stale]
             counts = self._counts.setdefault((key.id, window), [0, 0])
-            _check(key, counts[0], counts[1], tokens, retry_after, self.window_s)
+            _check(key, self.tpm(key), counts[0], counts[1], tokens, retry_after, self.window_s)
             counts[0] += 1
             counts[1] += tokens
         return Reservation(key.id, window, tokens)
@@ -133,8 +148,10 @@ class RedisRateLimiter(RateLimiter):
         prefix: str = "llmops:ratelimit",
         timeout_s: float = 2.0,
         window_s: float = WINDOW_S,
+        default_tpm: int | None = None,
     ):
         self.window_s = window_s
+        self.default_tpm = default_tpm
         self.redis = aioredis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
@@ -150,8 +167,9 @@ class RedisRateLimiter(RateLimiter):
     async def reserve(self, key: ApiKey, tokens: int) -> Reservation:
         window, retry_after = _window(self.clock(), self.window_s)
         rpm = -1 if key.rpm is None else key.rpm
-        tpm = -1 if key.tpm is None else key.tpm
-        args = [rpm, tpm, tokens, math.ceil(2 * self.window_s)]  # expiry: whole seconds
+        tpm = self.tpm(key)
+        expiry = math.ceil(2 * self.window_s)  # whole seconds
+        args = [rpm, -1 if tpm is None else tpm, tokens, expiry]
         try:
             granted, requests, used = await self._reserve(
                 keys=self._keys(key.id, window), args=args
@@ -165,7 +183,7 @@ class RedisRateLimiter(RateLimiter):
                 headers={"Retry-After": "5"},
             ) from None
         if not granted:
-            _check(key, int(requests), int(used), tokens, retry_after, self.window_s)
+            _check(key, tpm, int(requests), int(used), tokens, retry_after, self.window_s)
         return Reservation(key.id, window, tokens)
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:

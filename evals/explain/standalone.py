@@ -42,5 +42,9 @@ class RegistryModelHost(ModelHost):
         )
 
     @asynccontextmanager
+    async def admit(self, caller: Caller) -> AsyncIterator[None]:
+        yield  # one's own machine, one's own limits
+
+    @asynccontextmanager
     async def charge(self, caller: Caller, tokens: int) -> AsyncIterator[Bill]:
         yield Bill(tokens)  # no rate limits on one's own machine
