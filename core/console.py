@@ -1,5 +1,6 @@
 """Command-line plumbing shared by every `llm-*` command: one-line errors with exit code 2
-for bad input (1 for a broken state), tables and JSON output."""
+for bad input (1 for a broken state), `--log-level` and `--log-format`, tables and JSON
+output."""
 
 import json
 import logging
@@ -10,6 +11,7 @@ from typing import Any
 import click
 
 from core.errors import StackError
+from core.logs import add_log_options
 
 
 def fail(prog: str, message: str, code: int) -> int:
@@ -35,10 +37,14 @@ def _json_first(argv: Sequence[str]) -> list[str]:
     return args
 
 
-def run(group: click.Group, prog: str, argv: Sequence[str] | None = None) -> int:
+def run(
+    group: click.Group, prog: str, argv: Sequence[str] | None = None, *, log_level: str = "warning"
+) -> int:
     """Run a click group; bad input (a usage error or a StackError) prints one line and
     returns 2, never a traceback. An error of the stack's state (an integrity check that
-    failed, a schema this release cannot use) returns 1."""
+    failed, a schema this release cannot use) returns 1. `log_level` is the default of the
+    group's `--log-level`."""
+    add_log_options(group, log_level)
     args = _json_first(sys.argv[1:] if argv is None else argv)
     try:
         return group.main(args=args, prog_name=prog, standalone_mode=False) or 0

@@ -18,7 +18,6 @@ most 0.6x the steps of the full study.
 
 import argparse
 import dataclasses
-import logging
 import random
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import yaml
 from bench_record import default_output, write_result
 
+from core.logs import configure_logging
 from core.settings import StackSettings
 from finetune.automl.search import parse_search
 from finetune.automl.study import run_study
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", type=Path, default=Path("results/bench-automl"))
     parser.add_argument("--output", type=Path, default=default_output(__file__))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    configure_logging("warning")
     torch.set_num_threads(args.threads)
 
     home = args.home.resolve()

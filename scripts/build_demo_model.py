@@ -10,9 +10,9 @@ The registry is the one `LLMOPS_HOME` / `LLMOPS_DATABASE_URL` select.
 import argparse
 import dataclasses
 import json
-import logging
 from pathlib import Path
 
+from core.logs import configure_logging
 from finetune.demo.build import build_demo_model, register_demo_model
 from finetune.demo.spec import FULL, TINY
 from registry.service import open_registry
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, help="keep the skills JSONL splits here")
     parser.add_argument("--no-register", action="store_true", help="build only")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    configure_logging()
 
     spec = dataclasses.replace(TINY if args.tiny else FULL, seed=args.seed)
     build = build_demo_model(args.output, spec, data_dir=args.data_dir)

@@ -13,7 +13,6 @@ eval split, whose inputs never occur in the train split.
 
 import argparse
 import json
-import logging
 import os
 import platform
 import time
@@ -23,6 +22,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from core.logs import configure_logging
 from finetune.demo.evaluation import exact_match_rate
 from finetune.demo.skills import read_jsonl, write_skill_splits
 from finetune.recipe import load_recipe
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data/skills"))
     parser.add_argument("--output", type=Path, default=Path("results/teach_demo_skill.json"))
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    configure_logging()
 
     files = write_skill_splits(args.data_dir, 0, args.rows, 100, [args.skill])[args.skill]
     recipe = load_recipe(args.recipe)

@@ -11,6 +11,7 @@ from fastapi import Request
 
 from core.callers import Caller, admin_caller
 from core.errors import ErrorCode
+from core.logs import tag_request
 from serving.errors import ServingError
 from serving.keys import ApiKey, KeyStore
 
@@ -70,6 +71,7 @@ class Authenticator:
                 "(`llm-serve keys create`)",
                 api_code="invalid_api_key",
             )
+        tag_request(key_id=key.id)
         if not key.admits(request.url.path):
             raise key.refusal(request.url.path)
         if model is not None and not key.allows(model):
@@ -85,7 +87,12 @@ class Authenticator:
         if key is None:
             return Caller(None, admin=False, name="anonymous (no API keys exist)")
         return Caller(
-            key.id, admin=key.admin, name=key.name, may_use=key.allows, teach=key.may_teach
+            key.id,
+            admin=key.admin,
+            name=key.name,
+            may_use=key.allows,
+            teach=key.may_teach,
+            made_by=key.made_by,
         )
 
     def _open(self) -> bool:

@@ -30,6 +30,7 @@ from core.database import utc_now
 from core.errors import ErrorCode, StackError
 from core.http import ErrorDetail, ErrorEnvelope, error_type
 from core.leases import Lease, LeaseLost
+from core.logs import bind_request, tag_request
 from finetune.service import FineTuningService
 from serving.auth import Authenticator, model_not_allowed
 from serving.batches.config import BatchesConfig
@@ -242,6 +243,9 @@ class BatchRunner:
 
     async def _line(self, batch: Batch, lease: Lease, key: ApiKey | None, line: Line) -> None:
         request_id = f"{batch.id}-{line.line}"
+        bind_request(request_id)  # this task's own context: only this line's records
+        if key is not None:
+            tag_request(key_id=key.id)
         give_up = time.monotonic() + self.config.retry_for_s
         while True:
             try:
