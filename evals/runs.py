@@ -22,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, or_, select
+from sqlalchemy import Engine, Row, and_, func, or_, select
 
 from core.database import as_utc, open_database, reading, utc_now
 from core.digests import file_digest
@@ -364,6 +364,12 @@ class RunStore:
             query = query.where(or_(beyond, and_(created == after.created_at, later)))
         with reading(self.engine) as conn:
             return [_run(row) for row in conn.execute(query.limit(limit))]
+
+    def count_by_status(self) -> dict[RunStatus, int]:
+        """How many runs are in each status (those with none left out)."""
+        query = select(runs.c.status, func.count()).group_by(runs.c.status)
+        with reading(self.engine) as conn:
+            return {RunStatus(status): n for status, n in conn.execute(query)}
 
     def fresh(self, suite_digest: str, version: str) -> EvalRun | None:
         """The newest succeeded run of this very suite on this version, if any."""

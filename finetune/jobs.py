@@ -213,6 +213,14 @@ class JobStore:
         with reading(self.engine) as conn:
             return conn.execute(query).scalar_one()
 
+    def count_by_status(self) -> dict[tuple[str, JobStatus], int]:
+        """How many jobs of each kind are in each status (those with none left out)."""
+        query = select(jobs.c.kind, jobs.c.status, func.count()).group_by(
+            jobs.c.kind, jobs.c.status
+        )
+        with reading(self.engine) as conn:
+            return {(kind, JobStatus(status)): n for kind, status, n in conn.execute(query)}
+
     def transition(
         self,
         job_id: str,

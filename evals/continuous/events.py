@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from core.database import as_utc, reading, utc_now
 from evals.tables import loop_events
@@ -36,6 +36,16 @@ class LoopEvent:
     step: Step
     ref: str | None
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StepCount:
+    """How many of a model's cycles reached a step, and when one last did."""
+
+    model: str
+    step: Step
+    cycles: int
+    last_at: datetime
 
 
 def new_cycle_id() -> str:
@@ -81,3 +91,15 @@ class LoopEvents:
             LoopEvent(**{**r, "created_at": as_utc(r["created_at"]), "step": Step(r["step"])})
             for r in rows
         ]
+
+    def steps_reached(self) -> list[StepCount]:
+        """Per model and step, over the whole timeline."""
+        e = loop_events.c
+        query = select(
+            e.model, e.step, func.count(func.distinct(e.cycle)), func.max(e.created_at)
+        ).group_by(e.model, e.step)
+        with reading(self.engine) as conn:
+            return [
+                StepCount(model, Step(step), cycles, as_utc(last))
+                for model, step, cycles, last in conn.execute(query)
+            ]

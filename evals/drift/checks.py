@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Engine, Row, func, select
 
 from core.database import as_utc, reading
 from core.errors import ErrorCode
@@ -66,6 +66,14 @@ class DriftStore:
                 param="check_id",
             )
         return _check(row)
+
+    def last_checked(self) -> dict[str, datetime]:
+        """When each model's newest check was made."""
+        query = select(drift_checks.c.model, func.max(drift_checks.c.created_at)).group_by(
+            drift_checks.c.model
+        )
+        with reading(self.engine) as conn:
+            return {model: as_utc(at) for model, at in conn.execute(query)}
 
     def history(
         self, model: str, *, since: datetime | None = None, limit: int = 10_000

@@ -31,4 +31,5 @@ async def ready(gateway: GatewayDep) -> Response:
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(gateway: GatewayDep) -> PlainTextResponse:
     """Prometheus' text format."""
-    return PlainTextResponse(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
+    body = await gateway.render_metrics()
+    return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
