@@ -10,6 +10,7 @@ import click
 from pydantic import ValidationError
 
 from core.console import print_json, print_table, run
+from core.tracing import configure
 from evals.continuous import cli as loop_cli
 from evals.drift import cli as drift_cli
 from evals.explain.protocol import GRANULARITIES, METHODS, ExplanationRequest
@@ -70,6 +71,7 @@ def run_suite(as_json: bool, suite, model, base_url, api_key, concurrency, reuse
     """Score SUITE (a name in configs/evals/ or a YAML path) on a model; record the run."""
     from evals.service import HttpOptions
 
+    configure("llm-evals")
     evaluations = _evaluations()
     http = None if base_url is None else HttpOptions(base_url, api_key, concurrency)
     result = evaluations.run(

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from core.errors import ErrorCode, StackError
 from core.settings import StackSettings
+from core.tracing import tracer
 from evals.compare import Comparison, compare_runs
 from evals.errors import EvalsError
 from evals.grading import summarize
@@ -164,9 +165,13 @@ class Evaluations:
         watch = watch or Watch(self.runs, run.id)
         watch.total = sum(work_units(task) for task in suite.tasks)
         try:
-            metrics, examples = asyncio.run(
-                score_suite(suite, _Watched(target, watch), progress=progress)
-            )
+            with tracer().start_as_current_span("eval.run") as span:
+                span.set_attribute("llmops.eval.run_id", run.id)
+                span.set_attribute("llmops.eval.suite", suite.name)
+                span.set_attribute("gen_ai.request.model", run.model)
+                metrics, examples = asyncio.run(
+                    score_suite(suite, _Watched(target, watch), progress=progress)
+                )
         except BaseException as err:
             if isinstance(err, StackError):
                 error = err.message

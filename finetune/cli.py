@@ -25,6 +25,7 @@ import yaml
 
 from core.console import print_json, print_table, run
 from core.errors import ErrorCode
+from core.tracing import configure
 from finetune.automl.cli import tune
 from finetune.demo.skills import SKILLS, read_jsonl, write_skill_splits
 from finetune.demo.spec import FULL as DEMO_SPEC
@@ -95,6 +96,7 @@ def run_cmd(ctx: click.Context, recipe: Path | None, resume_id: str | None) -> N
     """Train in the foreground, with a progress bar; the job is recorded like any other."""
     from finetune.worker import run_job
 
+    configure("llm-finetune")
     runner = open_runner()
     if resume_id:
         if recipe or ctx.args:

@@ -25,6 +25,8 @@ from transformers import TrainerCallback
 
 from core.errors import StackError
 from core.leases import Lease, LeaseLost
+from core.logs import configure_logging
+from core.tracing import configure, current_span, tracer
 from finetune.jobs import Job, JobStatus, JobStore
 from finetune.kinds import JobContext, kind_runner
 from finetune.runner import JobRunner, process_start, steps_over_budget
@@ -92,6 +94,9 @@ class JobCallback(TrainerCallback):
                     f"Step {state.global_step}/{state.max_steps}: {label} loss={logs[key]:.4f}"
                 )
                 self.store.add_event(self.job.id, message, data={"step": state.global_step, **logs})
+                current_span().add_event(
+                    "step", {"step": state.global_step, f"{label}_loss": float(logs[key])}
+                )
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         path = self.job_dir / "checkpoints" / f"checkpoint-{state.global_step}"
@@ -149,6 +154,15 @@ def _heartbeat(
 
 def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
     """Claim and run job `job_id` in this process; returns the job as it ended."""
+    with tracer().start_as_current_span("finetune.job") as span:
+        span.set_attribute("llmops.job.id", job_id)
+        job = _run_job(runner, job_id, progress=progress)
+        span.set_attribute("llmops.job.kind", job.kind)
+        span.set_attribute("llmops.job.status", job.status.value)
+        return job
+
+
+def _run_job(runner: JobRunner, job_id: str, *, progress: bool) -> Job:
     store, settings = runner.store, runner.settings
     pid, host = os.getpid(), socket.gethostname()
     ttl = timedelta(seconds=settings.stale_after_s)
@@ -297,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m finetune.worker JOB_ID", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging()  # as the command that started the job logs
+    configure("llm-finetune")
     runner = JobRunner.open()
     if int(os.environ.get("RANK", "0")) > 0:
         return run_as_replica(runner, argv[0])

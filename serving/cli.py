@@ -4,7 +4,6 @@ With no arguments it serves what the registry holds. With `--demo` (what `make r
 first builds and registers the demo model if the registry does not have it yet, and the demo
 embedding model `minilm`."""
 
-import logging
 import sys
 import tempfile
 from collections.abc import Callable
@@ -12,10 +11,12 @@ from pathlib import Path
 
 import click
 
+from core.callers import Caller
 from core.console import print_json, print_table, run
 from core.database import open_database
 from core.errors import ErrorCode
 from core.settings import StackSettings
+from core.tracing import configure
 from registry.entities import ModelVersion
 from registry.errors import RegistryError
 from registry.service import Registry
@@ -98,18 +99,16 @@ def cli(
     # The gateway's imports (torch, transformers, the evals) cost seconds: not for `keys` or `edge`.
     import uvicorn
 
-    from serving.app import create_app
+    from serving.app import create_app, server_options
     from serving.gateway import build_gateway
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = ServingSettings()
     try:
         config = load_config(config_path or settings.config)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     config = config.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
+    configure("llm-serve")
     gateway = build_gateway(config, StackSettings())
     if demo and settings.demo_model:
         _ensure_model(gateway.registry, settings.demo_model, _build_demo_model, "the demo model")
@@ -136,7 +135,8 @@ def cli(
             f'-d \'{{"model": "{settings.demo_model}", "messages": '
             '[{"role": "user", "content": "What is 12 + 30?"}], "temperature": 0}\''
         )
-    uvicorn.run(create_app(gateway), host=config.host, port=config.port, log_level="info")
+    # Its lines go through the stack's handler (`--log-format`), which `run` set up.
+    uvicorn.run(create_app(gateway), **server_options(config), log_config=None)
 
 
 def _keys() -> KeyStore:
@@ -153,7 +153,11 @@ def keys() -> None:
 @click.option("--model", "models", multiple=True, help="Allowed model (repeatable); default all.")
 @click.option("--admin", is_flag=True, help="May use the registry and key routes.")
 @click.option("--rpm", type=click.IntRange(1, MAX_RATE), help="Requests per minute.")
-@click.option("--tpm", type=click.IntRange(1, MAX_RATE), help="Tokens per minute.")
+@click.option(
+    "--tpm",
+    type=click.IntRange(1, MAX_RATE),
+    help="Tokens per minute (default: rate_limits.default_tpm).",
+)
 @click.option("--no-traffic-log", is_flag=True, help="Do not log this key's traffic.")
 @click.option("--teach", is_flag=True, help="Its corrections (/v1/feedback) may train models.")
 @click.pass_obj
@@ -167,6 +171,7 @@ def keys_create(as_json, name, models, admin, rpm, tpm, no_traffic_log, teach) -
         tpm=tpm,
         log_traffic=not no_traffic_log,
         teach=teach,
+        maker=Caller(None, admin=True, name=StackSettings().actor),
     )
     if as_json:
         created = CreatedKey(**KeyObject.model_validate(key).model_dump(), key=secret)
@@ -217,4 +222,4 @@ cli.add_command(edge)
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run(cli, PROG, argv))
+    sys.exit(run(cli, PROG, argv, log_level="info"))

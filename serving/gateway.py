@@ -12,7 +12,8 @@ from core.database import open_database, utc_now
 from core.redaction import load_redactor
 from core.settings import StackSettings
 from evals import tables as evals_tables
-from evals.drift.checks import DriftCheck
+from evals.continuous.events import LoopEvents
+from evals.drift.checks import DriftCheck, DriftStore
 from evals.drift.monitor import DriftMonitor, TemplateRenderer
 from evals.explain.service import ExplainLimits, ExplanationService
 from evals.feedback.service import FeedbackService, ServedRequest
@@ -46,6 +47,7 @@ from serving.resolver import ModelResolver, ResolvedModel
 from serving.responses.service import Responses
 from serving.responses.store import ResponseStore
 from serving.settings import ServingSettings
+from serving.state_metrics import StateCollector
 from serving.tables import CHAIN
 from serving.traffic import Retention, TrafficLog
 from serving.vllm.engine import VllmEngine
@@ -129,6 +131,17 @@ class Gateway:
     def is_ready(self) -> bool:
         return all(engine.is_ready() for engine in self.engines)
 
+    async def render_metrics(self) -> bytes:
+        """`/metrics`: the gateway's own, the stack's state, and each vLLM replica's."""
+        replicas = [
+            replica
+            for engine in self.engines
+            if isinstance(engine, VllmEngine)
+            for replica in await engine.replica_metrics()
+        ]
+        # The state gauges read the database: off the event loop.
+        return await asyncio.to_thread(self.metrics.render, replicas)
+
     async def aclose(self) -> None:
         """Stop the engines; whatever fails, the traffic log still stores what it holds."""
         for task in self._tasks:
@@ -160,9 +173,15 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
     for engine in engines:
         metrics.watch_queue(engine.name, lambda e=engine: e.queue_depth)
     limiter: RateLimiter = (
-        RedisRateLimiter(config.rate_limits.redis_url, window_s=config.rate_limits.window_s)
+        RedisRateLimiter(
+            config.rate_limits.redis_url,
+            window_s=config.rate_limits.window_s,
+            default_tpm=config.rate_limits.default_tpm,
+        )
         if config.rate_limits.backend == "redis"
-        else MemoryRateLimiter(window_s=config.rate_limits.window_s)
+        else MemoryRateLimiter(
+            window_s=config.rate_limits.window_s, default_tpm=config.rate_limits.default_tpm
+        )
     )
     traffic = None
     if config.traffic.enabled:
@@ -187,7 +206,7 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
     )
     generator = Generator(resolver, engine_for, metrics, limits, limiter, traffic, config.openai)
     explanations = ExplanationService(
-        GatewayModelHost(resolver, local, keys, limiter),
+        GatewayModelHost(resolver, local, keys, limiter, generator.in_flight),
         ExplainLimits(**config.explanations.model_dump()),
     )
     metrics.explanations_running.set_function(lambda: explanations.running)
@@ -197,6 +216,12 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         return [ServedRequest(r.request_id, r.key_id, r.version) for r in records]
 
     evals_database = open_database(stack.resolved_database_url, evals_tables.CHAIN)
+    run_store = RunStore(evals_database, stack.home)
+    metrics.registry.register(
+        StateCollector(
+            jobs.store, run_store, DriftStore(evals_database), LoopEvents(evals_database)
+        )
+    )
     drift = None
     if traffic is not None and config.drift.enabled:
         drift = DriftMonitor(traffic, evals_database, TemplateRenderer(registry))
@@ -219,9 +244,7 @@ def build_gateway(config: ServingConfig, stack: StackSettings) -> Gateway:
         explanations=explanations,
         feedback=FeedbackService(evals_database, served_requests),
         evaluations=EvalHandlers.create(
-            Evaluations(
-                registry, RunStore(evals_database, stack.home), EvalsSettings(), stack.actor
-            )
+            Evaluations(registry, run_store, EvalsSettings(), stack.actor)
         ),
         drift=drift,
         batches=BatchHandlers(batch_store, fine_tuning, config.batches),

@@ -6,8 +6,8 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +17,8 @@ import anyio
 from core.callers import Caller
 from core.errors import ErrorCode
 from core.http import ErrorEnvelope, stream_error
+from core.logs import tag_request
+from core.tracing import tracer
 from serving.config import OpenAIConfig
 from serving.engine import EngineClient, GenerationChunk, SamplingParams, TokenLogprob
 from serving.errors import ServingError, bad_request, model_not_found
@@ -163,10 +165,14 @@ class Generator:
         """The version `req.model` names, once the request is known to ask only for what the
         gateway can honour, of a model of the kind the endpoint serves (`embedding` or not)."""
         self.check_fields(req)
-        resolved = self.resolver.cached(req.model) or await asyncio.to_thread(
-            self.resolver.resolve, req.model
-        )
+        with tracer().start_as_current_span("resolve") as span:
+            span.set_attribute("gen_ai.request.model", req.model)
+            resolved = self.resolver.cached(req.model) or await asyncio.to_thread(
+                self.resolver.resolve, req.model
+            )
+            span.set_attribute("llmops.model.version", resolved.version.ref)
         ctx.labels[METRICS_MODEL] = resolved.version.ref
+        tag_request(model=resolved.version.name, version=str(resolved.version.version))
         if not ctx.caller.sees_model(resolved.version.owner):
             raise model_not_found(req.model, "no model of that name is open to this API key")
         if resolved.served.embedding and not embedding:
@@ -279,9 +285,16 @@ class Generator:
         if key is None:
             yield
             return
+        with self.in_flight(key):
+            await self.limiter.reserve(key, cost)  # used whole: nothing to settle after
+            yield
+
+    @contextmanager
+    def in_flight(self, key: ApiKey) -> Iterator[None]:
+        """Count work of `key` (such as an explanation) among its requests in flight while the
+        block runs; 429 when it has its limit in flight already."""
         self._enter(key)
         try:
-            await self.limiter.reserve(key, cost)  # used whole: nothing to settle after
             yield
         finally:
             self._in_flight[key.id] -= 1
@@ -354,13 +367,19 @@ class Generator:
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(choice: Choice, stream: AsyncIterator[GenerationChunk]) -> None:
-            try:
-                async for chunk in stream:
-                    await queue.put((choice, chunk))
-            except Exception as err:
-                await queue.put(err)
-            finally:
-                await queue.put(None)
+            # The engine's generation runs in this task, under this span (its children: the
+            # engine's queueing, the trace context sent to vLLM).
+            with tracer().start_as_current_span("engine") as span:
+                span.set_attribute("llmops.backend", run.backend)
+                span.set_attribute("llmops.choice", choice.index)
+                try:
+                    async for chunk in stream:
+                        await queue.put((choice, chunk))
+                except Exception as err:
+                    await queue.put(err)
+                finally:
+                    span.set_attribute("gen_ai.usage.output_tokens", choice.completion_tokens)
+                    await queue.put(None)
 
         tasks = [
             asyncio.create_task(pump(c, s)) for c, s in zip(run.choices, run.streams, strict=True)

@@ -1,6 +1,6 @@
 """ASGI middleware: the Host allow-list, request ids, authentication before the body, the
-body-size cap and error counting. Pure ASGI (not `BaseHTTPMiddleware`) so streamed responses
-pass straight through."""
+body-size cap and error counting; the trace span of each request. Pure ASGI (not
+`BaseHTTPMiddleware`) so streamed responses pass straight through."""
 
 import re
 import uuid
@@ -11,6 +11,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import StackError
 from core.http import error_response
+from core.logs import bind_request
+from core.tracing import server_span
 from serving.auth import Authenticator
 from serving.metrics import GatewayMetrics
 
@@ -34,17 +36,20 @@ class GatewayMiddleware:
         allowed_hosts: list[str],
         auth: Authenticator,
         admin_prefixes: tuple[str, ...] = (),
+        keyed_paths: frozenset[str] = frozenset(),
         upload_limits: dict[str, int] | None = None,
     ):
         """Every API route's key is checked before its body is read, so that no anonymous
         body is parsed, validated or spooled to disk; on `admin_prefixes` only admin keys get
-        further. `upload_limits` replaces `max_body_bytes` on the paths its patterns match
-        whole, for the callers those paths admit (the registry's: admin keys)."""
+        further. `keyed_paths` (outside /v1) need a key as the API routes do. `upload_limits`
+        replaces `max_body_bytes` on the paths its patterns match whole, for the callers
+        those paths admit (the registry's: admin keys)."""
         self.app = app
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
         self.max_body_bytes = max_body_bytes
         self.auth = auth
         self.admin_prefixes = admin_prefixes
+        self.keyed_paths = keyed_paths
         self.upload_limits = [(re.compile(p), n) for p, n in (upload_limits or {}).items()]
         self.metrics = metrics
 
@@ -64,6 +69,7 @@ class GatewayMiddleware:
         given = headers.get(REQUEST_ID_HEADER.encode(), b"")
         request_id = given.decode() if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        bind_request(request_id)
         id_header = (REQUEST_ID_HEADER.encode(), request_id.encode())
         started = False
 
@@ -80,7 +86,7 @@ class GatewayMiddleware:
             await send(message)
 
         path = scope["path"]
-        if path.startswith(API_PREFIX) and _routed(scope):
+        if (path.startswith(API_PREFIX) and _routed(scope)) or path in self.keyed_paths:
             try:
                 await self.auth.admit(Request(scope), admin=path.startswith(self.admin_prefixes))
             except StackError as err:
@@ -132,6 +138,37 @@ class GatewayMiddleware:
         message = f"the request body is {size} bytes; the limit is {limit}"
         response = error_response(413, message, code="request_too_large")
         await response(scope, receive, send)
+
+
+class TracingMiddleware:
+    """A server span per HTTP request, the child of the caller's span when the request
+    carries W3C `traceparent`, named by its route once one takes it."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        with server_span(method, scope["headers"]) as span:
+            span.set_attribute("http.request.method", method)
+            span.set_attribute("url.path", scope["path"])
+
+            async def send_traced(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    span.set_attribute("http.response.status_code", message["status"])
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_traced)
+            finally:
+                if (route := scope.get("route")) is not None:
+                    span.update_name(f"{method} {route.path}")
+                    span.set_attribute("http.route", route.path)
+                if request_id := scope.get("state", {}).get("request_id"):
+                    span.set_attribute("llmops.request_id", request_id)
 
 
 def _routed(scope: Scope) -> bool:

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, Row, func, select
 from core.database import as_utc, open_database, reading, utc_now
 from core.redaction import Redactor
 from core.settings import StackSettings
+from core.tracing import tracer
 from serving.tables import CHAIN, traffic
 
 log = logging.getLogger(__name__)
@@ -208,10 +209,11 @@ class TrafficLog(TrafficReader):
     def record(self, record: TrafficRecord) -> None:
         """Queue a record; it is stored within moments (or dropped and counted, when the
         queue is full)."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self.on_drop(1)
+        with tracer().start_as_current_span("traffic.write"):
+            try:
+                self._queue.put_nowait(record)
+            except queue.Full:
+                self.on_drop(1)
 
     def flush(self) -> None:
         """Block until every queued record is stored."""

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from core.callers import Caller
 from core.errors import ErrorCode
+from core.tracing import tracer
 from evals.errors import EvalsError, invalid
 from evals.explain.attribution import GRADIENT_METHODS
 from evals.explain.explainer import ExplainSettings, Explanation, explain
@@ -59,6 +60,11 @@ class ModelHost(ABC):
         """The version `model` resolves to, if `caller` may use it (404/403 otherwise)."""
 
     @abstractmethod
+    def admit(self, caller: Caller) -> AbstractAsyncContextManager[None]:
+        """Count the explanation among the caller's requests in flight while it runs (429 when
+        the caller has its limit in flight already)."""
+
+    @abstractmethod
     def charge(self, caller: Caller, tokens: int) -> AbstractAsyncContextManager[Bill]:
         """Reserve `tokens` against the caller's rate limits (429 when they are spent); on
         exit, settle at the bill's tokens."""
@@ -96,6 +102,13 @@ class ExplanationService:
         caller: Caller,
         is_disconnected: Callable[[], Awaitable[bool]] | None = None,
     ) -> ExplanationResponse:
+        with tracer().start_as_current_span("explain") as span:
+            span.set_attribute("gen_ai.request.model", request.model)
+            span.set_attribute("llmops.explain.method", request.method)
+            async with self.host.admit(caller):
+                return await self._explain(request, caller, is_disconnected)
+
+    async def _explain(self, request, caller, is_disconnected) -> ExplanationResponse:
         loaded = await self.host.load(request.model, caller)
         if request.method in GRADIENT_METHODS and not loaded.backward:
             raise EvalsError(

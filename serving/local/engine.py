@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -9,6 +10,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from core.tracing import tracer
 from serving.engine import EngineClient, GenerationChunk, SamplingParams, ServedModel
 from serving.errors import overloaded
 from serving.local.embeddings import EmbeddingRunner
@@ -138,13 +140,16 @@ class LocalEngine(EngineClient):
             stream=stream,
             guide=guide,
         )
+        submitted = time.time_ns()
         runner.submit(seq)
+        queued = tracer().start_span("queue", start_time=submitted)  # until the batch takes it
         try:
             async for chunk in seq.chunks():
                 yield chunk
         finally:
             if seq.finish_reason is None:
                 runner.abort(seq)
+            queued.end(end_time=seq.admitted_ns)
 
     async def embed(
         self, request_id: str, model: ServedModel, inputs: list[list[int]]

@@ -5,6 +5,7 @@ every running sequence; finished and cancelled sequences leave between steps."""
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -153,6 +154,9 @@ class ModelRunner:
         else:
             chosen = sorted(waiting, key=lambda s: s.params.priority)[:room]
         taken = {id(s) for s in chosen}
+        now = time.time_ns()
+        for seq in chosen:
+            seq.admitted_ns = now
         self._waiting = deque(s for s in self._waiting if not s.aborted and id(s) not in taken)
         return chosen
 

@@ -38,6 +38,7 @@ class Sequence:
     prompt_logprobs: list[TokenLogprob] | None = None  # sent with the first chunk
     finish_reason: str | None = None
     aborted: bool = False
+    admitted_ns: int | None = None  # when the running batch took it in (time.time_ns())
     # Incremental detokenization: only the tokens from `_prefix` on are decoded each step.
     _prefix: int = 0
     _read: int = 0

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from core.errors import ErrorCode
+from core.tracing import traced_headers
 from serving.config import VLLM_LORA_RANKS, VllmConfig
 from serving.engine import (
     EngineClient,
@@ -172,6 +173,33 @@ class VllmEngine(EngineClient):
     @property
     def queue_depth(self) -> int:
         return sum(s.outstanding for s in self.servers)
+
+    async def replica_metrics(self, timeout_s: float = 2.0) -> list[tuple[str, str, str | None]]:
+        """Each ready server's own `/metrics` text, read concurrently, as (base version,
+        replica index, text); the text is None for a server that did not answer in time."""
+        client = self._client
+        if client is None:  # not started, or closed
+            return []
+        replicas = [
+            (key, str(index), server)
+            for key, group in list(self._groups.items())
+            for index, server in enumerate(group)
+            if server.ready
+        ]
+
+        async def read(server: VllmServer) -> str | None:
+            try:
+                response = await client.get(
+                    f"{server.url}/metrics", headers=server.headers, timeout=timeout_s
+                )
+                response.raise_for_status()
+                return response.text
+            except httpx.HTTPError as err:
+                log.debug("reading the metrics of vLLM at %s failed: %r", server.url, err)
+                return None
+
+        texts = await asyncio.gather(*(read(server) for _, _, server in replicas))
+        return [(key, index, text) for (key, index, _), text in zip(replicas, texts, strict=True)]
 
     async def start(self) -> None:
         timeout = httpx.Timeout(connect=10, read=self.config.read_timeout_s, write=60, pool=None)
@@ -370,7 +398,7 @@ class VllmEngine(EngineClient):
                 response = await self._client.post(
                     f"{server.url}/v1/embeddings",
                     json={"model": model.key, "input": inputs, "encoding_format": "float"},
-                    headers=server.headers,
+                    headers=traced_headers(server.headers),
                 )
                 if response.status_code != 200:
                     raise _upstream_error(response)
@@ -388,7 +416,7 @@ class VllmEngine(EngineClient):
     async def _complete(self, server: VllmServer, body: dict, prompt_tokens: int):
         assert self._client is not None
         response = await self._client.post(
-            f"{server.url}/v1/completions", json=body, headers=server.headers
+            f"{server.url}/v1/completions", json=body, headers=traced_headers(server.headers)
         )
         if response.status_code != 200:
             raise _upstream_error(response)
@@ -412,7 +440,10 @@ class VllmEngine(EngineClient):
         assert self._client is not None
         body = {**body, "stream_options": {"include_usage": True}}
         async with self._client.stream(
-            "POST", f"{server.url}/v1/completions", json=body, headers=server.headers
+            "POST",
+            f"{server.url}/v1/completions",
+            json=body,
+            headers=traced_headers(server.headers),
         ) as response:
             if response.status_code != 200:
                 await response.aread()

@@ -20,6 +20,8 @@ from typing import BinaryIO
 
 import httpx
 
+from core.tracing import otlp_traces_endpoint
+
 log = logging.getLogger(__name__)
 _MAX_SLOW_CHECKS = 3  # health checks in a row that time out before a server counts as down
 
@@ -74,6 +76,8 @@ class LaunchSpec:
             ]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
+        if traces := otlp_traces_endpoint():  # vLLM's spans join the gateway's traces
+            cmd += ["--otlp-traces-endpoint", traces]
         return cmd + list(self.extra_args)
 
     def environment(self) -> dict[str, str]:
@@ -84,6 +88,9 @@ class LaunchSpec:
             **self.env,
             "VLLM_API_KEY": self.api_key,
         }
+        if otlp_traces_endpoint():
+            # The gateway exports over OTLP/HTTP; vLLM's exporter would default to gRPC.
+            env.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
         if self.tensor_parallel_size > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
             # On CPUs each tensor-parallel rank needs its own cores, or vLLM refuses to start.
             cores = sorted(os.sched_getaffinity(0))
