@@ -2,6 +2,7 @@
 recipe models' field descriptions give today (so that it cannot drift from the code)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,23 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     for page in ("index.html", "serving/index.html", "reference/recipe/index.html",
                  "benchmarks/index.html", "architecture/index.html"):  # fmt: skip
         assert (tmp_path / "site" / page).is_file(), page
+
+
+TEST_REFERENCE = re.compile(r"`((?:tests/[\w/]+\.py)?)::(\w+)`")
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """The README's security table and the docs name the tests that hold each boundary;
+    `::name` alone is in the file named before it."""
+    named = 0
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        path = None
+        for file, name in TEST_REFERENCE.findall(page.read_text()):
+            path = file or path
+            assert path is not None, f"{page.name}: `::{name}` names no file before it"
+            source = (ROOT / path).read_text()
+            assert re.search(rf"^(async )?def {name}\(", source, re.M), (
+                f"{page.name}: {path}::{name}"
+            )
+            named += 1
+    assert named >= 20
