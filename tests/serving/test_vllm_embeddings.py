@@ -84,7 +84,11 @@ def test_an_embeddings_batch_on_vllm(client: openai.OpenAI) -> None:
     )
     deadline = time.monotonic() + 120
     while (batch := client.batches.retrieve(batch.id)).status != "completed":
-        assert time.monotonic() < deadline and batch.status in ("validating", "in_progress", "finalizing")
+        assert time.monotonic() < deadline and batch.status in (
+            "validating",
+            "in_progress",
+            "finalizing",
+        )
         time.sleep(0.2)
     lines = client.files.content(batch.output_file_id).text.splitlines()
     assert sorted(json.loads(line)["custom_id"] for line in lines) == ["e0", "e1", "e2"]
