@@ -40,25 +40,38 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def validation_message(err: ValidationError, root: type[BaseModel]) -> str:
-    """One line for the first error (a misspelt key first, since it usually explains a missing
-    one): `where: what`, with the nearest key for an unknown one."""
-    errors = err.errors()
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = [str(part) for part in first["loc"]]
-    where = ".".join(loc[:-1])
-    if first["type"] == "extra_forbidden":
-        model: type[BaseModel] | None = root
-        for part in first["loc"][:-1]:
-            if isinstance(part, str) and model is not None and part in model.model_fields:
-                model = _model_in(model.model_fields[part].annotation)
-        choices = list(model.model_fields) if model is not None else []
+def _fields_at(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
+    """The field names of the model found at `loc` inside `root` (list indexes and dict keys
+    are passed over)."""
+    model: type[BaseModel] | None = root
+    for part in loc:
+        if isinstance(part, str) and model is not None and part in model.model_fields:
+            model = _model_in(model.model_fields[part].annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _error_line(error: Any, root: type[BaseModel]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] == "extra_forbidden":
+        where = ".".join(loc[:-1])
+        choices = _fields_at(error["loc"][:-1], root)
         return unknown_key(loc[-1], choices, f"in {where}: " if where else "")
-    return f"{'.'.join(loc) or 'top level'}: {first['msg']}"
+    return f"{'.'.join(loc) or 'top level'}: {error['msg']}"
+
+
+def validation_message(err: ValidationError, root: type[BaseModel]) -> str:
+    """Every error of `err`, one line each (`where: what`, with the nearest key for an unknown
+    one), under a count where there are several; misspelt keys first, since one usually
+    explains a missing key."""
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    lines = [_error_line(e, root) for e in errors]
+    if len(lines) == 1:
+        return lines[0]
+    return f"{len(lines)} errors:" + "".join(f"\n  {line}" for line in lines)
 
 
 def load_yaml_config(path: Path, model: type[M], what: str) -> M:
-    """`path` validated as `model`; StackError (INVALID) names `what` and the first problem."""
+    """`path` validated as `model`; StackError (INVALID) names `what` and every problem."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:

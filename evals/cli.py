@@ -226,6 +226,58 @@ def explain(as_json: bool, model, prompt, messages, raw_prompt, target, method,
     )
 
 
+VALIDATED = ("suite", "gates", "policy")
+
+
+def _kind_of(path: Path) -> str:
+    """Which of VALIDATED a file is: the one whose top-level keys it shares most of."""
+    import yaml
+
+    from evals.continuous.policy import Policy
+    from evals.gates import GatesConfig
+    from evals.suites import SuiteSpec
+
+    models = dict(zip(VALIDATED, (SuiteSpec, GatesConfig, Policy), strict=True))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise click.BadParameter(f"{path.name} is not valid YAML: {err}") from None
+    keys = set(data) if isinstance(data, dict) else set()
+    shared = {kind: len(keys & set(model.model_fields)) for kind, model in models.items()}
+    best = max(shared.values())
+    kinds = [kind for kind, count in shared.items() if count == best]
+    if best == 0 or len(kinds) > 1:
+        raise click.UsageError(
+            f"cannot tell whether {path.name} is a suite, gates or a policy; give --kind"
+        )
+    return kinds[0]
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--kind",
+    type=click.Choice(VALIDATED),
+    help="What FILE is (default: told from its keys).",
+)
+def validate(file: Path, kind: str | None) -> None:
+    """Check an evaluation suite, a gate config or a loop policy without running it: print
+    "ok", or every error (exit code 2). A suite's metrics and data, and the files a policy
+    names, are checked too."""
+    from evals.continuous.policy import load_policy
+    from evals.gates import load_gates
+    from evals.suites import load_suite
+
+    kind = kind or _kind_of(file)
+    if kind == "suite":
+        load_suite(str(file), file.parent)
+    elif kind == "gates":
+        load_gates(file)
+    else:
+        load_policy(file)
+    click.echo("ok")
+
+
 cli.add_command(drift_cli.monitor)
 cli.add_command(drift_cli.drift)
 cli.add_command(loop_cli.loop)

@@ -1,9 +1,11 @@
 """`llm-finetune`: run LoRA / QLoRA fine-tuning, distillation (`method: distill`) and pruning
 (`method: prune`) jobs from YAML recipes.
 
+\b
     llm-finetune run RECIPE [--KEY VALUE ...]     train in the foreground
     llm-finetune run --resume JOB_ID              continue a stopped job from its checkpoint
     llm-finetune submit RECIPE [--KEY VALUE ...]  queue a job for a background worker
+    llm-finetune validate RECIPE                  check a recipe: every wrong key and value
     llm-finetune list | show JOB | cancel JOB | logs JOB [--follow]
     llm-finetune merge ADAPTER_REF                merge an adapter into its base, register it
     llm-finetune federated run|serve|join ...     federated LoRA fine-tuning on Flower
@@ -88,12 +90,19 @@ def cli(ctx: click.Context, as_json: bool) -> None:
     ctx.obj = as_json
 
 
-@cli.command(context_settings=_EXTRA_ARGS)
+# Built from the model, so that the list cannot drift from what a recipe takes.
+RUN_HELP = f"""Train in the foreground, with a progress bar; the job is recorded like any other.
+
+A LoRA / QLoRA recipe's top-level keys are {", ".join(Recipe.model_fields)}; `method:
+distill` and `method: prune` select recipes with keys of their own. docs/reference/recipe.md
+gives every key's type, default and meaning; `llm-finetune validate RECIPE` checks a file."""
+
+
+@cli.command(context_settings=_EXTRA_ARGS, help=RUN_HELP)
 @click.argument("recipe", required=False, type=click.Path(path_type=Path))
 @click.option("--resume", "resume_id", help="Continue this job from its last checkpoint.")
 @click.pass_context
 def run_cmd(ctx: click.Context, recipe: Path | None, resume_id: str | None) -> None:
-    """Train in the foreground, with a progress bar; the job is recorded like any other."""
     from finetune.worker import run_job
 
     configure("llm-finetune")
@@ -135,6 +144,15 @@ def submit(ctx: click.Context, recipe: Path) -> None:
         print_json(job_summary(job))
     else:
         click.echo(f"{job.id} {job.status.value}")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+def validate(recipe: Path) -> None:
+    """Check RECIPE's keys and values without running it: print "ok", or every error (exit
+    code 2). Its models and data are checked when a job is made (`run`, `submit`)."""
+    load_job_recipe(recipe)
+    click.echo("ok")
 
 
 @cli.command(name="list")

@@ -96,17 +96,15 @@ def cli(
     ctx.obj = as_json
     if ctx.invoked_subcommand is not None:
         return
-    # The gateway's imports (torch, transformers, the evals) cost seconds: not for `keys` or `edge`.
+    settings = ServingSettings()
+    config = load_config(config_path or settings.config)
+    # The gateway's imports (torch, transformers, the evals) cost seconds: not for `keys`,
+    # `edge` or a bad config.
     import uvicorn
 
     from serving.app import create_app, server_options
     from serving.gateway import build_gateway
 
-    settings = ServingSettings()
-    try:
-        config = load_config(config_path or settings.config)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
     config = config.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
     configure("llm-serve")
     gateway = build_gateway(config, StackSettings())
@@ -216,6 +214,23 @@ def keys_revoke(as_json: bool, key_id: str) -> None:
         print_json(KeyObject.model_validate(key).model_dump(mode="json"))
     else:
         click.echo(f"revoked {key.id} ({key.name})")
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Serving YAML (default: llm-serve's --config, else LLMOPS_SERVING_CONFIG).",
+)
+@click.pass_context
+def validate(ctx: click.Context, config_path: Path | None) -> None:
+    """Check a serving config without serving: print "ok", or every error (exit code 2)."""
+    path = config_path or ctx.find_root().params["config_path"] or ServingSettings().config
+    if path is None:
+        raise click.UsageError("give --config FILE (or set LLMOPS_SERVING_CONFIG)")
+    load_config(path)
+    click.echo("ok")
 
 
 cli.add_command(edge)

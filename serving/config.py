@@ -4,9 +4,9 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.configs import load_yaml_config
 from evals.drift.config import DriftConfig
 from serving.batches.config import BatchesConfig
 from serving.keys import MAX_RATE
@@ -254,17 +254,7 @@ class ServingConfig(_Config):
 
 
 def load_config(path: Path | None) -> ServingConfig:
-    """Read and validate a serving config; ValueError says which key is wrong."""
+    """Read and validate a serving config; StackError (INVALID) lists every wrong key."""
     if path is None:
         return ServingConfig()
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-        return ServingConfig.model_validate(data)
-    except FileNotFoundError:
-        raise ValueError(f"serving config {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"serving config {path} is not valid YAML: {err}") from None
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"serving config {path}: {where}: {first['msg']}") from None
+    return load_yaml_config(path, ServingConfig, "serving config")

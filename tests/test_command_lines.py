@@ -70,6 +70,7 @@ def test_llm_serve_keys_speak_json(home: Path, capsys: pytest.CaptureFixture) ->
         ("llm-serve", ("keys", "revoke", "key_nope"), "no API key 'key_nope'"),
         ("llm-serve", ("--port", "99999"), "99999 is not in the range"),
         ("llm-serve", ("--log-level", "bogus"), "'bogus' is not one of 'debug', 'info'"),
+        ("llm-serve", ("validate", "--config", "nope.yaml"), "serving config nope.yaml does not"),
         ("llm-registry", ("show", "demo:0001"), "without leading zeros"),
         ("llm-finetune", ("show", "ftjob-nope"), "no fine-tuning job 'ftjob-nope'"),
     ],

@@ -1,5 +1,6 @@
 """`llm-serve edge`: the edge fleet, for operators on the gateway's machine.
 
+\b
 llm-serve edge public-key > gateway.pub     what devices are enrolled with
 llm-serve edge add kiosk-7 --model demo-onnx@edge   a device and its API key (shown once)
 llm-serve edge devices                      the fleet: version, status, last seen
