@@ -59,9 +59,20 @@ def _run_json(run: "EvalRun") -> dict:
     return {**run.__dict__, "status": run.status.value}
 
 
+def _complete_model(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    from registry.completion import complete_model_ref  # the registry only when completing
+
+    return complete_model_ref(ctx, param, incomplete)
+
+
 @cli.command("run")
 @click.argument("suite")
-@click.option("--model", required=True, help="demo, demo@staging, demo:3, ft:..., a served name.")
+@click.option(
+    "--model",
+    required=True,
+    help="demo, demo@staging, demo:3, ft:..., a served name.",
+    shell_complete=_complete_model,
+)
 @click.option("--base-url", help="Score an OpenAI-compatible server instead of loading the model.")
 @click.option("--api-key", envvar="OPENAI_API_KEY", default="unused", show_default=False)
 @click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
@@ -154,7 +165,12 @@ def compare(as_json: bool, run_a, run_b, changed) -> None:
 
 
 @cli.command()
-@click.option("--model", required=True, help="demo, demo@staging, demo:3, ft:...")
+@click.option(
+    "--model",
+    required=True,
+    help="demo, demo@staging, demo:3, ft:...",
+    shell_complete=_complete_model,
+)
 @click.option("--prompt", help="A user message, rendered with the model's chat template.")
 @click.option("--message", "messages", multiple=True, help="ROLE:CONTENT, repeatable (chat).")
 @click.option("--raw-prompt", help="A plain text prompt, without the chat template.")

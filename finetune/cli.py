@@ -27,6 +27,7 @@ import yaml
 
 from core.console import print_json, print_table, run
 from core.errors import ErrorCode
+from core.progress import progress_bar
 from core.tracing import configure
 from finetune.automl.cli import tune
 from finetune.demo.skills import SKILLS, read_jsonl, write_skill_splits
@@ -91,7 +92,8 @@ def cli(ctx: click.Context, as_json: bool) -> None:
 
 
 # Built from the model, so that the list cannot drift from what a recipe takes.
-RUN_HELP = f"""Train in the foreground, with a progress bar; the job is recorded like any other.
+RUN_HELP = f"""Train in the foreground, with a progress bar on a terminal; the job is recorded
+like any other.
 
 A LoRA / QLoRA recipe's top-level keys are {", ".join(Recipe.model_fields)}; `method:
 distill` and `method: prune` select recipes with keys of their own. docs/reference/recipe.md
@@ -122,8 +124,11 @@ def run_cmd(ctx: click.Context, recipe: Path | None, resume_id: str | None) -> N
         kind, parsed = _recipe(recipe, ctx.args, runner)
         job = runner.create(parsed, kind=kind)
     click.echo(f"job {job.id}: logs and checkpoints in {runner.job_dir(job)}", err=True)
-    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result (--json)
-        job = run_job(runner, job.id, progress=True)
+    with (
+        progress_bar(f"job {job.id}", as_json=ctx.obj, unit="steps") as on_step,
+        contextlib.redirect_stdout(sys.stderr),  # stdout is for the result (--json)
+    ):
+        job = run_job(runner, job.id, on_step=on_step)
     report_job(job, ctx.obj)
     if job.status is not JobStatus.SUCCEEDED:
         sys.exit(1)
@@ -369,14 +374,16 @@ def export(
             for _, row in read_rows(prompts)
         ]
     exporter = export_gguf if export_format == "gguf" else export_onnx
-    version, parity = exporter(
-        open_registry(open_runner().stack),
-        ref,
-        precision,  # type: ignore[arg-type]
-        name=name,
-        prompts=questions,
-        min_agreement=min_agreement,
-    )
+    with progress_bar(f"exporting {ref}", as_json=as_json, unit="steps") as on_stage:
+        version, parity = exporter(
+            open_registry(open_runner().stack),
+            ref,
+            precision,  # type: ignore[arg-type]
+            name=name,
+            prompts=questions,
+            min_agreement=min_agreement,
+            on_stage=on_stage,
+        )
     if as_json:
         print_json(VersionObject.model_validate(version).model_dump(mode="json"))
     else:

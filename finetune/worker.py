@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -120,6 +121,23 @@ class JobCallback(TrainerCallback):
             )
 
 
+class StepProgress(TrainerCallback):
+    """`on_step(step, max_steps, note)` after each step and each log, the note giving the
+    last training loss: how `llm-finetune run` draws its progress bar."""
+
+    def __init__(self, on_step: Callable[[int, int, str], None]) -> None:
+        self.on_step = on_step
+        self._note = ""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.on_step(state.global_step, state.max_steps, self._note)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if "loss" in (logs or {}):
+            self._note = f"loss {float(logs['loss']):.4f}"
+            self.on_step(state.global_step, state.max_steps, self._note)
+
+
 def _relative(path: Path, home: Path) -> str:
     return str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
 
@@ -152,17 +170,30 @@ def _heartbeat(
             )
 
 
-def run_job(runner: JobRunner, job_id: str, *, progress: bool = False) -> Job:
-    """Claim and run job `job_id` in this process; returns the job as it ended."""
+def run_job(
+    runner: JobRunner,
+    job_id: str,
+    *,
+    progress: bool = False,
+    on_step: Callable[[int, int, str], None] | None = None,
+) -> Job:
+    """Claim and run job `job_id` in this process; returns the job as it ended. `progress`
+    shows the Trainer's own (tqdm) bar; `on_step` is called as `StepProgress` says."""
     with tracer().start_as_current_span("finetune.job") as span:
         span.set_attribute("llmops.job.id", job_id)
-        job = _run_job(runner, job_id, progress=progress)
+        job = _run_job(runner, job_id, progress=progress, on_step=on_step)
         span.set_attribute("llmops.job.kind", job.kind)
         span.set_attribute("llmops.job.status", job.status.value)
         return job
 
 
-def _run_job(runner: JobRunner, job_id: str, *, progress: bool) -> Job:
+def _run_job(
+    runner: JobRunner,
+    job_id: str,
+    *,
+    progress: bool,
+    on_step: Callable[[int, int, str], None] | None,
+) -> Job:
     store, settings = runner.store, runner.settings
     pid, host = os.getpid(), socket.gethostname()
     ttl = timedelta(seconds=settings.stale_after_s)
@@ -200,7 +231,10 @@ def _run_job(runner: JobRunner, job_id: str, *, progress: bool) -> Job:
             stop=stop,
             resume_from=checkpoint,
             progress=progress,
-            callbacks=[JobCallback(held, job, job_dir, home, stop, settings.max_steps_per_job)],
+            callbacks=[
+                JobCallback(held, job, job_dir, home, stop, settings.max_steps_per_job),
+                *([StepProgress(on_step)] if on_step is not None else []),
+            ],
         )
         outcome = kind_runner(job.kind)(context)
         seconds = job.run_seconds + time.monotonic() - began

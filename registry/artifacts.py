@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -23,6 +23,8 @@ from registry.errors import RegistryError
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 _CHUNK = 1 << 20
 log = logging.getLogger(__name__)
+# `on_progress(bytes_done, bytes_in_all)`: how a command line shows a long copy.
+OnProgress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,25 @@ class Manifest:
         return sum(f.size for f in self.files)
 
 
+class _Meter:
+    """Bytes read and written so far out of `total`, reported to `on_progress`."""
+
+    def __init__(self, on_progress: OnProgress | None, total: int):
+        self.on_progress, self.total, self.done = on_progress, total, 0
+        self.advance(0)
+
+    def advance(self, size: int) -> None:
+        self.done += size
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
+
+
+def _copy(source: IO[bytes], target: IO[bytes], meter: _Meter) -> None:
+    while chunk := source.read(_CHUNK):
+        target.write(chunk)
+        meter.advance(len(chunk))
+
+
 def _walk(source_dir: Path) -> Iterator[tuple[str, Path]]:
     for path in sorted(source_dir.rglob("*")):
         if path.is_symlink():
@@ -61,8 +82,10 @@ def _walk(source_dir: Path) -> Iterator[tuple[str, Path]]:
             yield path.relative_to(source_dir).as_posix(), path
 
 
-def _check_copy(entry: ManifestEntry, path: Path) -> None:
-    if hash_file(path) != (entry.sha256, entry.size):
+def _check_copy(
+    entry: ManifestEntry, path: Path, on_chunk: Callable[[int], None] | None = None
+) -> None:
+    if hash_file(path, on_chunk) != (entry.sha256, entry.size):
         raise RegistryError(
             ErrorCode.INTEGRITY,
             f"artifact file {entry.path} does not match its digest: the stored copy (blob "
@@ -110,9 +133,14 @@ def _check_relative(path: str) -> str:
     return path
 
 
-def scan_directory(source_dir: Path, *, allow_pickle: bool = False) -> Manifest:
+def scan_directory(
+    source_dir: Path,
+    *,
+    allow_pickle: bool = False,
+    on_chunk: Callable[[int], None] | None = None,
+) -> Manifest:
     """Hash every file under `source_dir` into a manifest, refusing pickle-based weights
-    unless `allow_pickle`."""
+    unless `allow_pickle`; `on_chunk(n)` after each n bytes hashed."""
     if not source_dir.is_dir():
         raise RegistryError(
             ErrorCode.INVALID, f"{source_dir} is not a directory", param="source_dir"
@@ -126,7 +154,7 @@ def scan_directory(source_dir: Path, *, allow_pickle: bool = False) -> Manifest:
                 "weights to safetensors, or pass allow_pickle (--allow-pickle) if you trust it",
                 param="source_dir",
             )
-        sha, size = hash_file(path)
+        sha, size = hash_file(path, on_chunk)
         entries.append(ManifestEntry(relpath, sha, size))
     if not entries:
         raise RegistryError(ErrorCode.INVALID, f"{source_dir} holds no files", param="source_dir")
@@ -146,25 +174,35 @@ class ArtifactStore:
     def manifest_path(self, digest: str) -> Path:
         return self._manifests / f"{digest.removeprefix('sha256:')}.json"
 
-    def put(self, source_dir: Path, *, allow_pickle: bool = False) -> tuple[Manifest, str]:
+    def put(
+        self,
+        source_dir: Path,
+        *,
+        allow_pickle: bool = False,
+        on_progress: OnProgress | None = None,
+    ) -> tuple[Manifest, str]:
         """Copy the files of `source_dir` in; return the manifest and its path relative to home.
 
         A file changed while it is copied is caught: the stored blob is re-hashed. A blob
         already stored is trusted only if it still hashes to its name (a damaged one is
-        replaced), and every file is on disk (fsync) before it is renamed into place."""
-        manifest = scan_directory(source_dir, allow_pickle=allow_pickle)
+        replaced), and every file is on disk (fsync) before it is renamed into place.
+        `on_progress` counts each byte three times: hashed, copied, hashed again."""
+        size = sum(p.stat().st_size for _, p in _walk(source_dir)) if source_dir.is_dir() else 0
+        meter = _Meter(on_progress, 3 * size)
+        manifest = scan_directory(source_dir, allow_pickle=allow_pickle, on_chunk=meter.advance)
         for entry in manifest.files:
             blob = self.blob_path(entry.sha256)
-            if blob.exists() and hash_file(blob) == (entry.sha256, entry.size):
+            if blob.exists() and hash_file(blob, meter.advance) == (entry.sha256, entry.size):
+                meter.advance(entry.size)  # the copy it did not need
                 continue
             blob.parent.mkdir(parents=True, exist_ok=True)
             with (
                 tempfile.NamedTemporaryFile(dir=blob.parent, delete=False) as tmp,
                 (source_dir / entry.path).open("rb") as src,
             ):
-                shutil.copyfileobj(src, tmp, _CHUNK)
+                _copy(src, tmp, meter)
                 _sync(tmp)
-            if hash_file(Path(tmp.name))[0] != entry.sha256:
+            if hash_file(Path(tmp.name), meter.advance)[0] != entry.sha256:
                 os.unlink(tmp.name)
                 raise RegistryError(
                     ErrorCode.CONFLICT, f"{entry.path} changed while it was being registered"
@@ -265,14 +303,16 @@ class ArtifactStore:
         _check_copy(entry, blob)
         return blob
 
-    def fetch(self, digest: str, dest: Path) -> Manifest:
+    def fetch(self, digest: str, dest: Path, on_progress: OnProgress | None = None) -> Manifest:
         """Copy the files of `digest` into the new directory `dest`, verifying each as it is
-        copied. Nothing is left at `dest` when verification fails."""
+        copied. Nothing is left at `dest` when verification fails. `on_progress` counts each
+        byte twice: copied, then hashed."""
         if dest.exists() and any(dest.iterdir()):
             raise RegistryError(
                 ErrorCode.INVALID, f"{dest} is not empty; fetch into a new directory", param="dest"
             )
         manifest = self.load_manifest(digest)
+        meter = _Meter(on_progress, 2 * manifest.total_size)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
         try:
@@ -280,8 +320,9 @@ class ArtifactStore:
                 blob = self._check_blob(entry)
                 target = staging / entry.path
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(blob, target)
-                _check_copy(entry, target)
+                with blob.open("rb") as src, target.open("wb") as out:
+                    _copy(src, out, meter)
+                _check_copy(entry, target, meter.advance)
             if dest.exists():
                 dest.rmdir()
             os.replace(staging, dest)

@@ -14,6 +14,8 @@ import click
 from pydantic import BaseModel
 
 from core.console import parse_pairs, print_json, print_table, run
+from core.progress import progress_bar
+from registry.completion import complete_model_name, complete_model_ref
 from registry.entities import (
     AliasEvent,
     ModelVersion,
@@ -93,7 +95,7 @@ def cli(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_model_name)
 @click.argument("source_dir", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice([k.value for k in VersionKind]), default="base")
 @click.option(
@@ -103,7 +105,11 @@ def cli(ctx: click.Context, as_json: bool) -> None:
     default="hf-safetensors",
     help="What the files are.",
 )
-@click.option("--parent", help="Reference of the version this one derives from.")
+@click.option(
+    "--parent",
+    help="Reference of the version this one derives from.",
+    shell_complete=complete_model_ref,
+)
 @click.option("--metric", "metrics", multiple=True, help="NAME=VALUE, repeatable.")
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE, repeatable.")
 @click.option("--recipe-digest", help="Digest of the recipe that produced it.")
@@ -132,20 +138,22 @@ def register(
         metric_values = {k: float(v) for k, v in parse_pairs(metrics, "--metric").items()}
     except ValueError:
         raise click.BadParameter("metric values must be numbers", param_hint="--metric") from None
-    version = ctx.registry.register(
-        name,
-        source_dir,
-        kind=kind,
-        format=fmt,
-        parent=parent,
-        metrics=metric_values,
-        tags=parse_pairs(tags, "--tag"),
-        recipe_digest=recipe_digest,
-        dataset_digests=datasets,
-        source=source,
-        description=description,
-        allow_pickle=allow_pickle,
-    )
+    with progress_bar(f"registering {name}", as_json=ctx.as_json) as on_progress:
+        version = ctx.registry.register(
+            name,
+            source_dir,
+            kind=kind,
+            format=fmt,
+            parent=parent,
+            metrics=metric_values,
+            tags=parse_pairs(tags, "--tag"),
+            recipe_digest=recipe_digest,
+            dataset_digests=datasets,
+            source=source,
+            description=description,
+            allow_pickle=allow_pickle,
+            on_progress=on_progress,
+        )
     if ctx.as_json:
         _json(VersionObject.model_validate(version))
     else:
@@ -153,7 +161,7 @@ def register(
 
 
 @cli.command(name="list")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_model_name)
 @click.option("--kind", type=click.Choice([k.value for k in VersionKind]))
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE the versions must carry.")
 @click.option("--all", "include_archived", is_flag=True, help="Include archived versions.")
@@ -220,7 +228,7 @@ def list_(ctx: _Context, name, kind, tags, include_archived, limit, after) -> No
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_model_ref)
 @pass_ctx
 def show(ctx: _Context, ref: str) -> None:
     """Show one version with its lineage."""
@@ -256,12 +264,13 @@ def show(ctx: _Context, ref: str) -> None:
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_model_ref)
 @click.argument("dest", type=click.Path(path_type=Path))
 @pass_ctx
 def fetch(ctx: _Context, ref: str, dest: Path) -> None:
     """Copy a version's files into the new directory DEST, verifying every digest."""
-    manifest = ctx.registry.fetch(ref, dest)
+    with progress_bar(f"fetching {ref}", as_json=ctx.as_json) as on_progress:
+        manifest = ctx.registry.fetch(ref, dest, on_progress)
     if ctx.as_json:
         print_json({"ref": ref, "dest": str(dest), "files": len(manifest.files)})
     else:
@@ -269,7 +278,7 @@ def fetch(ctx: _Context, ref: str, dest: Path) -> None:
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_model_ref)
 @pass_ctx
 def verify(ctx: _Context, ref: str) -> None:
     """Re-hash a version's stored files; exits 1 naming the first file that does not match."""
@@ -286,7 +295,7 @@ def alias() -> None:
 
 
 @alias.command(name="list")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_model_name)
 @pass_ctx
 def alias_list(ctx: _Context, name: str | None) -> None:
     aliases = ctx.registry.aliases(name)
@@ -297,7 +306,7 @@ def alias_list(ctx: _Context, name: str | None) -> None:
 
 
 @alias.command(name="set")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_model_name)
 @click.argument("alias_name", metavar="ALIAS")
 @click.argument("version", type=click.IntRange(min=1))
 @click.option("--reason", default="", help="Recorded in the audit log.")
@@ -314,7 +323,7 @@ def alias_set(
 
 
 @alias.command(name="delete")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_model_name)
 @click.argument("alias_name", metavar="ALIAS")
 @click.option("--reason", default="", help="Recorded in the audit log.")
 @break_glass_option
@@ -326,7 +335,7 @@ def alias_delete(ctx: _Context, name: str, alias_name: str, reason: str, break_g
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_model_ref)
 @click.argument("alias_name", metavar="ALIAS")
 @click.option("--reason", default="", help="Recorded in the audit log.")
 @click.option("--force", is_flag=True, help="Override a failing gate (needs --reason).")
@@ -343,7 +352,7 @@ def promote(
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_model_name)
 @click.argument("alias_name", metavar="ALIAS", default="production")
 @click.option("--reason", default="", help="Recorded in the audit log.")
 @break_glass_option
@@ -355,7 +364,7 @@ def rollback(ctx: _Context, name: str, alias_name: str, reason: str, break_glass
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_model_name)
 @click.option("--alias", "alias_name", help="Only this alias.")
 @limit_option
 @click.option("--after", type=int, help="Continue after this event id.")
@@ -388,7 +397,7 @@ def history(ctx: _Context, name: str, alias_name: str | None, limit: int, after:
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_model_ref)
 @pass_ctx
 def archive(ctx: _Context, ref: str) -> None:
     """Archive a version: hidden from listings, refused as an alias target, still fetchable."""
@@ -405,7 +414,7 @@ def request() -> None:
 
 
 @request.command(name="create")
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_model_ref)
 @click.argument("alias_name", metavar="ALIAS", default="production")
 @click.option("--reason", required=True, help="Why; recorded with the request.")
 @pass_ctx
@@ -416,7 +425,7 @@ def request_create(ctx: _Context, ref: str, alias_name: str, reason: str) -> Non
 
 
 @request.command(name="list")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_model_name)
 @click.option("--status", type=click.Choice([s.value for s in PromotionStatus]))
 @pass_ctx
 def request_list(ctx: _Context, name: str, status: str | None) -> None:
@@ -445,7 +454,7 @@ def request_list(ctx: _Context, name: str, status: str | None) -> None:
 
 
 @request.command(name="approve")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_model_name)
 @click.argument("request_id", type=click.IntRange(1))
 @click.option("--reason", default="", help="A comment recorded with the approval.")
 @pass_ctx
@@ -456,7 +465,7 @@ def request_approve(ctx: _Context, name: str, request_id: int, reason: str) -> N
 
 
 @request.command(name="reject")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_model_name)
 @click.argument("request_id", type=click.IntRange(1))
 @click.option("--reason", required=True, help="Why; recorded with the rejection.")
 @pass_ctx

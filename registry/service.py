@@ -15,7 +15,7 @@ from core.database import open_database
 from core.errors import ErrorCode
 from core.refs import ModelRef, parse_ref, validate_alias, validate_name
 from core.settings import StackSettings
-from registry.artifacts import ArtifactStore, Manifest
+from registry.artifacts import ArtifactStore, Manifest, OnProgress
 from registry.entities import (
     FINE_TUNED_TAG,
     Alias,
@@ -115,11 +115,13 @@ class Registry:
         allow_pickle: bool = False,
         owner: str | None = None,
         expected_digest: str | None = None,
+        on_progress: OnProgress | None = None,
     ) -> ModelVersion:
         """Copy `source_dir` into the artifact store and record it as the next version; an
         `owner` (API key id) may add versions only to models it owns or creates. With
         `expected_digest`, files that hash to another artifact digest are refused. Files that
-        would run code when the version is loaded are refused (`registry.model_files`)."""
+        would run code when the version is loaded are refused (`registry.model_files`).
+        `on_progress(done, total)` follows the bytes hashed and copied."""
         validate_name(name)
         kind = _choice(VersionKind, kind, "kind")
         format = _choice(VersionFormat, format, "format")
@@ -134,7 +136,9 @@ class Registry:
                 )
         parent_version = self.resolve(parent) if parent else None
         check_version_files(Path(source_dir), name, trust_remote_code=self.trusts_remote_code(name))
-        manifest, manifest_path = self.artifacts.put(Path(source_dir), allow_pickle=allow_pickle)
+        manifest, manifest_path = self.artifacts.put(
+            Path(source_dir), allow_pickle=allow_pickle, on_progress=on_progress
+        )
         if expected_digest is not None and manifest.digest != expected_digest:
             raise RegistryError(
                 ErrorCode.INVALID,
@@ -284,9 +288,10 @@ class Registry:
             version = self.resolve(version.parent)
         return version
 
-    def fetch(self, ref: str, dest: Path) -> Manifest:
-        """Copy a version's files into the new directory `dest`, verified."""
-        return self.artifacts.fetch(self.resolve(ref).artifact_digest, Path(dest))
+    def fetch(self, ref: str, dest: Path, on_progress: OnProgress | None = None) -> Manifest:
+        """Copy a version's files into the new directory `dest`, verified; `on_progress(done,
+        total)` follows the bytes copied and hashed."""
+        return self.artifacts.fetch(self.resolve(ref).artifact_digest, Path(dest), on_progress)
 
     def local_copy(self, version: ModelVersion) -> Path:
         """A verified copy of the version's files in the models cache, fetched once per digest

@@ -8,13 +8,15 @@
     llm-edge run BUNDLE_OR_DEVICE_DIR "What is 12 + 30?"
     llm-edge chat BUNDLE_OR_DEVICE_DIR
 
-Errors print one line and exit with code 2."""
+Every command takes --json for machine-readable output. Bad input and failures print one
+line, `llm-edge: error: ...`, and exit with code 2, as the stack's other command lines do."""
 
 import argparse
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 from llmops_edge.client import GatewayClient, check_gateway_url
 from llmops_edge.device import CURRENT, PREVIOUS, Device
@@ -25,6 +27,38 @@ from llmops_edge.sync import rollback, sync
 
 PROG = "llm-edge"
 API_KEY_ENV = "LLMOPS_EDGE_API_KEY"
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the stack's error shape: one line, not the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see `{self.prog} --help`)")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+class _ByteCount:
+    """`llm-edge: 12.0 of 40.0 MB` on one line of stderr, rewritten as bytes come."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        self.shown = True
+        print(f"\r{PROG}: {done / 1e6:.1f} of {total / 1e6:.1f} MB", end="", file=sys.stderr)
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)
 
 
 def _api_key(path: Path | None) -> str | None:
@@ -58,7 +92,10 @@ def _enroll(args: argparse.Namespace) -> None:
             "nothing was enrolled"
         )
     Device(args.dir, str(me["id"]), gateway, key, client.api_key).save()
-    print(f"enrolled device {me['id']} with {gateway} (bundles signed by {key.fingerprint})")
+    if args.json:
+        _print_json({"device_id": me["id"], "gateway": gateway, "fingerprint": key.fingerprint})
+    else:
+        print(f"enrolled device {me['id']} with {gateway} (bundles signed by {key.fingerprint})")
 
 
 def _client(device: Device, gateway: str | None, allow_http: bool) -> GatewayClient:
@@ -86,12 +123,16 @@ def _running(device: Device) -> str | None:
 def _sync(args: argparse.Namespace) -> None:
     device = Device.load(args.dir)
     client = _client(device, args.gateway, args.allow_http)
+    progress = _ByteCount() if sys.stderr.isatty() and not args.json else None
     try:
-        device, result = sync(device, client, args.model)
+        device, result = sync(device, client, args.model, progress)
     except EdgeError as err:
         failed = {"model": args.model, "version": _running(device), "status": "failed"}
         _report(client, device, {**failed, "detail": str(err)[:500]})
         raise
+    finally:
+        if progress is not None:
+            progress.close()
     manifest = result.manifest
     _report(
         client,
@@ -111,7 +152,7 @@ def _sync(args: argparse.Namespace) -> None:
             "downloaded": list(result.downloaded),
             "reused": list(result.reused),
         }
-        print(json.dumps(summary, indent=2))
+        _print_json(summary)
     elif result.status == "up-to-date":
         print(f"{args.model}: {manifest.version} is already running")
     else:
@@ -136,7 +177,10 @@ def _rollback(args: argparse.Namespace) -> None:
             "detail": f"from {left.version}",
         },
     )
-    print(f"rolled back from {left.version} to {running.version}")
+    if args.json:
+        _print_json({"from": left.version, "to": running.version})
+    else:
+        print(f"rolled back from {left.version} to {running.version}")
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -145,7 +189,11 @@ def _status(args: argparse.Namespace) -> None:
     for link in (CURRENT, PREVIOUS):
         folder = device.bundle(link)
         state[link] = device.manifest_of(folder).version if folder is not None else None
-    print(json.dumps(state, indent=2))
+    if args.json:
+        _print_json(state)
+    else:
+        for key, value in state.items():
+            print(f"{key:<9}  {value or '-'}")
 
 
 def _sampling(args: argparse.Namespace) -> Sampling:
@@ -159,7 +207,11 @@ def _messages(system: str | None) -> list[dict[str, str]]:
 def _run(args: argparse.Namespace) -> None:
     model = EdgeModel(args.bundle)
     messages = [*_messages(args.system), {"role": "user", "content": args.question}]
-    print(model.answer(messages, _sampling(args)))
+    answer = model.answer(messages, _sampling(args))
+    if args.json:
+        _print_json({"answer": answer})
+    else:
+        print(answer)
 
 
 def _chat(args: argparse.Namespace) -> None:
@@ -170,12 +222,17 @@ def _chat(args: argparse.Namespace) -> None:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line.strip()})
-        answer = []
-        for piece in model.stream(messages, _sampling(args)):
-            answer.append(piece)
-            print(piece, end="", flush=True)
-        print()
-        messages.append({"role": "assistant", "content": "".join(answer)})
+        if args.json:  # one JSON object per answer, on one line
+            answer = model.answer(messages, _sampling(args))
+            print(json.dumps({"role": "assistant", "content": answer}), flush=True)
+        else:
+            pieces = []
+            for piece in model.stream(messages, _sampling(args)):
+                pieces.append(piece)
+                print(piece, end="", flush=True)
+            print()
+            answer = "".join(pieces)
+        messages.append({"role": "assistant", "content": answer})
 
 
 def _gateway_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -197,10 +254,17 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="Seed of sampling, for repeatable answers.")
 
 
+def _json_option(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--json", action="store_true", default=default, help="Print machine-readable JSON."
+    )
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
+    root = _Parser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    _json_option(root, False)
     commands = root.add_subparsers(dest="command", required=True)
 
     enroll = commands.add_parser("enroll", help="Enroll this device with a gateway.")
@@ -222,7 +286,6 @@ def parser() -> argparse.ArgumentParser:
     _gateway_options(sync_, required=False)
     sync_.add_argument("--dir", type=Path, required=True, help="The device folder.")
     sync_.add_argument("--model", required=True, help="The reference to follow, e.g. demo@edge.")
-    sync_.add_argument("--json", action="store_true", help="Print what was done as JSON.")
     sync_.set_defaults(handler=_sync)
 
     back = commands.add_parser("rollback", help="Go back to the previous bundle.")
@@ -241,6 +304,10 @@ def parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="Chat with a bundle, one line per message.")
     _generation_options(chat)
     chat.set_defaults(handler=_chat)
+    # --json before the command or after it, as in the stack's command lines; SUPPRESS keeps
+    # a command's default from undoing `llm-edge --json CMD`.
+    for command in commands.choices.values():
+        _json_option(command, argparse.SUPPRESS)
     return root
 
 
@@ -249,7 +316,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.handler(args)
     except (EdgeError, OSError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(err))
     except KeyboardInterrupt:
         sys.exit(130)

@@ -10,6 +10,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +103,15 @@ class GatewayClient:
                 f"the gateway's answer to {path} was cut off or not JSON: {err}"
             ) from None
 
-    def download(self, path: str, target: Path, expected: BundleFile) -> None:
+    def download(
+        self,
+        path: str,
+        target: Path,
+        expected: BundleFile,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> None:
         """Write the file at `path` to `target`, refusing it (and removing `target`) unless
-        it has exactly the expected size and sha256."""
+        it has exactly the expected size and sha256; `on_chunk(n)` after each n bytes."""
         digest, size = hashlib.sha256(), 0
         try:
             with self._request(path) as response, target.open("wb") as out:
@@ -114,6 +121,8 @@ class GatewayClient:
                         break
                     digest.update(chunk)
                     out.write(chunk)
+                    if on_chunk is not None:
+                        on_chunk(len(chunk))
         except (OSError, http.client.HTTPException) as err:
             target.unlink(missing_ok=True)
             raise EdgeError(f"the download of {expected.path} was interrupted: {err!r}") from None

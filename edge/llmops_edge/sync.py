@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,8 @@ from llmops_edge.manifest import BundleFile, Manifest, verify_bundle
 
 _CHUNK = 1 << 20
 CLOCK_SKEW_MS = 5 * 60 * 1000  # how far the device's clock may lag the gateway's
+# `on_progress(bytes_in_place, bytes_in_all)` as a new bundle is put together.
+OnProgress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,20 @@ def _place(source: Path, target: Path) -> None:
         target.chmod(0o444)
 
 
-def _assemble(device: Device, client: GatewayClient, manifest: Manifest) -> SyncResult:
+def _assemble(
+    device: Device, client: GatewayClient, manifest: Manifest, on_progress: OnProgress | None
+) -> SyncResult:
     local = _local_files(device)
     staging = Path(tempfile.mkdtemp(dir=device.versions, prefix=STAGING_PREFIX))
     downloaded, reused = [], []
+    done, total = 0, sum(f.size for f in manifest.files)
+
+    def advance(size: int) -> None:
+        nonlocal done
+        done += size
+        if on_progress is not None:
+            on_progress(done, total)
+
     try:
         for entry in manifest.files:
             target = staging / entry.path
@@ -94,9 +107,12 @@ def _assemble(device: Device, client: GatewayClient, manifest: Manifest) -> Sync
             if source is not None and matches(source, entry):
                 _place(source, target)
                 reused.append(entry.path)
+                advance(entry.size)
                 continue
             version = urllib.parse.quote(manifest.version, safe=":")
-            client.download(f"/v1/edge/bundles/{version}/files/{entry.sha256}", target, entry)
+            client.download(
+                f"/v1/edge/bundles/{version}/files/{entry.sha256}", target, entry, advance
+            )
             target.chmod(0o444)
             local[entry.sha256] = target
             downloaded.append(entry.path)
@@ -113,9 +129,12 @@ def _assemble(device: Device, client: GatewayClient, manifest: Manifest) -> Sync
     return SyncResult("installed", manifest, folder, tuple(downloaded), tuple(reused))
 
 
-def sync(device: Device, client: GatewayClient, model: str) -> tuple[Device, SyncResult]:
+def sync(
+    device: Device, client: GatewayClient, model: str, on_progress: OnProgress | None = None
+) -> tuple[Device, SyncResult]:
     """Bring the device to the bundle `model` (an alias reference such as `demo-onnx@edge`)
-    points at; the device as it is afterwards, and what was done."""
+    points at; the device as it is afterwards, and what was done. `on_progress` follows the
+    bytes of a new bundle, reused or downloaded."""
     with device.locked():
         document = client.get_json(f"/v1/edge/bundles/{urllib.parse.quote(model, safe=':@')}")
         manifest = verify_bundle(document, device.public_key)
@@ -149,7 +168,7 @@ def sync(device: Device, client: GatewayClient, model: str) -> tuple[Device, Syn
                 "installed", manifest, folder, (), tuple(f.path for f in manifest.files)
             )
         else:
-            result = _assemble(device, client, manifest)
+            result = _assemble(device, client, manifest, on_progress)
         device.record(manifest, document)
         if current is not None and current.name != result.folder.name:  # not a repair
             device.point(PREVIOUS, current)

@@ -21,6 +21,10 @@ from finetune.export.parity import (
 from registry.entities import ModelVersion, VersionFormat, VersionKind
 from registry.service import Registry
 
+# `on_stage(stage, stages, what)` as each of an export's stages begins.
+OnStage = Callable[[int, int, str], None]
+STAGES = 4
+
 
 def checked_export(
     registry: Registry,
@@ -34,8 +38,10 @@ def checked_export(
     name: str | None = None,
     prompts: list[str] | None = None,
     min_agreement: float | None = None,
+    on_stage: OnStage | None = None,
 ) -> tuple[ModelVersion, Parity]:
     """`build(source_dir, out_dir)` writes the export; `greedy(out_dir)` answers with it."""
+    stage = on_stage or (lambda done, total, what: None)
     source = registry.resolve(ref)
     if source.format is not VersionFormat.HF_SAFETENSORS:
         hint = (
@@ -48,18 +54,22 @@ def checked_export(
             f"{source.ref} is {source.format.value}; export takes Hugging Face weights{hint}",
             param="ref",
         )
+    stage(0, STAGES, f"copying {source.ref}")
     source_dir = registry.local_copy(source)
     threshold = MIN_AGREEMENT[precision] if min_agreement is None else min_agreement
     with tempfile.TemporaryDirectory() as folder:
         out_dir = Path(folder) / format.value
         out_dir.mkdir()
+        stage(1, STAGES, f"building the {format.value} export")
         build(source_dir, out_dir)
+        stage(2, STAGES, "checking greedy answers against PyTorch")
         parity = measure_parity(source_dir, greedy(out_dir), prompts or default_prompts())
         require_parity(
             parity, f"the {precision} {format.value} export of {source.ref}", precision, threshold
         )
         size = sum(f.stat().st_size for f in out_dir.iterdir())
         source_size = sum(f.stat().st_size for f in source_dir.glob("*.safetensors"))
+        stage(3, STAGES, "registering")
         return registry.register(
             name or f"{source.name}-{format.value}",
             out_dir,

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.errors import ErrorCode
 from finetune.errors import FinetuneError
-from finetune.export.checked import checked_export
+from finetune.export.checked import OnStage, checked_export
 from finetune.export.parity import Parity, Precision, default_prompts, greedy_torch
 from registry.entities import ModelVersion, VersionFormat
 from registry.service import Registry
@@ -187,6 +187,7 @@ def export_gguf(
     name: str | None = None,
     prompts: list[str] | None = None,
     min_agreement: float | None = None,
+    on_stage: OnStage | None = None,
 ) -> tuple[ModelVersion, Parity]:
     return checked_export(
         registry,
@@ -199,4 +200,5 @@ def export_gguf(
         name=name,
         prompts=prompts,
         min_agreement=min_agreement,
+        on_stage=on_stage,
     )

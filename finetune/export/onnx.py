@@ -10,7 +10,7 @@ import numpy as np
 
 from core.errors import ErrorCode
 from finetune.errors import FinetuneError
-from finetune.export.checked import checked_export
+from finetune.export.checked import OnStage, checked_export
 from finetune.export.parity import Parity, Precision
 from registry.entities import ModelVersion, VersionFormat
 from registry.service import Registry
@@ -120,6 +120,7 @@ def export_onnx(
     name: str | None = None,
     prompts: list[str] | None = None,
     min_agreement: float | None = None,
+    on_stage: OnStage | None = None,
 ) -> tuple[ModelVersion, Parity]:
     return checked_export(
         registry,
@@ -132,4 +133,5 @@ def export_onnx(
         name=name,
         prompts=prompts,
         min_agreement=min_agreement,
+        on_stage=on_stage,
     )
