@@ -19,6 +19,7 @@ from serving.api import keys, openai, ops
 from serving.auth import is_loopback
 from serving.batches import api as batches_api
 from serving.config import ServingConfig
+from serving.console import automl_pages as console_automl
 from serving.console import drift_pages as console_drift
 from serving.console import evals_pages as console_evals
 from serving.console import explain_pages as console_explain
@@ -49,6 +50,7 @@ ROUTERS = (
     console_traffic.router,
     console_explain.router,
     console_drift.router,
+    console_automl.router,
 )
 
 

@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 import httpx
 import openai
+import optuna
 import pytest
 import yaml
 from fastapi.routing import APIRoute
@@ -34,6 +35,7 @@ from core.settings import StackSettings
 from evals.continuous.events import Step
 from evals.continuous.loop import ContinuousLoop
 from evals.continuous.policy import load_policy
+from finetune.automl.storage import study_storage
 from finetune.cli import main as finetune_main
 from finetune.demo.build import DemoBuild, register_demo_model
 from finetune.demo.skills import SKILLS, write_skill_splits
@@ -375,6 +377,8 @@ def _bindings(world: World) -> list[dict[str, str]]:
             found.append({"version": version.ref, "sha256": files[0].sha256})
     found += [{"job_id": job.id} for job in gateway.jobs.store.list_jobs()]
     found += [{"file_id": f.id} for f in FileStore(gateway.jobs.store.engine).list()]
+    studies = optuna.get_all_study_names(study_storage(gateway.jobs.stack))
+    found += [{"study": name} for name in studies]
     evals = {entry.id for entry in world.client("admin").evals.list()}
     found += [{"eval_id": name} for name in evals]
     for run in gateway.evaluations.runs.list_runs(limit=1000):
@@ -512,5 +516,6 @@ def test_every_console_page_answers_every_key(world: World) -> None:
             read.add(path)
             broken += _judge(results, template, bool(ids & world.plain), strict_plain=False)
     jobs = {f"/ui/jobs/{job.id}" for job in world.gw.gateway.jobs.store.list_jobs()}
-    assert jobs | {"/ui/", "/ui/jobs", "/ui/models/demo", "/ui/models/demo/compare"} <= read
+    console = {"/ui/", "/ui/jobs", "/ui/models/demo", "/ui/models/demo/compare", "/ui/automl/tiny"}
+    assert jobs | console <= read
     assert not broken, "\n".join(broken)

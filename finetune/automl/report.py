@@ -1,7 +1,9 @@
 """A study as a table of its trials and as Optuna's plots (PNG): the optimization history,
-parameter importances and, with several objectives, the Pareto front."""
+parameter importances and, with several objectives, the Pareto front; and as a summary of
+its trials with the best ones marked, for the console."""
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,10 @@ import optuna
 from optuna.trial import TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
+from core.settings import StackSettings
 from finetune.automl.search import RecipeSearch
+from finetune.automl.storage import SEARCH_ATTR, open_study, study_storage
+from finetune.automl.study import REGISTERED_ATTR
 from finetune.automl.trial import JOB_ATTR, METRICS_ATTR
 
 
@@ -77,3 +82,76 @@ def write_plots(study: optuna.Study, search: RecipeSearch, out: Path) -> list[Pa
             pareto = optuna_plots.plot_pareto_front(study, target_names=search.metrics)
             written.append(_save(pareto, out / "pareto.png"))
     return written
+
+
+@dataclass(frozen=True)
+class TrialView:
+    number: int
+    state: str
+    values: list[float | None]  # one per objective; none where the trial did not finish
+    params: dict[str, Any]
+    job: str
+    best: bool  # on the Pareto front (several objectives), or the best trial (one)
+
+
+@dataclass(frozen=True)
+class StudyView:
+    name: str
+    objectives: list[str]
+    directions: list[str]  # minimize or maximize, per objective
+    best: list[float | None]  # each objective's best value over the complete trials
+    trials: list[TrialView]
+    registered: str | None  # the version registered from the chosen trial
+
+    @property
+    def complete(self) -> int:
+        return sum(1 for t in self.trials if t.state == "complete")
+
+    @property
+    def params(self) -> list[str]:
+        return sorted({p for t in self.trials for p in t.params})
+
+
+def _objectives(study: optuna.Study) -> list[str]:
+    """The searched metrics, or Optuna's names for a study made elsewhere."""
+    search = study.user_attrs.get(SEARCH_ATTR)
+    if search:
+        return [objective["metric"] for objective in search["objectives"]]
+    return study.metric_names or [f"objective {i + 1}" for i in range(len(study.directions))]
+
+
+def study_view(stack: StackSettings, name: str) -> StudyView:
+    """The study `name` with its trials (NOT_FOUND when there is none)."""
+    study = open_study(stack, name)
+    directions = [d.name.lower() for d in study.directions]
+    trials = study.get_trials(deepcopy=False)
+    best = {t.number for t in study.best_trials}
+    complete = [t.values for t in trials if t.state is TrialState.COMPLETE]
+    return StudyView(
+        name=name,
+        objectives=_objectives(study),
+        directions=directions,
+        best=[
+            (max if direction == "maximize" else min)(v[i] for v in complete) if complete else None
+            for i, direction in enumerate(directions)
+        ],
+        trials=[
+            TrialView(
+                t.number,
+                t.state.name.lower(),
+                list(t.values) if t.values else [None] * len(directions),
+                t.params,
+                t.user_attrs.get(JOB_ATTR, ""),
+                t.number in best,
+            )
+            for t in trials
+        ],
+        registered=study.user_attrs.get(REGISTERED_ATTR),
+    )
+
+
+def study_views(stack: StackSettings) -> list[StudyView]:
+    """Every study in the stack's database, by name."""
+    return [
+        study_view(stack, name) for name in sorted(optuna.get_all_study_names(study_storage(stack)))
+    ]

@@ -179,10 +179,13 @@ class Select(_Strict):
     )
 
 
+STUDY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
 class SearchBase(_Strict):
     kind: str = Field(description="What a trial trains: lora or distill.")
     study: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+        pattern=STUDY_PATTERN,
         description="Study name in the database; running the file again resumes it.",
     )
     trials: int = Field(gt=0, le=10_000, description="Trials the study should finish.")

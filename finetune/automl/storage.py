@@ -73,20 +73,26 @@ def create_study(stack: StackSettings, search: RecipeSearch) -> optuna.Study:
     return study
 
 
-def load_study(
-    stack: StackSettings, name: str, job_seed: int = 0
-) -> tuple[optuna.Study, RecipeSearch]:
-    """An existing study with its search (sampler seeded by `job_seed`, pruner as searched)."""
+def open_study(stack: StackSettings, name: str) -> optuna.Study:
+    """An existing study, as stored (Optuna's default sampler); NOT_FOUND names the others."""
     storage = study_storage(stack)
     try:
-        plain = optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        names = optuna.get_all_study_names(storage)
         raise FinetuneError(
             ErrorCode.NOT_FOUND,
             f"no study {name!r}; studies: {', '.join(names) or 'none yet'}",
             param="study",
         ) from None
+
+
+def load_study(
+    stack: StackSettings, name: str, job_seed: int = 0
+) -> tuple[optuna.Study, RecipeSearch]:
+    """An existing study with its search (sampler seeded by `job_seed`, pruner as searched)."""
+    storage = study_storage(stack)
+    plain = open_study(stack, name)
     search = parse_search(plain.user_attrs[SEARCH_ATTR], f"study {name}")
     study = optuna.load_study(
         study_name=name,

@@ -68,5 +68,5 @@ def drift_page(
         model=model,
         checks=list(reversed(checks)),
         cycles=list(reversed(cycles.items())),
-        chart=charts.line("drift score", scores),
+        chart=charts.line("drift score", scores, noun="drift check"),
     )

@@ -46,7 +46,7 @@ def job_page(request: Request, session: SessionDep, job_id: JobId) -> HTMLRespon
         session,
         job=job,
         events=events,
-        loss=charts.line("training loss", losses),
+        loss=charts.line("training loss", losses, noun="logged loss"),
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import optuna
 import pytest
 
 from core.database import utc_now
@@ -309,3 +310,40 @@ def test_creating_admin_keys_asks_for_the_key_again(console_world: ConsoleWorld)
     assert [k.admin for k in keys.list_keys() if k.name == "second-admin"] == [True]
     plain = client.post("/keys", data={"name": "plain-app", "csrf_token": token})
     assert plain.status_code == 200 and 'id="new-secret"' in plain.text
+
+
+def test_automl_studies_show_their_pareto_front_to_admins(console_world: ConsoleWorld) -> None:
+    """A study of two objectives made straight in the stack's database, as Optuna's own tools
+    (and workers elsewhere) would; trial 2 is beaten on both by trial 1."""
+    admin, _ = login(console_world, console_world.alice)
+    assert "No AutoML studies yet." in admin.get("/automl").text
+    url = console_world.gateway.gateway.jobs.stack.resolved_database_url
+    study = optuna.create_study(
+        storage=url, study_name="console-pareto", directions=["minimize", "maximize"]
+    )
+    space = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
+    for lr, values in (
+        (1e-4, [1.0, 0.1]),
+        (2e-4, [2.0, 0.9]),
+        (3e-4, [3.0, 0.5]),
+        (1e-3, [4.0, 1.0]),
+    ):
+        study.add_trial(
+            optuna.trial.create_trial(params={"lr": lr}, distributions=space, values=values)
+        )
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    listing = admin.get("/automl")
+    assert listing.status_code == 200
+    row = re.search(r'<tr><td><a href="/ui/automl/console-pareto">.*?</tr>', listing.text, re.S)
+    assert row and "4 / 5" in row.group(0) and "minimize" in row.group(0)
+    page = admin.get("/automl/console-pareto")
+    assert page.status_code == 200
+    marked = set(re.findall(r'<tr id="trial-(\d+)" class="best">', page.text))
+    assert marked == {"0", "1", "3"}
+    assert page.text.count('class="marked"') == 3 and page.text.count('class="point"') == 1
+    assert admin.get("/automl/no-such-study").status_code == 404
+    viewer, _ = login(console_world, console_world.viewer)
+    for path in ("/automl", "/automl/console-pareto"):
+        assert viewer.get(path).status_code == 403
+    assert 'href="/ui/automl"' in admin.get("/jobs").text
+    assert 'href="/ui/automl"' not in viewer.get("/jobs").text
