@@ -3,7 +3,11 @@ the gateway's process, and the per-example outputs of finished runs.
 
 A run belongs to the key that started it: to another key it does not exist (404), admins
 see every run, and on a gateway without keys the runs no key owns are everyone's (those of
-`llm-evals` too). A key runs evals only on the models its allow-list names and it may see."""
+`llm-evals` too). A key runs evals only on the models its allow-list names and it may see.
+
+A run of a suite the catalog does not list (the continuous loop's, `llm-evals run` on a file
+elsewhere) is reached under its suite's name as the eval id; it has no catalog entry, so its
+output items lack what only the suite file holds (choices, generation settings)."""
 
 import re
 import threading
@@ -257,7 +261,7 @@ class EvalHandlers:
         status: RunStatusName | None = None,
     ) -> ListPage[EvalRunObject]:
         entry = self.catalog.get(eval_id)
-        anchor = None if after is None else self._run(caller, entry, after, param="after")
+        anchor = None if after is None else self._run(caller, eval_id, after, "after")[0]
         found = self.runs.list_runs(
             limit + 1,
             suite=entry.suite.name,
@@ -269,13 +273,12 @@ class EvalHandlers:
         return page([self._run_object(r, entry.id) for r in found], limit, lambda r: r.id)
 
     def get_run(self, caller: Caller, eval_id: str, run_id: str) -> EvalRunObject:
-        entry = self.catalog.get(eval_id)
-        return self._run_object(self._run(caller, entry, run_id), entry.id)
+        run, _ = self._run(caller, eval_id, run_id)
+        return self._run_object(run, eval_id)
 
     def cancel_run(self, caller: Caller, eval_id: str, run_id: str) -> EvalRunObject:
         """Cancel a queued or running run: it stops at its next batch, keeping no outputs."""
-        entry = self.catalog.get(eval_id)
-        run = self._run(caller, entry, run_id)
+        run, _ = self._run(caller, eval_id, run_id)
         if not run.status.active:
             raise EvalsError(
                 ErrorCode.INVALID,
@@ -286,18 +289,31 @@ class EvalHandlers:
             )
         if self.runs.cancel(run):
             self.background.stop(run.id)
-        return self._run_object(self.runs.get(run.id), entry.id)
+        return self._run_object(self.runs.get(run.id), eval_id)
 
-    def _run(self, caller: Caller, entry: CatalogSuite, run_id: str, param: str = "run_id"):
+    def _run(
+        self, caller: Caller, eval_id: str, run_id: str, param: str = "run_id"
+    ) -> tuple[EvalRun, CatalogSuite | None]:
+        """The run `run_id` of eval `eval_id` when `caller` sees it (404 otherwise), with the
+        catalog's suite it ran (None for a suite the catalog does not list, whose name is its
+        eval id)."""
         try:
             run = self.runs.get(run_id)
         except StackError as err:
             if err.code is ErrorCode.NOT_FOUND:
-                raise run_not_found(entry.id, run_id, param) from None
+                raise run_not_found(eval_id, run_id, param) from None
             raise
-        if not caller.sees(run.owner) or run.suite != entry.suite.name:
-            raise run_not_found(entry.id, run_id, param)
-        return run
+        if not caller.sees(run.owner):
+            raise run_not_found(eval_id, run_id, param)
+        try:
+            entry = self.catalog.get(eval_id)
+        except EvalsError:
+            entry = None
+        if entry is not None and run.suite == entry.suite.name:
+            return run, entry
+        if run.suite != eval_id:
+            raise run_not_found(eval_id, run_id, param)
+        return run, None
 
     def _run_object(self, run: EvalRun, eval_id: str) -> EvalRunObject:
         summary = run.summary or {}
@@ -363,8 +379,7 @@ class EvalHandlers:
         status: str | None = None,
     ) -> ListPage[OutputItemObject]:
         """A finished run's examples, in the run's order; none before it completes."""
-        entry = self.catalog.get(eval_id)
-        run = self._run(caller, entry, run_id)
+        run, entry = self._run(caller, eval_id, run_id)
         records = list(enumerate(self._outputs_of(run)))
         if order == "desc":
             records.reverse()
@@ -373,7 +388,7 @@ class EvalHandlers:
             records = [(n, r) for n, r in records if (n > position) == (order == "asc")]
         items = []
         for n, record in records:
-            item = self._item(entry, run, n, record)
+            item = self._item(eval_id, entry, run, n, record)
             if status is None or item.status == status:
                 items.append(item)
                 if len(items) > limit:
@@ -383,11 +398,10 @@ class EvalHandlers:
     def get_output_item(
         self, caller: Caller, eval_id: str, run_id: str, item_id: str
     ) -> OutputItemObject:
-        entry = self.catalog.get(eval_id)
-        run = self._run(caller, entry, run_id)
+        run, entry = self._run(caller, eval_id, run_id)
         records = self._outputs_of(run)
         n = self._position(run, item_id, len(records))
-        return self._item(entry, run, n, records[n])
+        return self._item(eval_id, entry, run, n, records[n])
 
     @staticmethod
     def _item_id(run: EvalRun, n: int) -> str:
@@ -416,14 +430,20 @@ class EvalHandlers:
         return records
 
     def _item(
-        self, entry: CatalogSuite, run: EvalRun, n: int, record: dict[str, Any]
+        self,
+        eval_id: str,
+        entry: CatalogSuite | None,
+        run: EvalRun,
+        n: int,
+        record: dict[str, Any],
     ) -> OutputItemObject:
         # The suite as scored, when its file has not changed since: generation settings and
         # the choices of choice rows, which the records do not keep.
-        examples, generations = self._index(entry.suite)
-        same = entry.suite.digest == run.suite_digest
-        example = examples.get(record["id"]) if same else None
-        generation = generations.get(record["task"]) if same else None
+        example, generation = None, None
+        if entry is not None and entry.suite.digest == run.suite_digest:
+            examples, generations = self._index(entry.suite)
+            example = examples.get(record["id"])
+            generation = generations.get(record["task"])
         results = [
             GraderResult(
                 name=name,
@@ -438,7 +458,7 @@ class EvalHandlers:
         return OutputItemObject(
             id=self._item_id(run, n),
             run_id=run.id,
-            eval_id=entry.id,
+            eval_id=eval_id,
             created_at=int(run.created_at.timestamp()),
             status="pass" if all(r.passed for r in results) else "fail",
             datasource_item_id=n,

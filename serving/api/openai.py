@@ -73,12 +73,12 @@ async def create_response(
 
 @router.get("/v1/responses/{response_id}", responses=error_responses(404))
 def retrieve_response(gateway: GatewayDep, key: KeyDep, response_id: str) -> ResponseObject:
-    return gateway.responses.retrieve(response_id, key.id if key else None)
+    return gateway.responses.retrieve(response_id, gateway.auth.caller_of(key))
 
 
 @router.delete("/v1/responses/{response_id}", responses=error_responses(404))
 def delete_response(gateway: GatewayDep, key: KeyDep, response_id: str) -> DeletedResponse:
-    return gateway.responses.delete(response_id, key.id if key else None)
+    return gateway.responses.delete(response_id, gateway.auth.caller_of(key))
 
 
 @router.post(

@@ -2,6 +2,8 @@
 Every page reads and changes the registry through its service (`gateway.registry`, acting
 as the session's key), so a promotion here passes the same gate as on the CLI."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Query, Request
@@ -10,6 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from core.refs import ALIAS_PATTERN, NAME_PATTERN
 from registry.entities import ModelVersion, PromotionStatus
+from registry.errors import RegistryError
 from registry.protocol import MAX_REASON
 from registry.service import Registry
 from serving.console import charts
@@ -300,6 +303,24 @@ def _back(name: str, done: str) -> RedirectResponse:
     return RedirectResponse(f"/ui/models/{name}?done={done}#history", status_code=303)
 
 
+@contextmanager
+def _second_admin_or_break_glass(name: str, alias: str) -> Iterator[None]:
+    """The registry's refusal to move a two-person alias alone, in the console's words (its
+    own message names the CLI's flag and the API's field)."""
+    try:
+        yield
+    except RegistryError as err:
+        if err.api_code != "break_glass_required":
+            raise
+        raise ConsoleError(
+            403,
+            f"{name}@{alias} is a two-person alias: it moves when a second admin approves a "
+            "request (tick 'Needs approval by a second admin'), or alone with a break-glass "
+            "reason, which the alias history records. Nothing was changed.",
+            title="Second admin or break-glass reason required",
+        ) from None
+
+
 @router.post("/models/{name}/promote")
 def promote(
     session: SessionDep,
@@ -309,6 +330,7 @@ def promote(
     alias: AliasField = "production",
     reason: Reason = "",
     approval: Annotated[bool, Form()] = False,
+    break_glass: Reason = "",
     csrf_token: Csrf = "",
 ) -> Response:
     session.check_csrf(csrf_token)
@@ -316,7 +338,8 @@ def promote(
     if approval:
         registry.request_promotion(f"{name}:{version}", alias, reason=reason)
         return _back(name, "requested")
-    registry.promote(f"{name}:{version}", alias, reason=reason)
+    with _second_admin_or_break_glass(name, alias):
+        registry.promote(f"{name}:{version}", alias, reason=reason, break_glass=break_glass.strip())
     return _back(name, "promoted")
 
 
@@ -346,8 +369,11 @@ def rollback(
     name: Name,
     alias: AliasField = "production",
     reason: Reason = "",
+    break_glass: Reason = "",
     csrf_token: Csrf = "",
 ) -> Response:
     session.check_csrf(csrf_token)
-    registry.rollback(name, alias, reason=_required(reason, "A rollback"))
+    reason = _required(reason, "A rollback")
+    with _second_admin_or_break_glass(name, alias):
+        registry.rollback(name, alias, reason=reason, break_glass=break_glass.strip())
     return _back(name, "rolled_back")

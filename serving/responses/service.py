@@ -15,6 +15,7 @@ from contextlib import aclosing
 from datetime import datetime
 from typing import Any
 
+from core.callers import Caller
 from core.database import utc_now
 from serving.generation import Generator, RequestContext, ending_in_error
 from serving.protocol import ChatCompletionChunk, ChatCompletionResponse, ToolCall
@@ -59,7 +60,7 @@ class Responses:
         history: list[dict[str, Any]] = []
         if req.previous_response_id is not None:
             _, history = await asyncio.to_thread(
-                self.store.get, req.previous_response_id, _key_id(ctx), self._oldest()
+                self.store.get, req.previous_response_id, ctx.caller, self._oldest()
             )
         conversation = history + as_messages(items)
         chat = chat_request(req, conversation)
@@ -81,11 +82,11 @@ class Responses:
         await self._keep(req, ctx, response, conversation)
         return response
 
-    def retrieve(self, response_id: str, ctx_key_id: str | None) -> ResponseObject:
-        return self.store.get(response_id, ctx_key_id, self._oldest())[0]
+    def retrieve(self, response_id: str, caller: Caller) -> ResponseObject:
+        return self.store.get(response_id, caller, self._oldest())[0]
 
-    def delete(self, response_id: str, ctx_key_id: str | None) -> DeletedResponse:
-        self.store.delete(response_id, ctx_key_id)
+    def delete(self, response_id: str, caller: Caller) -> DeletedResponse:
+        self.store.delete(response_id, caller)
         return DeletedResponse(id=response_id)
 
     async def _keep(
@@ -97,7 +98,7 @@ class Responses:
     ) -> None:
         if req.store:
             whole = [*conversation, assistant_message(response.output)]
-            await asyncio.to_thread(self.store.save, response, _key_id(ctx), whole)
+            await asyncio.to_thread(self.store.save, response, ctx.caller.key_id, whole)
             if time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + self.retention.every_s
                 await asyncio.to_thread(self.store.prune, self._oldest())
@@ -248,7 +249,3 @@ def _call_events(event: _Events, item: OutputItem, index: int) -> list[bytes]:
         ),
         event("response.output_item.done", output_index=index, item=item),
     ]
-
-
-def _key_id(ctx: RequestContext) -> str | None:
-    return ctx.key.id if ctx.key is not None else None

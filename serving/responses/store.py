@@ -1,7 +1,7 @@
 """Stored responses: each with the conversation it ends, so that `previous_response_id` can
-continue it; owned by the API key that made it (another key finds nothing). They last as
-long as the traffic log's records (`Retention.max_age`): an older one is not found, and
-`prune` deletes it."""
+continue it; owned by the API key that made it (another key finds nothing; admins find every
+key's, as with every other owned resource: `Caller.sees`). They last as long as the traffic
+log's records (`Retention.max_age`): an older one is not found, and `prune` deletes it."""
 
 from datetime import datetime
 from typing import Any
@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 
+from core.callers import Caller
 from core.database import utc_now
 from core.errors import ErrorCode
 from serving.errors import ServingError
@@ -43,36 +44,30 @@ class ResponseStore:
             )
 
     def get(
-        self, response_id: str, key_id: str | None, since: datetime
+        self, response_id: str, caller: Caller, since: datetime
     ) -> tuple[ResponseObject, list[dict]]:
-        """The response and its conversation; 404 when it is not there, not this key's, or
-        stored before `since` (past the retention)."""
+        """The response and its conversation; 404 when it is not there, not one `caller`
+        sees, or stored before `since` (past the retention)."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(responses.c.response, responses.c.conversation).where(
-                    responses.c.id == response_id,
-                    _owned_by(key_id),
-                    responses.c.created_at >= since,
+                select(responses.c.key_id, responses.c.response, responses.c.conversation).where(
+                    responses.c.id == response_id, responses.c.created_at >= since
                 )
             ).first()
-        if row is None:
+        if row is None or not caller.sees(row.key_id):
             raise _not_found(response_id)
         return ResponseObject.model_validate(row.response), row.conversation
 
-    def delete(self, response_id: str, key_id: str | None) -> None:
+    def delete(self, response_id: str, caller: Caller) -> None:
         with self.engine.begin() as conn:
-            deleted = conn.execute(
-                delete(responses).where(responses.c.id == response_id, _owned_by(key_id))
-            ).rowcount
-        if not deleted:
-            raise _not_found(response_id)
+            owner = conn.execute(
+                select(responses.c.key_id).where(responses.c.id == response_id)
+            ).first()
+            if owner is None or not caller.sees(owner.key_id):
+                raise _not_found(response_id)
+            conn.execute(delete(responses).where(responses.c.id == response_id))
 
     def prune(self, cutoff: datetime) -> int:
         """Delete the responses stored before `cutoff`; how many went."""
         with self.engine.begin() as conn:
             return conn.execute(delete(responses).where(responses.c.created_at < cutoff)).rowcount
-
-
-def _owned_by(key_id: str | None):
-    column = responses.c.key_id
-    return column.is_(None) if key_id is None else column == key_id

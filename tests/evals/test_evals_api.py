@@ -249,6 +249,37 @@ def test_runs_belong_to_the_key_that_started_them(gw: RunningGateway, keys: dict
     assert admin.evals.runs.retrieve(mine.id, eval_id="tiny").status == "completed"
 
 
+def test_a_run_of_a_suite_the_catalog_does_not_list_is_read_by_its_suite_name(
+    gw: RunningGateway, keys: dict[str, str], tmp_path: Path
+) -> None:
+    """The continuous loop scores suites kept outside the gateway's folder, owned by no key:
+    admins read them under the suite's name; other keys, and other eval ids, find nothing."""
+    path = tmp_path / "loop.yaml"
+    path.write_text(
+        "name: loop-held\ntasks:\n  - name: add\n    data: {demo: add, count: 2}\n"
+        "    generation: {max_tokens: 2}\n    metrics: [exact_match]\n"
+    )
+    evaluations = gw.gateway.evaluations.evaluations
+    run = evaluations.run(evaluations.suite(str(path)), "demo", progress=False)
+    assert run.owner is None and run.status is RunStatus.SUCCEEDED
+
+    admin, alice = _client(gw, keys["admin"]), _client(gw, keys["alice"])
+    seen = admin.evals.runs.retrieve(run.id, eval_id="loop-held")
+    assert (seen.id, seen.eval_id, seen.status) == (run.id, "loop-held", "completed")
+    assert seen.result_counts.total == 2
+    items = list(admin.evals.runs.output_items.list(run.id, eval_id="loop-held"))
+    assert [(i.eval_id, i.datasource_item["task"]) for i in items] == [("loop-held", "add")] * 2
+    for call in (
+        lambda: alice.evals.runs.retrieve(run.id, eval_id="loop-held"),
+        lambda: alice.evals.runs.output_items.list(run.id, eval_id="loop-held"),
+        lambda: admin.evals.runs.retrieve(run.id, eval_id="tiny"),  # another eval's id
+        lambda: admin.evals.runs.retrieve("evalrun-" + "0" * 24, eval_id="loop-held"),
+    ):
+        with pytest.raises(openai.NotFoundError) as err:
+            call()
+        assert err.value.code == "eval_run_not_found", err.value.message
+
+
 def test_models_a_key_may_not_use_are_refused(
     gw: RunningGateway, keys: dict[str, str], random_model_dir: Path
 ) -> None:

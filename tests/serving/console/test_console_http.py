@@ -157,6 +157,42 @@ def test_a_gate_refusal_and_a_self_approval_change_nothing(console_world: Consol
     assert console_world.gateway.registry.resolve("demo@production").version == before[0]
 
 
+def test_a_two_person_alias_moves_alone_only_with_a_break_glass_reason(
+    console_world: ConsoleWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LLMOPS_TWO_PERSON_ALIASES is read once, when the gateway opens its registry.
+    registry = console_world.gateway.registry
+    monkeypatch.setattr(registry, "two_person_aliases", frozenset({"production"}))
+    client, token = login(console_world, console_world.alice)
+    before = _state(console_world)
+    for path, data in (
+        ("/models/demo/promote", {"version": "4", "reason": "better"}),
+        ("/models/demo/rollback", {"alias": "production", "reason": "undo"}),
+    ):
+        refused = client.post(path, data={**data, "break_glass": "  ", "csrf_token": token})
+        assert refused.status_code == 403, refused.text
+        assert "Second admin or break-glass reason required" in refused.text
+        assert "demo@production is a two-person alias" in refused.text
+        assert "Nothing was changed" in refused.text
+    assert _state(console_world) == before
+
+    promoted = client.post(
+        "/models/demo/promote",
+        data={"version": "4", "reason": "better", "break_glass": "outage", "csrf_token": token},
+    )
+    assert promoted.status_code == 303, promoted.text
+    assert registry.resolve("demo@production").version == 4
+    rolled_back = client.post(
+        "/models/demo/rollback",
+        data={"alias": "production", "reason": "undo", "break_glass": "still", "csrf_token": token},
+    )
+    assert rolled_back.status_code == 303, rolled_back.text
+    assert registry.resolve("demo@production").version == before[0]
+    moves = registry.history("demo")[-2:]
+    assert {e.break_glass_reason for e in moves} == {"outage", "still"}
+    assert "Break-glass: outage" in client.get("/models/demo").text
+
+
 @pytest.mark.parametrize("path", ["/", "/models/demo", "/models/demo/versions/4"])
 def test_pages_are_html_outside_the_api_schema(console_world: ConsoleWorld, path: str) -> None:
     client, _ = login(console_world, console_world.alice)
