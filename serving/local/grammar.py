@@ -87,10 +87,15 @@ class Grammars:
         # Whoever stops waiting, the compile's outcome is collected (no asyncio warning).
         waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
         await asyncio.wait([waiting], timeout=self.timeout_s)
+        started = job.started
+        if not waiting.done() and started is not None:
+            # A worker took it after the wait began: its compile gets the whole limit too.
+            remaining = started + self.timeout_s - time.monotonic()
+            if remaining > 0:
+                await asyncio.wait([waiting], timeout=remaining)
         if waiting.done():
             return Guide(waiting.result())
-        started = job.started
-        if started is None or time.monotonic() - started < self.timeout_s:
+        if started is None:
             raise overloaded("other output grammars kept every compile worker busy")
         with self._lock:
             self._too_slow[digest] = None
